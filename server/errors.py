@@ -1,0 +1,141 @@
+"""Domain errors and their mapping to rich gRPC statuses.
+
+Store and service code raise `ServiceError` (or one of the helpers below);
+`handle_errors` turns it into a google.rpc.Status with an ErrorInfo
+(domain "mediajobs"), plus BadRequest / PreconditionFailure / ResourceInfo
+details where they apply. Servicers never build status protos by hand.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+DOMAIN = "mediajobs"
+log = logging.getLogger("mediajobs.errors")
+
+
+@dataclass
+class ServiceError(Exception):
+    code: grpc.StatusCode
+    reason: str
+    message: str
+    metadata: dict[str, str] = field(default_factory=dict)
+    violations: list[tuple[str, str]] = field(default_factory=list)
+    precondition: tuple[str, str, str] | None = None  # (type, subject, description)
+    resource: tuple[str, str] | None = None  # (resource type, name)
+
+    def __str__(self) -> str:
+        return f"{self.code.name} {self.reason}: {self.message}"
+
+    def to_status(self) -> status_pb2.Status:
+        details: list[Any] = [
+            error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN, metadata=self.metadata)
+        ]
+        if self.violations:
+            details.append(
+                error_details_pb2.BadRequest(
+                    field_violations=[
+                        error_details_pb2.BadRequest.FieldViolation(field=f, description=d)
+                        for f, d in self.violations
+                    ]
+                )
+            )
+        if self.precondition:
+            t, s, d = self.precondition
+            details.append(
+                error_details_pb2.PreconditionFailure(
+                    violations=[error_details_pb2.PreconditionFailure.Violation(type=t, subject=s, description=d)]
+                )
+            )
+        if self.resource:
+            details.append(error_details_pb2.ResourceInfo(resource_type=self.resource[0], resource_name=self.resource[1]))
+        packed = []
+        for d in details:
+            a = any_pb2.Any()
+            a.Pack(d)
+            packed.append(a)
+        return status_pb2.Status(code=self.code.value[0], message=self.message, details=packed)
+
+
+def invalid_argument(violations: list[tuple[str, str]], reason: str = "INVALID_ARGUMENT") -> ServiceError:
+    msg = "; ".join(f"{f}: {d}" for f, d in violations)
+    return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, reason, msg, violations=violations)
+
+
+def job_not_found(job_id: str) -> ServiceError:
+    return ServiceError(
+        grpc.StatusCode.NOT_FOUND,
+        "JOB_NOT_FOUND",
+        f"job {job_id!r} does not exist (it may have been deleted); list jobs with ListJobs",
+        metadata={"job_id": job_id},
+        resource=("mediajobs.v1.Job", job_id),
+    )
+
+
+def illegal_transition(job_id: str, state: str, action: str, reason: str = "ILLEGAL_STATE_TRANSITION") -> ServiceError:
+    return ServiceError(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        reason,
+        f"cannot {action} job {job_id!r}: it is {state}",
+        metadata={"job_id": job_id, "state": state},
+        precondition=("STATE", f"jobs/{job_id}", f"job is {state}"),
+    )
+
+
+def internal(message: str = "internal error; the server log has details") -> ServiceError:
+    return ServiceError(grpc.StatusCode.INTERNAL, "INTERNAL", message)
+
+
+async def _abort(context: grpc.aio.ServicerContext, err: ServiceError) -> None:
+    await context.abort_with_status(rpc_status.to_status(err.to_status()))
+
+
+def handle_errors(fn: Callable) -> Callable:
+    """Decorate an async servicer method (unary or async generator) so that a
+    ServiceError becomes its rich status, and any other exception INTERNAL."""
+    if inspect.isasyncgenfunction(fn):
+
+        @functools.wraps(fn)
+        async def gen_wrapper(self, request, context):  # type: ignore[no-untyped-def]
+            try:
+                async for item in fn(self, request, context):
+                    yield item
+            except ServiceError as e:
+                await _abort(context, e)
+            except Exception as e:  # noqa: BLE001
+                if _is_grpc_control(e):
+                    raise
+                log.exception("unexpected error in %s", fn.__name__)
+                await _abort(context, internal())
+
+        return gen_wrapper
+
+    @functools.wraps(fn)
+    async def wrapper(self, request, context):  # type: ignore[no-untyped-def]
+        try:
+            return await fn(self, request, context)
+        except ServiceError as e:
+            await _abort(context, e)
+        except Exception as e:  # noqa: BLE001
+            if _is_grpc_control(e):
+                raise
+            log.exception("unexpected error in %s", fn.__name__)
+            await _abort(context, internal())
+
+    return wrapper
+
+
+def _is_grpc_control(e: BaseException) -> bool:
+    # context.abort() raises an internal exception that must propagate.
+    return type(e).__module__.startswith("grpc")
+
+
+_ = code_pb2  # codes are taken from grpc.StatusCode; kept for readers of details

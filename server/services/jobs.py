@@ -1,0 +1,225 @@
+"""JobService: thin servicer. Validate -> call the store -> shape the reply."""
+from __future__ import annotations
+
+import re
+from typing import AsyncIterator
+
+import grpc
+
+from mediajobs.v1 import job_service_pb2 as svc
+from mediajobs.v1 import job_service_pb2_grpc as svc_grpc
+from mediajobs.v1 import resources_pb2 as res
+
+from ..errors import ServiceError, handle_errors, invalid_argument
+from ..store import Store
+from ..store import jobs as store_jobs
+from ..watch import Watcher, WatchHub
+
+Job = res.Job
+TYPE_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+ID_RE = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
+MAX_METADATA = 64
+MAX_PARAMS_BYTES = 1 << 20
+MAX_DELETE = 1000
+MAX_SNAPSHOT = 10_000
+
+
+def _check_job_id(job_id: str, field: str = "id") -> None:
+    if not job_id:
+        raise invalid_argument([(field, "required: the job id (a 26-character ULID)")])
+    if not ID_RE.match(job_id.upper()):
+        raise invalid_argument([(field, f"{job_id!r} is not a job id (a 26-character ULID such as 01HA255YE6H6DEETJ5M6595ZDA)")])
+
+
+def _check_priority(p: int, field: str = "priority") -> None:
+    if p not in Job.Priority.values():
+        raise invalid_argument([(field, f"unknown priority {p}; use LOWEST, LOW, MEDIUM, HIGH or HIGHEST")])
+
+
+def _check_request_id(rid: str) -> None:
+    if len(rid) > 128:
+        raise invalid_argument([("request_id", "at most 128 characters (a UUID4 is recommended)")])
+
+
+def validate_create(req: svc.CreateJobRequest) -> None:
+    v: list[tuple[str, str]] = []
+    if not req.type:
+        v.append(("type", "required: a job type such as TRANSCODE (see ListJobTypes) or a custom one"))
+    elif not TYPE_RE.match(req.type):
+        v.append(("type", f"{req.type!r} is not a job type: use 1-64 letters, digits, '_', '-' or '.'"))
+    if req.priority not in Job.Priority.values():
+        v.append(("priority", f"unknown priority {req.priority}; use LOWEST, LOW, MEDIUM, HIGH or HIGHEST"))
+    if len(req.metadata) > MAX_METADATA:
+        v.append(("metadata", f"at most {MAX_METADATA} entries, got {len(req.metadata)}"))
+    for k, val in req.metadata.items():
+        if not k or len(k) > 128:
+            v.append((f"metadata[{k!r}]", "keys must be 1-128 characters"))
+        if len(val) > 4096:
+            v.append((f"metadata[{k!r}]", "values must be at most 4096 characters"))
+    if req.HasField("params") and req.params.ByteSize() > MAX_PARAMS_BYTES:
+        v.append(("params", f"at most {MAX_PARAMS_BYTES} bytes serialized"))
+    if len(req.creator) > 128:
+        v.append(("creator", "at most 128 characters"))
+    if not 0 <= req.max_attempts <= 100:
+        v.append(("max_attempts", "must be between 1 and 100 (0 means the default of 3)"))
+    if v:
+        raise invalid_argument(v)
+    _check_request_id(req.request_id)
+
+
+class JobService(svc_grpc.JobServiceServicer):
+    def __init__(self, store: Store, hub: WatchHub) -> None:
+        self.store = store
+        self.hub = hub
+
+    @handle_errors
+    async def CreateJob(self, request: svc.CreateJobRequest, context: grpc.aio.ServicerContext) -> Job:
+        validate_create(request)
+        return await self.store.write(
+            lambda tx: store_jobs.idempotent(tx, "CreateJob", request, Job, lambda t: store_jobs.new_job(t, request))
+        )
+
+    @handle_errors
+    async def GetJob(self, request: svc.GetJobRequest, context: grpc.aio.ServicerContext) -> Job:
+        _check_job_id(request.id)
+        store_jobs.check_read_mask(request.read_mask)
+        job = await self.store.read(store_jobs.get_job, request.id)
+        return store_jobs.shape_job(job, request.read_mask, request.include_metadata)
+
+    @handle_errors
+    async def ListJobs(self, request: svc.ListJobsRequest, context: grpc.aio.ServicerContext) -> svc.ListJobsResponse:
+        return await self.store.read(store_jobs.list_jobs, request)
+
+    @handle_errors
+    async def UpdateJob(self, request: svc.UpdateJobRequest, context: grpc.aio.ServicerContext) -> Job:
+        _check_job_id(request.job.id, "job.id")
+        paths = list(request.update_mask.paths)
+        if not paths:
+            raise invalid_argument([("update_mask", "required: name the fields to change, e.g. `priority`")])
+        bad = [p for p in paths if p != "priority"]
+        if bad:
+            raise invalid_argument([("update_mask", f"{bad[0]!r} cannot be updated; only `priority` can")])
+        if request.job.priority == Job.PRIORITY_UNSPECIFIED:
+            raise invalid_argument([("job.priority", "required with update_mask `priority`: LOWEST..HIGHEST")])
+        _check_priority(request.job.priority, "job.priority")
+        job_id, prio = request.job.id, request.job.priority
+        return await self.store.write(lambda tx: store_jobs.update_priority(tx, job_id, prio))
+
+    @handle_errors
+    async def AbortJob(self, request: svc.AbortJobRequest, context: grpc.aio.ServicerContext) -> Job:
+        _check_job_id(request.id)
+        _check_request_id(request.request_id)
+        if len(request.reason) > 1024:
+            raise invalid_argument([("reason", "at most 1024 characters")])
+        return await self.store.write(
+            lambda tx: store_jobs.idempotent(
+                tx, "AbortJob", request, Job,
+                lambda t: store_jobs.abort_job(t, request.id, request.reason, request.skip_cleanup),
+            )
+        )
+
+    @handle_errors
+    async def RerunJob(self, request: svc.RerunJobRequest, context: grpc.aio.ServicerContext) -> Job:
+        _check_job_id(request.id)
+        _check_priority(request.priority)
+        _check_request_id(request.request_id)
+        return await self.store.write(
+            lambda tx: store_jobs.idempotent(
+                tx, "RerunJob", request, Job, lambda t: store_jobs.rerun_job(t, request.id, request.priority)
+            )
+        )
+
+    @handle_errors
+    async def DeleteJobs(self, request: svc.DeleteJobsRequest, context: grpc.aio.ServicerContext) -> svc.DeleteJobsResponse:
+        if not request.ids:
+            raise invalid_argument([("ids", "required: at least one job id")])
+        if len(request.ids) > MAX_DELETE:
+            raise invalid_argument([("ids", f"at most {MAX_DELETE} ids per call, got {len(request.ids)}")])
+        for i, job_id in enumerate(request.ids):
+            _check_job_id(job_id, f"ids[{i}]")
+        _check_request_id(request.request_id)
+
+        def delete(t):  # type: ignore[no-untyped-def]
+            ids = store_jobs.delete_jobs(t, request.ids, request.allow_missing, request.force)
+            return svc.DeleteJobsResponse(deleted_ids=ids)
+
+        return await self.store.write(
+            lambda tx: store_jobs.idempotent(tx, "DeleteJobs", request, svc.DeleteJobsResponse, delete)
+        )
+
+    @handle_errors
+    async def ListJobTypes(self, request: svc.ListJobTypesRequest, context: grpc.aio.ServicerContext) -> svc.ListJobTypesResponse:
+        return svc.ListJobTypesResponse(job_types=await self.store.read(store_jobs.list_job_types))
+
+    @handle_errors
+    async def ListJobProblems(
+        self, request: svc.ListJobProblemsRequest, context: grpc.aio.ServicerContext
+    ) -> svc.ListJobProblemsResponse:
+        if request.job_id:
+            _check_job_id(request.job_id, "job_id")
+        return await self.store.read(store_jobs.list_problems, request)
+
+    @handle_errors
+    async def WatchJobs(
+        self, request: svc.WatchJobsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[svc.WatchJobsResponse]:
+        v: list[tuple[str, str]] = []
+        if request.start_revision < 0:
+            v.append(("start_revision", "must not be negative (0 means from now)"))
+        if request.send_initial_snapshot and request.start_revision:
+            v.append(("send_initial_snapshot", "only with start_revision = 0"))
+        for s in request.states:
+            if s not in Job.State.values() or s == Job.STATE_UNSPECIFIED:
+                v.append(("states", f"unknown state {s}"))
+        for i, job_id in enumerate(request.job_ids):
+            if not ID_RE.match(job_id.upper()):
+                v.append((f"job_ids[{i}]", f"{job_id!r} is not a job id"))
+        interval = 10.0
+        if request.HasField("progress_interval"):
+            interval = request.progress_interval.ToMicroseconds() / 1e6
+            if not 0.1 <= interval <= 600:
+                v.append(("progress_interval", "must be between 100 ms and 10 min"))
+        if v:
+            raise invalid_argument(v)
+
+        hub = self.hub
+        start = request.start_revision
+        if start and start <= hub.compact_revision:
+            raise hub.compacted_error(start)
+        w = Watcher(
+            job_ids=frozenset(request.job_ids),
+            types=frozenset(request.types),
+            states=frozenset(request.states),
+            next_rev=start or hub.revision + 1,
+            synced=not start,
+        )
+        hub.register(w)
+        try:
+            if request.send_initial_snapshot:
+                snap_rev, jobs = await self.store.read(
+                    store_jobs.snapshot_jobs, list(request.job_ids), list(request.types), list(request.states), MAX_SNAPSHOT
+                )
+                if len(jobs) > MAX_SNAPSHOT:
+                    raise ServiceError(
+                        grpc.StatusCode.FAILED_PRECONDITION, "SNAPSHOT_TOO_LARGE",
+                        f"more than {MAX_SNAPSHOT} jobs match; narrow the filter, or page with ListJobs and "
+                        "watch from its revision + 1",
+                    )
+                for job in jobs:
+                    yield svc.WatchJobsResponse(
+                        revision=job.revision,
+                        event=res.JobEvent(revision=job.revision, type=res.JobEvent.SNAPSHOT, job=job,
+                                           previous_state=job.state),
+                    )
+                # Changes after the snapshot's revision follow from the log.
+                w.next_rev = snap_rev + 1
+                w.queue.clear()
+                w.synced = False
+                yield svc.WatchJobsResponse(revision=snap_rev, progress=svc.WatchProgress(snapshot_complete=True))
+            async for rev, data in hub.events(w, interval):
+                if data is None:
+                    yield svc.WatchJobsResponse(revision=rev, progress=svc.WatchProgress())
+                else:
+                    yield svc.WatchJobsResponse(revision=rev, event=res.JobEvent.FromString(data))
+        finally:
+            hub.unregister(w)

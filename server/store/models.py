@@ -1,0 +1,166 @@
+"""Peewee models: the schema. Every table carries `project`.
+
+A job row keeps the columns that filters, ordering and leasing need, plus
+`data`, the serialized mediajobs.v1.Job, which is authoritative for the rest.
+"""
+from __future__ import annotations
+
+import peewee
+
+
+
+class BaseModel(peewee.Model):
+    """Unbound models; `bind_models(db)` gives each Store its own bound copies,
+    so several stores (SQLite and PostgreSQL, old and restarted) can be open
+    in one process."""
+
+    class Meta:
+        legacy_table_names = False
+
+
+class JobRow(BaseModel):
+    id = peewee.CharField(max_length=26, primary_key=True)
+    project = peewee.CharField(max_length=64)
+    type = peewee.CharField(max_length=64)
+    state = peewee.SmallIntegerField()
+    priority = peewee.SmallIntegerField()
+    creator = peewee.CharField(max_length=128)
+    create_time = peewee.BigIntegerField()
+    update_time = peewee.BigIntegerField()
+    start_time = peewee.BigIntegerField(default=0)
+    end_time = peewee.BigIntegerField(default=0)
+    revision = peewee.BigIntegerField()
+    # Leasing (WorkerService): who holds the job, until when, with what token.
+    lease_token = peewee.CharField(max_length=64, default="")
+    lease_owner = peewee.CharField(max_length=256, default="")
+    lease_expire_time = peewee.BigIntegerField(default=0)
+    data = peewee.BlobField()
+
+    class Meta:
+        table_name = "jobs"
+        indexes = (
+            (("project", "state", "type", "id"), False),
+            (("project", "type", "id"), False),
+            (("project", "state", "priority", "id"), False),
+            (("project", "creator", "id"), False),
+            (("project", "create_time", "id"), False),
+            (("project", "start_time", "id"), False),
+            (("project", "end_time", "id"), False),
+        )
+
+
+class JobMetadataRow(BaseModel):
+    job_id = peewee.CharField(max_length=26)
+    project = peewee.CharField(max_length=64)
+    key = peewee.CharField(max_length=128)
+    value = peewee.TextField()
+
+    class Meta:
+        table_name = "job_metadata"
+        primary_key = peewee.CompositeKey("job_id", "key")
+        indexes = ((("project", "key", "value", "job_id"), False),)
+
+
+class JobEventRow(BaseModel):
+    revision = peewee.BigIntegerField(primary_key=True)
+    project = peewee.CharField(max_length=64)
+    job_id = peewee.CharField(max_length=26)
+    event_time = peewee.BigIntegerField()
+    # Serialized mediajobs.v1.JobEvent (a tombstone after the job is deleted).
+    data = peewee.BlobField()
+
+    class Meta:
+        table_name = "job_events"
+        indexes = ((("job_id",), False),)
+
+
+class JobProblemRow(BaseModel):
+    id = peewee.CharField(max_length=26, primary_key=True)
+    project = peewee.CharField(max_length=64)
+    job_id = peewee.CharField(max_length=26)
+    reason = peewee.CharField(max_length=64)
+    message = peewee.TextField()
+    details = peewee.TextField(default="{}")  # JSON object of strings
+    create_time = peewee.BigIntegerField()
+    resolved = peewee.BooleanField(default=False)
+
+    class Meta:
+        table_name = "job_problems"
+        indexes = (
+            (("project", "resolved", "id"), False),
+            (("job_id", "id"), False),
+        )
+
+
+class JobTypeRow(BaseModel):
+    project = peewee.CharField(max_length=64)
+    name = peewee.CharField(max_length=64)
+
+    class Meta:
+        table_name = "job_types"
+        primary_key = peewee.CompositeKey("project", "name")
+
+
+class IdempotencyRow(BaseModel):
+    project = peewee.CharField(max_length=64)
+    method = peewee.CharField(max_length=64)
+    request_id = peewee.CharField(max_length=128)
+    request_hash = peewee.CharField(max_length=64)
+    response = peewee.BlobField()
+    create_time = peewee.BigIntegerField(index=True)
+
+    class Meta:
+        table_name = "idempotency_keys"
+        primary_key = peewee.CompositeKey("project", "method", "request_id")
+
+
+class MetaRow(BaseModel):
+    """Store-wide counters: `revision` (last committed) and `compact_revision`
+    (everything at or below it has been removed from job_events)."""
+
+    key = peewee.CharField(max_length=64, primary_key=True)
+    value = peewee.BigIntegerField()
+
+    class Meta:
+        table_name = "store_meta"
+
+
+ALL_MODELS = [JobRow, JobMetadataRow, JobEventRow, JobProblemRow, JobTypeRow, IdempotencyRow, MetaRow]
+
+
+class BoundModels:
+    """The models bound to one database: `m.JobRow`, `m.JobEventRow`, ..."""
+
+    JobRow: type[JobRow]
+    JobMetadataRow: type[JobMetadataRow]
+    JobEventRow: type[JobEventRow]
+    JobProblemRow: type[JobProblemRow]
+    JobTypeRow: type[JobTypeRow]
+    IdempotencyRow: type[IdempotencyRow]
+    MetaRow: type[MetaRow]
+
+    def __init__(self, db: peewee.Database) -> None:
+        self.all = []
+        for model in ALL_MODELS:
+            meta = type("Meta", (), {"database": db, "table_name": model._meta.table_name})
+            bound = type(model.__name__, (model,), {"Meta": meta, "__module__": __name__})
+            setattr(self, model.__name__, bound)
+            self.all.append(bound)
+
+
+_bound: dict[int, BoundModels] = {}
+
+
+def models_for(db: peewee.Database) -> BoundModels:
+    m = _bound.get(id(db))
+    if m is None or m.JobRow._meta.database is not db:
+        m = _bound[id(db)] = BoundModels(db)
+    return m
+
+
+def create_schema(db: peewee.Database) -> None:
+    m = models_for(db)
+    with db.atomic():
+        db.create_tables(m.all, safe=True)
+        for key in ("revision", "compact_revision"):
+            m.MetaRow.insert(key=key, value=0).on_conflict_ignore().execute()

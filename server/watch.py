@@ -1,0 +1,217 @@
+"""Fan-out of committed job changes to WatchJobs streams (etcd-style).
+
+Every committed change has a dense, strictly increasing revision and a row in
+the job_events log. The hub keeps the newest events in a ring buffer and an
+index of watchers by job id and type, so a change wakes only the watchers it
+concerns. A watcher is either *synced* (the hub pushes matching events into
+its bounded queue) or *unsynced* (it reads the log from its cursor until it
+reaches the hub's revision, then joins live delivery without an await in
+between, so nothing can slip through). A watcher whose queue overflows
+because its client reads slowly is switched back to unsynced and catches up
+from the log: it is never silently skipped.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from dataclasses import dataclass, field
+from typing import AsyncIterator
+
+import grpc
+
+from mediajobs.v1 import resources_pb2 as res
+
+from .errors import ServiceError
+from .store import PendingEvent, Store
+from .store.events import read_events
+
+log = logging.getLogger("mediajobs.watch")
+
+BUFFER_SIZE = 8192
+QUEUE_LIMIT = 1024
+LOG_PAGE = 512
+
+
+@dataclass(eq=False)
+class Watcher:
+    job_ids: frozenset[str]
+    types: frozenset[str]
+    states: frozenset[int]
+    next_rev: int
+    queue: collections.deque[PendingEvent] = field(default_factory=collections.deque)
+    synced: bool = False
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    desyncs: int = 0
+
+    def matches(self, ev: PendingEvent) -> bool:
+        if self.job_ids and ev.job_id not in self.job_ids:
+            return False
+        if self.types and ev.job_type not in self.types:
+            return False
+        if self.states and ev.state not in self.states and ev.previous_state not in self.states:
+            return False
+        return True
+
+    def offer(self, ev: PendingEvent) -> None:
+        if ev.revision < self.next_rev or not self.matches(ev):
+            return
+        if len(self.queue) >= QUEUE_LIMIT:
+            # The client is slower than the changes: drop the queue and
+            # catch up from the log, starting at the first undelivered event.
+            self.queue.clear()
+            self.synced = False
+            self.desyncs += 1
+        else:
+            self.queue.append(ev)
+        self.wakeup.set()
+
+
+class WatchHub:
+    def __init__(self, store: Store, revision: int, compact_revision: int) -> None:
+        self.store = store
+        self.revision = revision
+        self.compact_revision = compact_revision
+        self.buffer: collections.deque[PendingEvent] = collections.deque(maxlen=BUFFER_SIZE)
+        self._by_job: dict[str, set[Watcher]] = {}
+        self._by_type: dict[str, set[Watcher]] = {}
+        self._all: set[Watcher] = set()
+        self.watchers = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Receive commits from the store's writer thread on `loop`."""
+        self._loop = loop
+
+        def on_commit(events: list[PendingEvent]) -> None:
+            try:
+                loop.call_soon_threadsafe(self.publish, events)
+            except RuntimeError:
+                pass
+
+        self.store.subscribe(on_commit)
+
+    def set_compact_revision(self, rev: int) -> None:
+        self.compact_revision = max(self.compact_revision, rev)
+
+    # -- called on the event loop -------------------------------------------
+
+    def publish(self, events: list[PendingEvent]) -> None:
+        by_job, by_type, everyone = self._by_job, self._by_type, self._all
+        for ev in events:
+            if ev.revision <= self.revision:
+                continue
+            self.buffer.append(ev)
+            self.revision = ev.revision
+            for w in everyone:
+                if w.synced:
+                    w.offer(ev)
+            ws = by_job.get(ev.job_id)
+            if ws:
+                for w in ws:
+                    if w.synced:
+                        w.offer(ev)
+            ws = by_type.get(ev.job_type)
+            if ws:
+                for w in ws:
+                    if w.synced:
+                        w.offer(ev)
+
+    def register(self, w: Watcher) -> None:
+        if w.job_ids:
+            for j in w.job_ids:
+                self._by_job.setdefault(j, set()).add(w)
+        elif w.types:
+            for t in w.types:
+                self._by_type.setdefault(t, set()).add(w)
+        else:
+            self._all.add(w)
+        self.watchers += 1
+
+    def unregister(self, w: Watcher) -> None:
+        if w.job_ids:
+            for j in w.job_ids:
+                s = self._by_job.get(j)
+                if s is not None:
+                    s.discard(w)
+                    if not s:
+                        del self._by_job[j]
+        elif w.types:
+            for t in w.types:
+                s = self._by_type.get(t)
+                if s is not None:
+                    s.discard(w)
+                    if not s:
+                        del self._by_type[t]
+        else:
+            self._all.discard(w)
+        self.watchers -= 1
+
+    def compacted_error(self, start: int) -> ServiceError:
+        oldest = self.compact_revision + 1
+        return ServiceError(
+            grpc.StatusCode.OUT_OF_RANGE,
+            "REVISION_COMPACTED",
+            f"revision {start} is older than the retained history; the oldest available revision is {oldest}: "
+            "re-list with ListJobs and watch from its revision + 1",
+            metadata={"oldest_revision": str(oldest), "compact_revision": str(self.compact_revision),
+                      "start_revision": str(start)},
+        )
+
+    async def events(self, w: Watcher, progress_interval: float) -> AsyncIterator[tuple[int, bytes | None]]:
+        """Yield (revision, serialized JobEvent) for every matching change from
+        w.next_rev on, and (revision, None) as a progress bookmark when idle.
+        The caller registers and unregisters `w`."""
+        loop = asyncio.get_running_loop()
+        last_sent = loop.time()
+        while True:
+            if not w.synced:
+                async for rev, data in self._catch_up(w):
+                    last_sent = loop.time()
+                    yield rev, data
+                continue
+            if w.queue:
+                ev = w.queue.popleft()
+                if ev.revision >= w.next_rev:
+                    w.next_rev = ev.revision + 1
+                    last_sent = loop.time()
+                    yield ev.revision, ev.data
+                continue
+            w.wakeup.clear()
+            timeout = last_sent + progress_interval - loop.time()
+            if timeout > 0:
+                try:
+                    await asyncio.wait_for(w.wakeup.wait(), timeout)
+                    continue
+                except asyncio.TimeoutError:
+                    pass
+            if w.synced and not w.queue:
+                last_sent = loop.time()
+                yield max(self.revision, w.next_rev - 1), None
+
+    async def _catch_up(self, w: Watcher) -> AsyncIterator[tuple[int, bytes]]:
+        while not w.synced:
+            if w.next_rev <= self.compact_revision:
+                raise self.compacted_error(w.next_rev)
+            target = self.revision
+            if w.next_rev > target:
+                w.synced = True  # nothing older to read; live from here
+                return
+            if self.buffer and self.buffer[0].revision <= w.next_rev:
+                # The rest is in memory: take it and join live delivery in
+                # the same step (no await), so no publish can fall between.
+                for ev in self.buffer:
+                    if ev.revision >= w.next_rev and w.matches(ev):
+                        w.queue.append(ev)
+                w.synced = True
+                return
+            rows = await self.store.read(read_events, w.next_rev, target, LOG_PAGE)
+            if not rows or rows[0][0] != w.next_rev:
+                # Revisions are dense: a missing one was compacted meanwhile.
+                raise self.compacted_error(w.next_rev)
+            for rev, job_id, data in rows:
+                ev = res.JobEvent.FromString(data)
+                pe = PendingEvent(rev, job_id, ev.job.type, ev.job.state, ev.previous_state, data)
+                w.next_rev = rev + 1
+                if w.matches(pe):
+                    yield rev, data
