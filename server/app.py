@@ -104,10 +104,13 @@ async def build_server(cfg: Config, clock: Callable[[], int] = now_us) -> App:
     reflection.enable_server_reflection(
         SERVICE_NAMES + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
     )
-    port = server.add_insecure_port(cfg.listen)
+    try:
+        port = server.add_insecure_port(cfg.listen)
+    except RuntimeError:
+        port = 0
     if port == 0:
         store.close()
-        raise OSError(f"cannot listen on {cfg.listen}: address in use or invalid")
+        raise OSError(f"cannot listen on {cfg.listen}: the address is in use or invalid; pick another with --listen HOST:PORT")
     return App(cfg, server, port, store, hub, health_servicer)
 
 

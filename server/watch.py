@@ -77,6 +77,7 @@ class WatchHub:
         self._by_type: dict[str, set[Watcher]] = {}
         self._all: set[Watcher] = set()
         self.watchers = 0
+        self._count_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -127,6 +128,7 @@ class WatchHub:
         else:
             self._all.add(w)
         self.watchers += 1
+        self._notify_count()
 
     def unregister(self, w: Watcher) -> None:
         if w.job_ids:
@@ -146,6 +148,26 @@ class WatchHub:
         else:
             self._all.discard(w)
         self.watchers -= 1
+        self._notify_count()
+
+    def _notify_count(self) -> None:
+        if self._count_waiters:
+            keep = []
+            for n, fut in self._count_waiters:
+                if self.watchers == n:
+                    if not fut.done():
+                        fut.set_result(None)
+                else:
+                    keep.append((n, fut))
+            self._count_waiters = keep
+
+    async def wait_for_watchers(self, n: int) -> None:
+        """Return once exactly n watchers are registered (for tests and drain)."""
+        if self.watchers == n:
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self._count_waiters.append((n, fut))
+        await fut
 
     def compacted_error(self, start: int) -> ServiceError:
         oldest = self.compact_revision + 1
@@ -210,8 +232,8 @@ class WatchHub:
                 # Revisions are dense: a missing one was compacted meanwhile.
                 raise self.compacted_error(w.next_rev)
             for rev, job_id, data in rows:
-                ev = res.JobEvent.FromString(data)
-                pe = PendingEvent(rev, job_id, ev.job.type, ev.job.state, ev.previous_state, data)
+                parsed = res.JobEvent.FromString(data)
+                pe = PendingEvent(rev, job_id, parsed.job.type, parsed.job.state, parsed.previous_state, data)
                 w.next_rev = rev + 1
                 if w.matches(pe):
                     yield rev, data

@@ -29,7 +29,7 @@ def open_database(url_or_path: str) -> peewee.Database:
     if url_or_path.startswith("sqlite"):
         return url_connect(url_or_path, pragmas=SQLITE_PRAGMAS)
     if url_or_path.startswith(("postgres://", "postgresql://")):
-        return url_connect(url_or_path, autorollback=True)
+        return url_connect(url_or_path)
     raise ValueError(f"unsupported database URL {url_or_path!r}: use a file path, sqlite:///PATH or postgresql://...")
 
 

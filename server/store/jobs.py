@@ -434,7 +434,8 @@ def list_fingerprint(req: Any) -> str:
     c = type(req)()
     c.CopyFrom(req)
     for f in ("page_token", "page_size", "read_mask", "include_metadata"):
-        c.ClearField(f)
+        if f in c.DESCRIPTOR.fields_by_name:
+            c.ClearField(f)
     return hashlib.sha256(c.SerializeToString(deterministic=True)).hexdigest()[:16]
 
 

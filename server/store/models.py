@@ -5,6 +5,8 @@ A job row keeps the columns that filters, ordering and leasing need, plus
 """
 from __future__ import annotations
 
+from typing import Any
+
 import peewee
 
 
@@ -131,16 +133,17 @@ ALL_MODELS = [JobRow, JobMetadataRow, JobEventRow, JobProblemRow, JobTypeRow, Id
 class BoundModels:
     """The models bound to one database: `m.JobRow`, `m.JobEventRow`, ..."""
 
-    JobRow: type[JobRow]
-    JobMetadataRow: type[JobMetadataRow]
-    JobEventRow: type[JobEventRow]
-    JobProblemRow: type[JobProblemRow]
-    JobTypeRow: type[JobTypeRow]
-    IdempotencyRow: type[IdempotencyRow]
-    MetaRow: type[MetaRow]
+    # Typed as Any: Peewee's query API is dynamic.
+    JobRow: Any
+    JobMetadataRow: Any
+    JobEventRow: Any
+    JobProblemRow: Any
+    JobTypeRow: Any
+    IdempotencyRow: Any
+    MetaRow: Any
 
     def __init__(self, db: peewee.Database) -> None:
-        self.all = []
+        self.all: list[Any] = []
         for model in ALL_MODELS:
             meta = type("Meta", (), {"database": db, "table_name": model._meta.table_name})
             bound = type(model.__name__, (model,), {"Meta": meta, "__module__": __name__})
