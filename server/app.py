@@ -62,6 +62,7 @@ class App:
     async def stop(self, grace: float | None = None) -> None:
         """Drain: health NOT_SERVING, let calls finish, stop sweeps, close the store."""
         await self.health.enter_graceful_shutdown()
+        self.hub.close()  # watch streams end at once with UNAVAILABLE; unary calls get `grace`
         await self.server.stop(grace)
         for t in self.tasks:
             t.cancel()

@@ -43,6 +43,7 @@ class Watcher:
     synced: bool = False
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     desyncs: int = 0
+    closed: bool = False
 
     def matches(self, ev: PendingEvent) -> bool:
         if self.job_ids and ev.job_id not in self.job_ids:
@@ -77,6 +78,8 @@ class WatchHub:
         self._by_type: dict[str, set[Watcher]] = {}
         self._all: set[Watcher] = set()
         self.watchers = 0
+        self._registered: set[Watcher] = set()
+        self.closing = False
         self._count_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -127,6 +130,7 @@ class WatchHub:
                 self._by_type.setdefault(t, set()).add(w)
         else:
             self._all.add(w)
+        self._registered.add(w)
         self.watchers += 1
         self._notify_count()
 
@@ -147,6 +151,7 @@ class WatchHub:
                         del self._by_type[t]
         else:
             self._all.discard(w)
+        self._registered.discard(w)
         self.watchers -= 1
         self._notify_count()
 
@@ -169,6 +174,22 @@ class WatchHub:
         self._count_waiters.append((n, fut))
         await fut
 
+    def close(self) -> None:
+        """End every stream with UNAVAILABLE (server draining); clients resume
+        elsewhere or after the restart from their last revision + 1."""
+        self.closing = True
+        for w in list(self._registered):
+            w.closed = True
+            w.wakeup.set()
+
+    def _closing_error(self, w: Watcher) -> ServiceError:
+        return ServiceError(
+            grpc.StatusCode.UNAVAILABLE,
+            "SERVER_SHUTTING_DOWN",
+            f"the server is shutting down; resume with start_revision = {w.next_rev}",
+            metadata={"resume_revision": str(w.next_rev)},
+        )
+
     def compacted_error(self, start: int) -> ServiceError:
         oldest = self.compact_revision + 1
         return ServiceError(
@@ -187,6 +208,8 @@ class WatchHub:
         loop = asyncio.get_running_loop()
         last_sent = loop.time()
         while True:
+            if w.closed or self.closing:
+                raise self._closing_error(w)
             if not w.synced:
                 async for rev, data in self._catch_up(w):
                     last_sent = loop.time()
@@ -213,6 +236,8 @@ class WatchHub:
 
     async def _catch_up(self, w: Watcher) -> AsyncIterator[tuple[int, bytes]]:
         while not w.synced:
+            if w.closed:
+                raise self._closing_error(w)
             if w.next_rev <= self.compact_revision:
                 raise self.compacted_error(w.next_rev)
             target = self.revision

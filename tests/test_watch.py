@@ -292,3 +292,22 @@ async def test_list_then_watch_leaves_no_gap(jobs, app: App):
     ev = await s.next_event()
     assert ev.job.id == b.id
     await s.close()
+
+
+async def test_draining_server_ends_watches_with_unavailable_and_resume_point(sqlite_path):
+    app = await start_app(sqlite_path)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as ch:
+        stub = job_service_pb2_grpc.JobServiceStub(ch)
+        j = await create(stub)
+        s = Stream(stub, svc.WatchJobsRequest(start_revision=j.revision))
+        assert (await s.next_event()).job.id == j.id
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        stopping = asyncio.create_task(app.stop(30))
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await s.next()
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+        info = error_info(e.value)
+        assert info.reason == "SERVER_SHUTTING_DOWN" and info.metadata["resume_revision"] == str(j.revision + 1)
+        await stopping
+        assert loop.time() - t0 < 10, "open watches do not hold the drain for the whole grace period"
