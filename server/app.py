@@ -16,19 +16,25 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from mediajobs.v1 import job_service_pb2, job_service_pb2_grpc
+from mediajobs.v1 import job_service_pb2, job_service_pb2_grpc, worker_service_pb2, worker_service_pb2_grpc
 
 from .config import Config
 from .convert import now_us
+from .dispatch import Dispatcher
 from .services.jobs import JobService
+from .services.workers import WorkerService
 from .store import Store
 from .store import events as store_events
 from .store import jobs as store_jobs
+from .store import leases as store_leases
 from .watch import WatchHub
 
 log = logging.getLogger("mediajobs.server")
 
-SERVICE_NAMES = [job_service_pb2.DESCRIPTOR.services_by_name["JobService"].full_name]
+SERVICE_NAMES = [
+    job_service_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
+    worker_service_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name,
+]
 
 SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
@@ -49,12 +55,14 @@ class App:
     port: int
     store: Store
     hub: WatchHub
+    dispatcher: Dispatcher
     health: health.aio.HealthServicer
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self) -> None:
         await self.server.start()
         self.tasks.append(asyncio.create_task(self._sweep_forever(), name="mediajobs-sweeper"))
+        self.tasks.append(asyncio.create_task(self._recover_leases_forever(), name="mediajobs-lease-sweeper"))
         for name in SERVICE_NAMES + [""]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("mediajobs listening on port %d (db %s)", self.port, self.store.url)
@@ -63,6 +71,7 @@ class App:
         """Drain: health NOT_SERVING, let calls finish, stop sweeps, close the store."""
         await self.health.enter_graceful_shutdown()
         self.hub.close()  # watch streams end at once with UNAVAILABLE; unary calls get `grace`
+        self.dispatcher.close()  # waiting AcquireJobs calls return (empty) at once
         await self.server.stop(grace)
         for t in self.tasks:
             t.cancel()
@@ -79,6 +88,25 @@ class App:
         rev = await self.store.write(lambda tx: store_events.compact(tx, now - retention_us))
         self.hub.set_compact_revision(rev)
         await self.store.write(lambda tx: store_jobs.expire_request_ids(tx, now - ttl_us))
+
+    async def recover_leases_once(self) -> store_leases.Recovered:
+        """Recover every job whose lease expired (the server's own cleanExclusiveJobs)."""
+        total = store_leases.Recovered([], [], [])
+        while True:
+            out = await self.store.write(store_leases.recover_expired)
+            total.retried += out.retried
+            total.failed += out.failed
+            total.aborted += out.aborted
+            if len(out.retried) + len(out.failed) + len(out.aborted) < 500:
+                return total
+
+    async def _recover_leases_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.lease_sweep_interval_s)
+            try:
+                await self.recover_leases_once()
+            except Exception:
+                log.exception("lease recovery failed")
 
     async def _sweep_forever(self) -> None:
         while True:
@@ -97,9 +125,14 @@ async def build_server(cfg: Config, clock: Callable[[], int] = now_us) -> App:
     compact = store.read_sync(lambda db, p: store_jobs.compact_revision(db))
     hub = WatchHub(store, rev, compact)
     hub.attach(asyncio.get_running_loop())
+    dispatcher = Dispatcher(clock)
+    hub.listeners.append(dispatcher.on_publish)
+    storage_root = cfg.storage_dir()
+    storage_root.mkdir(parents=True, exist_ok=True)
 
     server = grpc.aio.server(options=SERVER_OPTIONS)
     job_service_pb2_grpc.add_JobServiceServicer_to_server(JobService(store, hub), server)
+    worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(WorkerService(store, dispatcher, storage_root), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -112,7 +145,7 @@ async def build_server(cfg: Config, clock: Callable[[], int] = now_us) -> App:
     if port == 0:
         store.close()
         raise OSError(f"cannot listen on {cfg.listen}: the address is in use or invalid; pick another with --listen HOST:PORT")
-    return App(cfg, server, port, store, hub, health_servicer)
+    return App(cfg, server, port, store, hub, dispatcher, health_servicer)
 
 
 async def serve(cfg: Config) -> None:

@@ -25,12 +25,19 @@ class Config:
     request_id_ttl_s: float = 24 * 3600
     # How often the retention sweep runs.
     sweep_interval_s: float = 60.0
+    # How often expired worker leases are recovered.
+    lease_sweep_interval_s: float = 1.0
+    # CheckFileExists answers only inside this folder (default DATA_DIR/storage).
+    storage_root: Path | None = None
     # Graceful shutdown: how long in-flight calls may finish.
     shutdown_grace_s: float = 10.0
     project: str = "default"
 
     def db_url(self) -> str:
         return self.db or str(self.data_dir / "mediajobs.db")
+
+    def storage_dir(self) -> Path:
+        return self.storage_root or self.data_dir / "storage"
 
 
 def parse_args(argv: list[str] | None = None) -> Config:
@@ -46,6 +53,12 @@ def parse_args(argv: list[str] | None = None) -> Config:
                          "(env MEDIAJOBS_DB; default DATA_DIR/mediajobs.db)")
     ap.add_argument("--data-dir", default=env.get("MEDIAJOBS_DATA_DIR", str(default_data_dir())),
                     help="folder for the default SQLite database (env MEDIAJOBS_DATA_DIR; default %(default)s)")
+    ap.add_argument("--storage-root", default=env.get("MEDIAJOBS_STORAGE_ROOT"),
+                    help="folder that CheckFileExists may look into (env MEDIAJOBS_STORAGE_ROOT; "
+                         "default DATA_DIR/storage)")
+    ap.add_argument("--lease-sweep-interval", type=float,
+                    default=float(env.get("MEDIAJOBS_LEASE_SWEEP_INTERVAL", Config.lease_sweep_interval_s)),
+                    help="seconds between recoveries of expired worker leases (default %(default)s)")
     ap.add_argument("--event-retention", type=float,
                     default=float(env.get("MEDIAJOBS_EVENT_RETENTION", Config.event_retention_s)),
                     help="seconds of change history kept for WatchJobs resumption (default %(default)s)")
@@ -63,5 +76,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
         db=a.db,
         data_dir=Path(a.data_dir),
         event_retention_s=a.event_retention,
+        storage_root=Path(a.storage_root) if a.storage_root else None,
+        lease_sweep_interval_s=a.lease_sweep_interval,
         shutdown_grace_s=a.shutdown_grace,
     )

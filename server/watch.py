@@ -16,7 +16,7 @@ import asyncio
 import collections
 import logging
 from dataclasses import dataclass, field
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 import grpc
 
@@ -82,6 +82,9 @@ class WatchHub:
         self.closing = False
         self._count_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Called with every published batch, on the loop (e.g. the dispatcher
+        # that wakes workers waiting in AcquireJobs).
+        self.listeners: list[Callable[[list[PendingEvent]], None]] = []
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         """Receive commits from the store's writer thread on `loop`."""
@@ -101,6 +104,8 @@ class WatchHub:
     # -- called on the event loop -------------------------------------------
 
     def publish(self, events: list[PendingEvent]) -> None:
+        for listener in self.listeners:
+            listener(events)
         by_job, by_type, everyone = self._by_job, self._by_type, self._all
         for ev in events:
             if ev.revision <= self.revision:

@@ -10,6 +10,7 @@ import pytest
 from google.protobuf import field_mask_pb2, struct_pb2
 
 from mediajobs.server.store import jobs as store_jobs
+from mediajobs.server.store import leases as store_leases
 from mediajobs.v1 import job_service_pb2 as svc
 from mediajobs.v1 import resources_pb2 as res
 
@@ -154,7 +155,7 @@ async def test_abort_semantics(jobs, app):
     assert (await jobs.AbortJob(svc.AbortJobRequest(id=pending.id))).state == Job.ABORTED
 
     running = await jobs.CreateJob(svc.CreateJobRequest(type="T"))
-    await app.store.write(lambda tx: store_jobs.start_attempt(tx, running.id, "worker-1", "tok", tx.now + 10**7))
+    await app.store.write(lambda tx: store_leases.lease_job(tx, running.id, 10**7, res.LockKey(), "w"))
     aborting = await jobs.AbortJob(svc.AbortJobRequest(id=running.id, skip_cleanup=True))
     assert aborting.state == Job.ABORTING and aborting.abort_skip_cleanup
     assert aborting.end_time.seconds == 0
@@ -198,7 +199,7 @@ async def test_delete_jobs(jobs, app):
     assert e.value.code() == grpc.StatusCode.NOT_FOUND
     assert (await jobs.ListJobs(svc.ListJobsRequest())).total_size == 2, "all or nothing"
 
-    await app.store.write(lambda tx: store_jobs.start_attempt(tx, b.id, "w", "t", tx.now + 10**7))
+    await app.store.write(lambda tx: store_leases.lease_job(tx, b.id, 10**7, res.LockKey(), "w"))
     with pytest.raises(grpc.aio.AioRpcError) as e:
         await jobs.DeleteJobs(svc.DeleteJobsRequest(ids=[a.id, b.id]))
     assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION and error_info(e.value).reason == "JOB_ACTIVE"
@@ -268,3 +269,25 @@ async def test_list_errors(jobs):
 
 
 _ = dt
+
+
+async def test_batch_create_is_all_or_nothing(jobs):
+    ok = await jobs.BatchCreateJobs(
+        svc.BatchCreateJobsRequest(requests=[svc.CreateJobRequest(type="T", metadata={"i": str(i)}) for i in range(50)])
+    )
+    assert len(ok.jobs) == 50 and [j.id for j in ok.jobs] == sorted(j.id for j in ok.jobs)
+    revs = [j.revision for j in ok.jobs]
+    assert revs == list(range(revs[0], revs[0] + 50))
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await jobs.BatchCreateJobs(
+            svc.BatchCreateJobsRequest(requests=[svc.CreateJobRequest(type="T"), svc.CreateJobRequest(type="")])
+        )
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "requests[1].type" in field_violations(e.value)
+    assert (await jobs.ListJobs(svc.ListJobsRequest())).total_size == 50
+    # request ids are honoured per item, shared with CreateJob
+    single = await jobs.CreateJob(svc.CreateJobRequest(type="T", request_id="b-1"))
+    again = await jobs.BatchCreateJobs(
+        svc.BatchCreateJobsRequest(requests=[svc.CreateJobRequest(type="T", request_id="b-1"), svc.CreateJobRequest(type="T")])
+    )
+    assert again.jobs[0] == single and again.jobs[1].id != single.id

@@ -12,6 +12,7 @@ from google.protobuf import duration_pb2, field_mask_pb2
 from mediajobs.server import watch
 from mediajobs.server.app import App
 from mediajobs.server.store import jobs as store_jobs
+from mediajobs.server.store import leases as store_leases
 from mediajobs.v1 import job_service_pb2 as svc
 from mediajobs.v1 import job_service_pb2_grpc
 from mediajobs.v1 import resources_pb2 as res
@@ -116,7 +117,7 @@ async def test_filters(jobs, app: App):
     assert ev.job.id == b.id and ev.job.state == Job.ABORTED
     # Leaving a watched state is seen too (previous_state matches).
     r = await create(jobs, "X")
-    await app.store.write(lambda tx: store_jobs.start_attempt(tx, r.id, "w", "t", tx.now + 10**7))
+    await app.store.write(lambda tx: store_leases.lease_job(tx, r.id, 10**7, res.LockKey(), "w"))
     running = Stream(jobs, svc.WatchJobsRequest(states=[Job.RUNNING]))
     await app.hub.wait_for_watchers(4)
     await jobs.AbortJob(svc.AbortJobRequest(id=r.id))

@@ -42,6 +42,11 @@ class JobServiceStub:
                 request_serializer=mediajobs_dot_v1_dot_job__service__pb2.CreateJobRequest.SerializeToString,
                 response_deserializer=mediajobs_dot_v1_dot_resources__pb2.Job.FromString,
                 _registered_method=True)
+        self.BatchCreateJobs = channel.unary_unary(
+                '/mediajobs.v1.JobService/BatchCreateJobs',
+                request_serializer=mediajobs_dot_v1_dot_job__service__pb2.BatchCreateJobsRequest.SerializeToString,
+                response_deserializer=mediajobs_dot_v1_dot_job__service__pb2.BatchCreateJobsResponse.FromString,
+                _registered_method=True)
         self.GetJob = channel.unary_unary(
                 '/mediajobs.v1.JobService/GetJob',
                 request_serializer=mediajobs_dot_v1_dot_job__service__pb2.GetJobRequest.SerializeToString,
@@ -99,6 +104,15 @@ class JobServiceServicer:
         `create_custom_job`). Idempotent on `request_id`.
         Errors: INVALID_ARGUMENT (bad type, params, metadata), ALREADY_EXISTS
         (request_id reused with a different request, reason REQUEST_ID_REUSED).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchCreateJobs(self, request, context):
+        """Creates up to 1000 jobs in one call and one transaction (AIP-233): all
+        are created or, if any request is invalid, none (INVALID_ARGUMENT naming
+        `requests[i].field`). Each request may carry its own request_id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -202,6 +216,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     request_deserializer=mediajobs_dot_v1_dot_job__service__pb2.CreateJobRequest.FromString,
                     response_serializer=mediajobs_dot_v1_dot_resources__pb2.Job.SerializeToString,
             ),
+            'BatchCreateJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchCreateJobs,
+                    request_deserializer=mediajobs_dot_v1_dot_job__service__pb2.BatchCreateJobsRequest.FromString,
+                    response_serializer=mediajobs_dot_v1_dot_job__service__pb2.BatchCreateJobsResponse.SerializeToString,
+            ),
             'GetJob': grpc.unary_unary_rpc_method_handler(
                     servicer.GetJob,
                     request_deserializer=mediajobs_dot_v1_dot_job__service__pb2.GetJobRequest.FromString,
@@ -277,6 +296,33 @@ class JobService:
             '/mediajobs.v1.JobService/CreateJob',
             mediajobs_dot_v1_dot_job__service__pb2.CreateJobRequest.SerializeToString,
             mediajobs_dot_v1_dot_resources__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchCreateJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mediajobs.v1.JobService/BatchCreateJobs',
+            mediajobs_dot_v1_dot_job__service__pb2.BatchCreateJobsRequest.SerializeToString,
+            mediajobs_dot_v1_dot_job__service__pb2.BatchCreateJobsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -47,6 +47,11 @@ class JobServiceStub:
     Errors: INVALID_ARGUMENT (bad type, params, metadata), ALREADY_EXISTS
     (request_id reused with a different request, reason REQUEST_ID_REUSED).
     """
+    BatchCreateJobs: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.BatchCreateJobsRequest, _job_service_pb2.BatchCreateJobsResponse]
+    """Creates up to 1000 jobs in one call and one transaction (AIP-233): all
+    are created or, if any request is invalid, none (INVALID_ARGUMENT naming
+    `requests[i].field`). Each request may carry its own request_id.
+    """
     GetJob: _grpc.UnaryUnaryMultiCallable[_job_service_pb2.GetJobRequest, _resources_pb2.Job]
     """Returns one job (Vidispine `get_job`). Errors: NOT_FOUND (JOB_NOT_FOUND),
     INVALID_ARGUMENT (unknown read_mask path).
@@ -114,6 +119,11 @@ class JobServiceAsyncStub(JobServiceStub):
     `create_custom_job`). Idempotent on `request_id`.
     Errors: INVALID_ARGUMENT (bad type, params, metadata), ALREADY_EXISTS
     (request_id reused with a different request, reason REQUEST_ID_REUSED).
+    """
+    BatchCreateJobs: _aio.UnaryUnaryMultiCallable[_job_service_pb2.BatchCreateJobsRequest, _job_service_pb2.BatchCreateJobsResponse]  # type: ignore[assignment]
+    """Creates up to 1000 jobs in one call and one transaction (AIP-233): all
+    are created or, if any request is invalid, none (INVALID_ARGUMENT naming
+    `requests[i].field`). Each request may carry its own request_id.
     """
     GetJob: _aio.UnaryUnaryMultiCallable[_job_service_pb2.GetJobRequest, _resources_pb2.Job]  # type: ignore[assignment]
     """Returns one job (Vidispine `get_job`). Errors: NOT_FOUND (JOB_NOT_FOUND),
@@ -185,6 +195,17 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         `create_custom_job`). Idempotent on `request_id`.
         Errors: INVALID_ARGUMENT (bad type, params, metadata), ALREADY_EXISTS
         (request_id reused with a different request, reason REQUEST_ID_REUSED).
+        """
+
+    @_abc_1.abstractmethod
+    def BatchCreateJobs(
+        self,
+        request: _job_service_pb2.BatchCreateJobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_job_service_pb2.BatchCreateJobsResponse, _abc.Awaitable[_job_service_pb2.BatchCreateJobsResponse]]:
+        """Creates up to 1000 jobs in one call and one transaction (AIP-233): all
+        are created or, if any request is invalid, none (INVALID_ARGUMENT naming
+        `requests[i].field`). Each request may carry its own request_id.
         """
 
     @_abc_1.abstractmethod

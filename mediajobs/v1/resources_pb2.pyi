@@ -7,6 +7,7 @@ the change events that WatchJobs streams.
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
@@ -152,6 +153,9 @@ class Job(_message.Message):
     ABORT_REASON_FIELD_NUMBER: _builtins.int
     ABORT_SKIP_CLEANUP_FIELD_NUMBER: _builtins.int
     RERUN_OF_FIELD_NUMBER: _builtins.int
+    LEASE_FIELD_NUMBER: _builtins.int
+    PROGRESS_DETAILS_FIELD_NUMBER: _builtins.int
+    AVAILABLE_TIME_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Output only. Server-assigned ULID (26 characters, sortable by creation)."""
     type: _builtins.str
@@ -222,6 +226,20 @@ class Job(_message.Message):
     def problems(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobProblem]:
         """Output only. Unresolved problems of this job (see ListJobProblems)."""
 
+    @_builtins.property
+    def lease(self) -> Global___JobLease:
+        """Output only. The current lease while RUNNING or ABORTING (who holds the
+        job and until when); the lease token itself is never shown here.
+        """
+
+    @_builtins.property
+    def progress_details(self) -> _struct_pb2.Struct:
+        """Output only. Details of the last progress report (Heartbeat.details)."""
+
+    @_builtins.property
+    def available_time(self) -> _timestamp_pb2.Timestamp:
+        """Output only. A PENDING job is not leased before this time (retry backoff)."""
+
     def __init__(
         self,
         *,
@@ -248,14 +266,97 @@ class Job(_message.Message):
         abort_reason: _builtins.str = ...,
         abort_skip_cleanup: _builtins.bool = ...,
         rerun_of: _builtins.str = ...,
+        lease: Global___JobLease | None = ...,
+        progress_details: _struct_pb2.Struct | None = ...,
+        available_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "error", b"error", "params", b"params", "result", b"result", "start_time", b"start_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["available_time", b"available_time", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "lease", b"lease", "params", b"params", "progress_details", b"progress_details", "result", b"result", "start_time", b"start_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["abort_reason", b"abort_reason", "abort_skip_cleanup", b"abort_skip_cleanup", "attempt_count", b"attempt_count", "create_time", b"create_time", "creator", b"creator", "end_time", b"end_time", "error", b"error", "id", b"id", "max_attempts", b"max_attempts", "metadata", b"metadata", "params", b"params", "priority", b"priority", "problems", b"problems", "progress", b"progress", "progress_message", b"progress_message", "project", b"project", "rerun_of", b"rerun_of", "result", b"result", "revision", b"revision", "start_time", b"start_time", "state", b"state", "type", b"type", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abort_reason", b"abort_reason", "abort_skip_cleanup", b"abort_skip_cleanup", "attempt_count", b"attempt_count", "available_time", b"available_time", "create_time", b"create_time", "creator", b"creator", "end_time", b"end_time", "error", b"error", "id", b"id", "lease", b"lease", "max_attempts", b"max_attempts", "metadata", b"metadata", "params", b"params", "priority", b"priority", "problems", b"problems", "progress", b"progress", "progress_details", b"progress_details", "progress_message", b"progress_message", "project", b"project", "rerun_of", b"rerun_of", "result", b"result", "revision", b"revision", "start_time", b"start_time", "state", b"state", "type", b"type", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Job: _TypeAlias = Job  # noqa: Y015
+
+@_typing.final
+class LockKey(_message.Message):
+    """Identifies a worker slot, as Kaltura's `lockKey[schedulerId, workerId,
+    batchIndex]`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULER_ID_FIELD_NUMBER: _builtins.int
+    WORKER_ID_FIELD_NUMBER: _builtins.int
+    BATCH_INDEX_FIELD_NUMBER: _builtins.int
+    scheduler_id: _builtins.str
+    """Optional. The scheduler (host or deployment) the worker belongs to."""
+    worker_id: _builtins.str
+    """Optional. The worker within the scheduler."""
+    batch_index: _builtins.int
+    """Optional. The slot within the worker."""
+    def __init__(
+        self,
+        *,
+        scheduler_id: _builtins.str = ...,
+        worker_id: _builtins.str = ...,
+        batch_index: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_index", b"batch_index", "scheduler_id", b"scheduler_id", "worker_id", b"worker_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LockKey: _TypeAlias = LockKey  # noqa: Y015
+
+@_typing.final
+class JobLease(_message.Message):
+    """Who holds a job and until when."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOCK_KEY_FIELD_NUMBER: _builtins.int
+    IDENTITY_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    LAST_HEARTBEAT_TIME_FIELD_NUMBER: _builtins.int
+    DURATION_FIELD_NUMBER: _builtins.int
+    identity: _builtins.str
+    """The worker's free-form identity."""
+    @_builtins.property
+    def lock_key(self) -> Global___LockKey:
+        """The lock key the worker acquired with."""
+
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When the lease runs out unless a heartbeat extends it."""
+
+    @_builtins.property
+    def last_heartbeat_time(self) -> _timestamp_pb2.Timestamp:
+        """When the worker last acquired or heartbeated."""
+
+    @_builtins.property
+    def duration(self) -> _duration_pb2.Duration:
+        """The granted lease length; a heartbeat extends the lease by this much
+        unless it asks for another length.
+        """
+
+    def __init__(
+        self,
+        *,
+        lock_key: Global___LockKey | None = ...,
+        identity: _builtins.str = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+        last_heartbeat_time: _timestamp_pb2.Timestamp | None = ...,
+        duration: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "expire_time", b"expire_time", "last_heartbeat_time", b"last_heartbeat_time", "lock_key", b"lock_key"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "expire_time", b"expire_time", "identity", b"identity", "last_heartbeat_time", b"last_heartbeat_time", "lock_key", b"lock_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobLease: _TypeAlias = JobLease  # noqa: Y015
 
 @_typing.final
 class JobProblem(_message.Message):

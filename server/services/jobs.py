@@ -21,6 +21,7 @@ ID_RE = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
 MAX_METADATA = 64
 MAX_PARAMS_BYTES = 1 << 20
 MAX_DELETE = 1000
+MAX_BATCH_CREATE = 1000
 MAX_SNAPSHOT = 10_000
 
 
@@ -78,6 +79,31 @@ class JobService(svc_grpc.JobServiceServicer):
         return await self.store.write(
             lambda tx: store_jobs.idempotent(tx, "CreateJob", request, Job, lambda t: store_jobs.new_job(t, request))
         )
+
+    @handle_errors
+    async def BatchCreateJobs(
+        self, request: svc.BatchCreateJobsRequest, context: grpc.aio.ServicerContext
+    ) -> svc.BatchCreateJobsResponse:
+        reqs = list(request.requests)
+        if not reqs:
+            raise invalid_argument([("requests", "required: at least one CreateJobRequest")])
+        if len(reqs) > MAX_BATCH_CREATE:
+            raise invalid_argument([("requests", f"at most {MAX_BATCH_CREATE} per call, got {len(reqs)}")])
+        violations: list[tuple[str, str]] = []
+        for i, r in enumerate(reqs):
+            try:
+                validate_create(r)
+            except ServiceError as e:
+                violations += [(f"requests[{i}].{f}", d) for f, d in e.violations]
+        if violations:
+            raise invalid_argument(violations)
+
+        def create_all(tx):  # type: ignore[no-untyped-def]
+            return [
+                store_jobs.idempotent(tx, "CreateJob", r, Job, lambda t, r=r: store_jobs.new_job(t, r)) for r in reqs
+            ]
+
+        return svc.BatchCreateJobsResponse(jobs=await self.store.write(create_all))
 
     @handle_errors
     async def GetJob(self, request: svc.GetJobRequest, context: grpc.aio.ServicerContext) -> Job:

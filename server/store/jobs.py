@@ -57,13 +57,13 @@ class HotSql:
         p = db.param
         self.insert_job = (
             "INSERT INTO jobs (id, project, type, state, priority, creator, create_time, update_time, "
-            "start_time, end_time, revision, lease_token, lease_owner, lease_expire_time, data) "
-            f"VALUES ({', '.join([p] * 15)})"
+            "start_time, end_time, revision, lease_token, lease_owner, lease_expire_time, available_time, data) "
+            f"VALUES ({', '.join([p] * 16)})"
         )
         self.update_job = (
             f"UPDATE jobs SET state = {p}, priority = {p}, update_time = {p}, start_time = {p}, end_time = {p}, "
-            f"revision = {p}, lease_token = {p}, lease_owner = {p}, lease_expire_time = {p}, data = {p} "
-            f"WHERE id = {p}"
+            f"revision = {p}, lease_token = {p}, lease_owner = {p}, lease_expire_time = {p}, "
+            f"available_time = {p}, data = {p} WHERE id = {p}"
         )
         self.select_job = f"SELECT data FROM jobs WHERE id = {p} AND project = {p}"
         self.select_job_row = (
@@ -113,7 +113,7 @@ def emit(tx: WriteTx, job: Job, etype: int, prev_state: int) -> None:
     set_ts(ev.event_time, tx.now)
     data = ev.SerializeToString()
     tx.db.execute_sql(hot(tx.db).insert_event, (rev, tx.project, job.id, tx.now, data))
-    tx.events.append(PendingEvent(rev, job.id, job.type, job.state, prev_state, data))
+    tx.events.append(PendingEvent(rev, job.id, job.type, job.state, prev_state, data, _us(job.available_time)))
 
 
 def _us(ts: Any) -> int:
@@ -126,7 +126,8 @@ def save_job(tx: WriteTx, job: Job, lease: LeaseColumns | None = None) -> None:
         hot(tx.db).update_job,
         (
             job.state, job.priority, _us(job.update_time), _us(job.start_time), _us(job.end_time),
-            job.revision, lease.token, lease.owner, lease.expire_time, job.SerializeToString(), job.id,
+            job.revision, lease.token, lease.owner, lease.expire_time, _us(job.available_time),
+            job.SerializeToString(), job.id,
         ),
     )
 
@@ -140,7 +141,7 @@ def insert_job(tx: WriteTx, job: Job) -> None:
         h.insert_job,
         (
             job.id, job.project, job.type, job.state, job.priority, job.creator, _us(job.create_time),
-            _us(job.update_time), 0, 0, job.revision, "", "", 0, job.SerializeToString(),
+            _us(job.update_time), 0, 0, job.revision, "", "", 0, _us(job.available_time), job.SerializeToString(),
         ),
     )
     for k, v in job.metadata.items():
@@ -259,21 +260,6 @@ def delete_jobs(tx: WriteTx, ids: Iterable[str], allow_missing: bool, force: boo
 def _strip(job: Job) -> None:
     keep = Job(id=job.id, type=job.type, state=job.state, project=job.project, revision=job.revision)
     job.CopyFrom(keep)
-
-
-def start_attempt(tx: WriteTx, job_id: str, owner: str, token: str, lease_expire_time: int) -> Job:
-    """PENDING -> RUNNING under a new lease (the worker service's acquire)."""
-    job, _ = load_job_for_update(tx, job_id)
-    if job.state != Job.PENDING:
-        raise illegal_transition(job_id, state_name(job.state), "start")
-    job.state = Job.RUNNING
-    job.attempt_count += 1
-    job.progress = 0
-    job.progress_message = ""
-    set_ts(job.start_time, tx.now)
-    emit(tx, job, res.JobEvent.UPDATED, Job.PENDING)
-    save_job(tx, job, LeaseColumns(token, owner, lease_expire_time))
-    return job
 
 
 def add_problem(tx: WriteTx, job_id: str, reason: str, message: str, details: dict[str, str]) -> res.JobProblem:

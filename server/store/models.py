@@ -36,11 +36,14 @@ class JobRow(BaseModel):
     lease_token = peewee.CharField(max_length=64, default="")
     lease_owner = peewee.CharField(max_length=256, default="")
     lease_expire_time = peewee.BigIntegerField(default=0)
+    # A PENDING job is not leased before this time (retry backoff).
+    available_time = peewee.BigIntegerField(default=0)
     data = peewee.BlobField()
 
     class Meta:
         table_name = "jobs"
         indexes = (
+            (("state", "lease_expire_time"), False),
             (("project", "state", "type", "id"), False),
             (("project", "type", "id"), False),
             (("project", "state", "priority", "id"), False),
@@ -165,5 +168,9 @@ def create_schema(db: peewee.Database) -> None:
     m = models_for(db)
     with db.atomic():
         db.create_tables(m.all, safe=True)
+        # What AcquireJobs reads: highest priority first, then oldest.
+        db.execute_sql(
+            "CREATE INDEX IF NOT EXISTS jobs_acquire ON jobs (project, state, type, priority DESC, id)"
+        )
         for key in ("revision", "compact_revision"):
             m.MetaRow.insert(key=key, value=0).on_conflict_ignore().execute()

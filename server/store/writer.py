@@ -43,6 +43,8 @@ class PendingEvent:
     state: int
     previous_state: int
     data: bytes  # serialized JobEvent
+    # For a PENDING job: when it may be leased (0 = now); tells waiting workers.
+    available_time: int = 0
 
 
 class WriteTx:

@@ -1,0 +1,229 @@
+"""WorkerService: exclusive leases with fencing, long-poll acquisition,
+progress, completion, release, expiry recovery, and file checks."""
+from __future__ import annotations
+
+import asyncio
+import stat
+from pathlib import Path
+from typing import Callable
+
+import grpc
+from google.protobuf import duration_pb2
+from google.rpc import status_pb2
+
+from mediajobs.v1 import resources_pb2 as res
+from mediajobs.v1 import worker_service_pb2 as wsvc
+from mediajobs.v1 import worker_service_pb2_grpc as wsvc_grpc
+
+from ..convert import set_ts
+from ..dispatch import Dispatcher
+from ..errors import ServiceError, handle_errors, invalid_argument
+from ..storage import resolve_inside
+from ..store import Store, WriteTx
+from ..store import leases
+from .jobs import TYPE_RE, _check_job_id
+
+Job = res.Job
+DEFAULT_LEASE_S = 60.0
+MIN_LEASE_S = 1.0
+MAX_LEASE_S = 600.0
+MAX_WAIT_S = 60.0
+MAX_JOBS = 100
+MAX_COMPLETIONS = 500
+DEADLINE_MARGIN_S = 0.5
+
+
+def _seconds(d: duration_pb2.Duration) -> float:
+    return d.seconds + d.nanos / 1e9
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    d = duration_pb2.Duration()
+    d.FromMicroseconds(int(seconds * 1e6))
+    return d
+
+
+def _lease_seconds(req_field: duration_pb2.Duration, present: bool, field: str) -> float:
+    if not present:
+        return DEFAULT_LEASE_S
+    s = _seconds(req_field)
+    if s < 0:
+        raise invalid_argument([(field, "must not be negative")])
+    if s == 0:
+        return DEFAULT_LEASE_S
+    return min(max(s, MIN_LEASE_S), MAX_LEASE_S)
+
+
+def _check_token(token: str) -> None:
+    if not token:
+        raise invalid_argument([("lease_token", "required: the token AcquireJobs returned with the job")])
+    if len(token) > 64:
+        raise invalid_argument([("lease_token", "not a lease token (at most 64 characters)")])
+
+
+class WorkerService(wsvc_grpc.WorkerServiceServicer):
+    def __init__(self, store: Store, dispatcher: Dispatcher, storage_root: Path) -> None:
+        self.store = store
+        self.dispatcher = dispatcher
+        self.storage_root = storage_root
+
+    @handle_errors
+    async def AcquireJobs(self, request: wsvc.AcquireJobsRequest, context: grpc.aio.ServicerContext) -> wsvc.AcquireJobsResponse:
+        v: list[tuple[str, str]] = []
+        types = list(dict.fromkeys(request.job_types))
+        if not types:
+            v.append(("job_types", "required: the job types this worker runs, e.g. TRANSCODE"))
+        for i, t in enumerate(types):
+            if not TYPE_RE.match(t):
+                v.append((f"job_types[{i}]", f"{t!r} is not a job type"))
+        if len(types) > 64:
+            v.append(("job_types", "at most 64 types"))
+        if not 0 <= request.max_jobs <= MAX_JOBS:
+            v.append(("max_jobs", f"must be between 1 and {MAX_JOBS} (0 means 1)"))
+        if len(request.identity) > 200:
+            v.append(("identity", "at most 200 characters"))
+        if v:
+            raise invalid_argument(v)
+        lease_s = _lease_seconds(request.lease_duration, request.HasField("lease_duration"), "lease_duration")
+        max_jobs = request.max_jobs or 1
+        lease_us = int(lease_s * 1e6)
+        lock_key, identity = request.lock_key, request.identity
+
+        loop = asyncio.get_running_loop()
+        wait_s = MAX_WAIT_S
+        if request.HasField("wait_timeout"):
+            wait_s = min(max(_seconds(request.wait_timeout), 0.0), MAX_WAIT_S)
+        remaining = context.time_remaining()
+        if remaining is not None:
+            wait_s = min(wait_s, max(remaining - DEADLINE_MARGIN_S, 0.0))
+        deadline = loop.time() + wait_s
+
+        while True:
+            seq = self.dispatcher.seq
+            got = await self.store.write(lambda tx: leases.acquire(tx, types, max_jobs, lease_us, lock_key, identity))
+            if got or request.no_wait:
+                break
+            if self.dispatcher.seq != seq:
+                continue  # something became leasable while we looked
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            await self.dispatcher.wait(types, left)
+        resp = wsvc.AcquireJobsResponse(lease_duration=_duration(lease_s))
+        for item in got:
+            lj = resp.jobs.add(job=item.job, lease_token=item.token)
+            set_ts(lj.lease_expire_time, item.expire_time)
+        return resp
+
+    @handle_errors
+    async def Heartbeat(self, request: wsvc.HeartbeatRequest, context: grpc.aio.ServicerContext) -> wsvc.HeartbeatResponse:
+        _check_job_id(request.job_id, "job_id")
+        _check_token(request.lease_token)
+        if not 0 <= request.progress <= 100:
+            raise invalid_argument([("progress", "must be between 0 and 100")])
+        if len(request.message) > 1024:
+            raise invalid_argument([("message", "at most 1024 characters")])
+        lease_s = 0.0  # the granted length
+        if request.HasField("lease_duration") and _seconds(request.lease_duration):
+            lease_s = _lease_seconds(request.lease_duration, True, "lease_duration")
+        details = request.details if request.HasField("details") else None
+        job, expire = await self.store.write(
+            lambda tx: leases.heartbeat(
+                tx, request.job_id, request.lease_token, request.progress, request.message, details, int(lease_s * 1e6)
+            )
+        )
+        resp = wsvc.HeartbeatResponse(
+            cancel_requested=job.state == Job.ABORTING, skip_cleanup=job.abort_skip_cleanup
+        )
+        set_ts(resp.lease_expire_time, expire)
+        return resp
+
+    @handle_errors
+    async def CompleteJob(self, request: wsvc.CompleteJobRequest, context: grpc.aio.ServicerContext) -> Job:
+        _check_job_id(request.job_id, "job_id")
+        _check_token(request.lease_token)
+        result = request.result if request.HasField("result") else None
+        return await self.store.write(lambda tx: leases.complete(tx, request.job_id, request.lease_token, result))
+
+    @handle_errors
+    async def CompleteJobs(self, request: wsvc.CompleteJobsRequest, context: grpc.aio.ServicerContext) -> wsvc.CompleteJobsResponse:
+        items = list(request.completions)
+        if not items:
+            raise invalid_argument([("completions", "required: at least one completion")])
+        if len(items) > MAX_COMPLETIONS:
+            raise invalid_argument([("completions", f"at most {MAX_COMPLETIONS} per call, got {len(items)}")])
+        for i, c in enumerate(items):
+            try:
+                _check_job_id(c.job_id, "job_id")
+                _check_token(c.lease_token)
+            except ServiceError as e:
+                raise invalid_argument([(f"completions[{i}].{f}", d) for f, d in e.violations])
+        # One write per completion, queued together: the group-commit writer
+        # runs them in one transaction, each in its own savepoint.
+        def completion(c: wsvc.CompleteJobRequest) -> Callable[[WriteTx], Job]:
+            result = c.result if c.HasField("result") else None
+            return lambda tx: leases.complete(tx, c.job_id, c.lease_token, result)
+
+        outcomes = await asyncio.gather(*[self.store.write(completion(c)) for c in items], return_exceptions=True)
+        resp = wsvc.CompleteJobsResponse()
+        for out in outcomes:
+            if isinstance(out, ServiceError):
+                resp.results.add(error=out.to_status())
+            elif isinstance(out, BaseException):
+                raise out
+            else:
+                resp.results.add(job=out)
+        return resp
+
+    @handle_errors
+    async def FailJob(self, request: wsvc.FailJobRequest, context: grpc.aio.ServicerContext) -> Job:
+        _check_job_id(request.job_id, "job_id")
+        _check_token(request.lease_token)
+        if not request.HasField("error") or not request.error.message:
+            raise invalid_argument([("error", "required: a google.rpc.Status with at least a message")])
+        if request.error.ByteSize() > 64 * 1024:
+            raise invalid_argument([("error", "at most 64 KiB serialized")])
+        delay_us = 0
+        if request.HasField("retry_delay"):
+            if _seconds(request.retry_delay) < 0:
+                raise invalid_argument([("retry_delay", "must not be negative")])
+            delay_us = int(min(_seconds(request.retry_delay), 86400) * 1e6)
+        error = status_pb2.Status()
+        error.CopyFrom(request.error)
+        return await self.store.write(
+            lambda tx: leases.fail(tx, request.job_id, request.lease_token, error, request.retryable, delay_us)
+        )
+
+    @handle_errors
+    async def ReleaseJob(self, request: wsvc.ReleaseJobRequest, context: grpc.aio.ServicerContext) -> Job:
+        _check_job_id(request.job_id, "job_id")
+        _check_token(request.lease_token)
+        return await self.store.write(
+            lambda tx: leases.release(
+                tx, request.job_id, request.lease_token, request.job_type, request.reset_execution_attempts
+            )
+        )
+
+    @handle_errors
+    async def CleanExpiredLeases(
+        self, request: wsvc.CleanExpiredLeasesRequest, context: grpc.aio.ServicerContext
+    ) -> wsvc.CleanExpiredLeasesResponse:
+        out = await self.store.write(leases.recover_expired)
+        return wsvc.CleanExpiredLeasesResponse(
+            retried_job_ids=out.retried, failed_job_ids=out.failed, aborted_job_ids=out.aborted
+        )
+
+    @handle_errors
+    async def CheckFileExists(
+        self, request: wsvc.CheckFileExistsRequest, context: grpc.aio.ServicerContext
+    ) -> wsvc.CheckFileExistsResponse:
+        if request.size < -1:
+            raise invalid_argument([("size", "must be -1 (any), 0 or a size in bytes")])
+        path, st = await asyncio.to_thread(resolve_inside, self.storage_root, request.local_path)
+        resp = wsvc.CheckFileExistsResponse()
+        if path is not None and st is not None and stat.S_ISREG(st.st_mode):
+            resp.exists = True
+            resp.actual_size = st.st_size
+            resp.size_matches = request.any_size or request.size == -1 or st.st_size == request.size
+        return resp
+
