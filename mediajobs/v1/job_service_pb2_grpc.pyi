@@ -101,9 +101,16 @@ class JobServiceStub:
     been sent". To resume after a disconnect or a server restart, send the
     last received revision + 1 as `start_revision`.
 
+    A stream from "now" (start_revision 0, no snapshot) first gets a progress
+    message at the current revision, so the client knows where it started.
+
     Errors: OUT_OF_RANGE (reason REVISION_COMPACTED) when `start_revision`
     is older than the retained history; ErrorInfo metadata
     `oldest_revision` names the oldest revision still available.
+    OUT_OF_RANGE (reason REVISION_IN_FUTURE) when it is beyond the current
+    revision + 1 (the database was reset or restored).
+    UNAVAILABLE (reason SERVER_SHUTTING_DOWN) when the server drains; resume
+    from ErrorInfo metadata `resume_revision`.
     INVALID_ARGUMENT for a bad filter.
     """
 
@@ -174,9 +181,16 @@ class JobServiceAsyncStub(JobServiceStub):
     been sent". To resume after a disconnect or a server restart, send the
     last received revision + 1 as `start_revision`.
 
+    A stream from "now" (start_revision 0, no snapshot) first gets a progress
+    message at the current revision, so the client knows where it started.
+
     Errors: OUT_OF_RANGE (reason REVISION_COMPACTED) when `start_revision`
     is older than the retained history; ErrorInfo metadata
     `oldest_revision` names the oldest revision still available.
+    OUT_OF_RANGE (reason REVISION_IN_FUTURE) when it is beyond the current
+    revision + 1 (the database was reset or restored).
+    UNAVAILABLE (reason SERVER_SHUTTING_DOWN) when the server drains; resume
+    from ErrorInfo metadata `resume_revision`.
     INVALID_ARGUMENT for a bad filter.
     """
 
@@ -310,9 +324,16 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         been sent". To resume after a disconnect or a server restart, send the
         last received revision + 1 as `start_revision`.
 
+        A stream from "now" (start_revision 0, no snapshot) first gets a progress
+        message at the current revision, so the client knows where it started.
+
         Errors: OUT_OF_RANGE (reason REVISION_COMPACTED) when `start_revision`
         is older than the retained history; ErrorInfo metadata
         `oldest_revision` names the oldest revision still available.
+        OUT_OF_RANGE (reason REVISION_IN_FUTURE) when it is beyond the current
+        revision + 1 (the database was reset or restored).
+        UNAVAILABLE (reason SERVER_SHUTTING_DOWN) when the server drains; resume
+        from ErrorInfo metadata `resume_revision`.
         INVALID_ARGUMENT for a bad filter.
         """
 

@@ -212,6 +212,14 @@ class JobService(svc_grpc.JobServiceServicer):
         start = request.start_revision
         if start and start <= hub.compact_revision:
             raise hub.compacted_error(start)
+        if start > hub.revision + 1:
+            raise ServiceError(
+                grpc.StatusCode.OUT_OF_RANGE,
+                "REVISION_IN_FUTURE",
+                f"start_revision {start} is beyond the store's current revision {hub.revision}; "
+                f"the database may have been reset or restored: re-list with ListJobs and watch from its revision + 1",
+                metadata={"current_revision": str(hub.revision), "start_revision": str(start)},
+            )
         w = Watcher(
             job_ids=frozenset(request.job_ids),
             types=frozenset(request.types),
@@ -242,6 +250,10 @@ class JobService(svc_grpc.JobServiceServicer):
                 w.queue.clear()
                 w.synced = False
                 yield svc.WatchJobsResponse(revision=snap_rev, progress=svc.WatchProgress(snapshot_complete=True))
+            elif not start:
+                # Tell a "from now" watcher at once where now is, so it can
+                # resume from there even if no change ever arrives.
+                yield svc.WatchJobsResponse(revision=w.next_rev - 1, progress=svc.WatchProgress())
             async for rev, data in hub.events(w, interval):
                 if data is None:
                     yield svc.WatchJobsResponse(revision=rev, progress=svc.WatchProgress())
