@@ -108,13 +108,8 @@ def handle_errors(fn: Callable) -> Callable:
             try:
                 async for item in fn(self, request, context):
                     yield item
-            except ServiceError as e:
-                await _abort(context, e)
             except Exception as e:  # noqa: BLE001
-                if _is_grpc_control(e):
-                    raise
-                log.exception("unexpected error in %s", fn.__name__)
-                await _abort(context, internal())
+                await _fail(context, e, fn.__name__)
 
         return gen_wrapper
 
@@ -122,19 +117,23 @@ def handle_errors(fn: Callable) -> Callable:
     async def wrapper(self, request, context):  # type: ignore[no-untyped-def]
         try:
             return await fn(self, request, context)
-        except ServiceError as e:
-            await _abort(context, e)
         except Exception as e:  # noqa: BLE001
-            if _is_grpc_control(e):
-                raise
-            log.exception("unexpected error in %s", fn.__name__)
-            await _abort(context, internal())
+            await _fail(context, e, fn.__name__)
 
     return wrapper
 
 
+async def _fail(context: grpc.aio.ServicerContext, e: Exception, method: str) -> None:
+    if isinstance(e, ServiceError):
+        await _abort(context, e)
+    elif _is_grpc_control(e):
+        raise e  # context.abort() raises an internal exception that must propagate
+    else:
+        log.exception("unexpected error in %s", method)
+        await _abort(context, internal())
+
+
 def _is_grpc_control(e: BaseException) -> bool:
-    # context.abort() raises an internal exception that must propagate.
     return type(e).__module__.startswith("grpc")
 
 
