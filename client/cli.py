@@ -3,6 +3,7 @@
     mediajobs jobs create --type TRANSCODE --priority HIGH --meta src=a.mov --params '{"input": "a.mov"}'
     mediajobs jobs list --state PENDING RUNNING --order-by "priority desc"
     mediajobs jobs watch --json
+    mediajobs worker myhandlers --concurrency 16      # run job handlers from myhandlers.py
 
 Global options (--server, --json) may come before or after the subcommand.
 """
@@ -10,10 +11,15 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib
+import importlib.util
 import json
+import logging
 import os
 import sys
-from typing import Any, Callable, Sequence
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
 
 import grpc
 
@@ -23,6 +29,7 @@ from . import render
 from .client import DEFAULT_TARGET, MediaJobsClient, parse_priority, parse_state
 from .errors import MediaJobsError
 from .watch import RetryInfo
+from .worker import Worker
 
 ENV_SERVER = "MEDIAJOBS_SERVER"
 PRIORITIES = "LOWEST, LOW, MEDIUM, HIGH, HIGHEST"
@@ -267,7 +274,60 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress-interval", type=float, metavar="SECONDS",
                    help="how often an idle stream gets a progress bookmark (0.1-600, server default 10)")
     p.add_argument("--count", type=_positive, metavar="N", help="exit after N events (SNAPSHOT events count; progress bookmarks do not)")
+
+    _add_worker_parser(groups)
     return ap
+
+
+WORKER_DESCRIPTION = """\
+Run job handlers written in Python: lease jobs of their types from the server,
+run them (at most --concurrency at a time) and report the outcome, until
+SIGTERM or Ctrl-C.
+
+MODULE is a dotted module name importable from the current directory (or a
+path to a .py file). The handlers are taken from, in this order:
+  MODULE:ATTR      the Worker instance (or {"TYPE": handler} dict) named ATTR
+  MODULE           its Worker instance named `worker`, else its dict HANDLERS
+
+  # handlers.py: run with `mediajobs worker handlers`
+  def transcode(ctx):                      # ctx: mediajobs.client.JobContext
+      ctx.report_progress(50, "encoding")
+      return {"output": ctx.params["input"] + ".mp4"}   # -> SUCCEEDED with this result
+  HANDLERS = {"TRANSCODE": transcode}
+
+A handler returns a dict (or None) to succeed, raises
+mediajobs.client.RetryableError to be retried, raises anything else to fail
+the job; `async def` handlers run on the event loop, plain functions in
+threads. Options given here override the Worker's own settings.
+
+Stopping: the first SIGTERM/SIGINT stops leasing, waits up to --drain-timeout
+for running handlers, sends their results and releases the jobs still
+running so another worker takes them at once; a second signal releases them
+at once. Exit status 0 after a stop, 2 for a bad MODULE or option, 1 when the
+server refuses the worker."""
+
+
+def _add_worker_parser(groups: Any) -> None:
+    p = groups.add_parser("worker", help="run job handlers from a Python module",
+                          description=WORKER_DESCRIPTION, formatter_class=_FMT)
+    p.add_argument("--server", metavar="HOST:PORT", default=argparse.SUPPRESS,
+                   help=f"server address (default: env {ENV_SERVER}, else the Worker's own target, "
+                        f"else {DEFAULT_TARGET})")
+    p.add_argument("module", metavar="MODULE[:ATTR]", help="where the handlers are (see above)")
+    p.add_argument("--types", action=_ExtendCsv, nargs=1, default=[], metavar="T1,T2",
+                   help="serve only these of the module's job types (default: all it has handlers for)")
+    p.add_argument("--concurrency", type=_positive, metavar="N",
+                   help="jobs run at a time, also the thread pool size for sync handlers (default: the "
+                        "Worker's, 8 for a HANDLERS dict); no-op or I/O-bound async handlers like 100-256")
+    p.add_argument("--lease", type=float, metavar="SECONDS",
+                   help="lease length to ask for, 1-600; heartbeats extend it every third of it "
+                        "(default: the Worker's, 30)")
+    p.add_argument("--drain-timeout", type=float, metavar="SECONDS",
+                   help="on stop, how long running handlers may finish (default: the Worker's, 30)")
+    p.add_argument("--identity", metavar="TEXT", help="who is leasing, shown on the jobs (default HOST:PID)")
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="log one line per job (-vv: debug logging)")
+    p.set_defaults(func=cmd_worker, parser=p)
 
 
 # -- output helpers -----------------------------------------------------------------
@@ -455,6 +515,112 @@ def cmd_watch(args: argparse.Namespace, c: MediaJobsClient) -> int:
         return 0
     finally:
         watch.close()
+    return 0
+
+
+class _WorkerLoadError(Exception):
+    pass
+
+
+def _import_module(name: str) -> Any:
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+    if name.endswith(".py") or os.sep in name:
+        path = Path(name)
+        if not path.is_file():
+            raise _WorkerLoadError(f"no such file: {name}")
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        if spec is None or spec.loader is None:
+            raise _WorkerLoadError(f"cannot import {name}")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[path.stem] = mod
+        spec.loader.exec_module(mod)
+        return mod
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if e.name and (name == e.name or name.startswith(e.name + ".")):
+            raise _WorkerLoadError(f"no module named {name!r} (looked in {cwd} and sys.path)") from None
+        raise
+
+
+def load_worker(spec: str) -> Worker:
+    """The Worker that `MODULE[:ATTR]` names (see `mediajobs worker --help`)."""
+    name, _, attr = spec.partition(":")
+    if not name:
+        raise _WorkerLoadError(f"{spec!r} names no module")
+    mod = _import_module(name)
+    if attr:
+        if not hasattr(mod, attr):
+            raise _WorkerLoadError(f"module {name!r} has no attribute {attr!r}")
+        obj = getattr(mod, attr)
+    else:
+        obj = getattr(mod, "worker", None)
+        if not isinstance(obj, Worker):
+            obj = getattr(mod, "HANDLERS", None)
+            if obj is None:
+                raise _WorkerLoadError(f"module {name!r} has neither a Worker named `worker` nor a HANDLERS dict")
+    if isinstance(obj, Worker):
+        worker = obj
+    elif isinstance(obj, Mapping):
+        worker = Worker()
+        for job_type, fn in obj.items():
+            if not callable(fn):
+                raise _WorkerLoadError(f"{spec}: the handler for {job_type!r} is not callable")
+            worker.register(str(job_type), fn)
+    else:
+        what = attr or "HANDLERS"
+        raise _WorkerLoadError(f"{name}:{what} is not a Worker or a {{type: handler}} dict "
+                               f"(it is {type(obj).__name__})")
+    if not worker.job_types:
+        raise _WorkerLoadError(f"{spec}: no handlers registered")
+    return worker
+
+
+def cmd_worker(args: argparse.Namespace, c: MediaJobsClient) -> int:
+    for opt, value, low, high in (("--lease", args.lease, 1, 600), ("--drain-timeout", args.drain_timeout, 0, None)):
+        if value is not None and (value < low or (high is not None and value > high)):
+            args.parser.error(f"{opt} must be {'between %s and %s' % (low, high) if high else 'at least %s' % low}")
+    try:
+        worker = load_worker(args.module)
+    except _WorkerLoadError as e:
+        args.parser.error(str(e))
+    except Exception:  # the module itself failed while importing
+        _note(f"mediajobs: worker: importing {args.module.partition(':')[0]} failed:")
+        _note(traceback.format_exc().rstrip())
+        return 1
+    unknown = [t for t in args.types if t not in worker.job_types]
+    if unknown:
+        args.parser.error(f"no handler for {', '.join(unknown)} in {args.module} (it has {', '.join(worker.job_types)})")
+    if getattr(args, "server", None) or os.environ.get(ENV_SERVER):
+        worker.target = c.target
+    if args.concurrency is not None:
+        worker.concurrency = args.concurrency
+    if args.lease is not None:
+        worker.lease_duration = args.lease
+    if args.drain_timeout is not None:
+        worker.drain_timeout = args.drain_timeout
+    if args.identity is not None:
+        worker.identity = args.identity
+    types = args.types or worker.job_types
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("mediajobs.worker").setLevel(logging.DEBUG if args.verbose >= 2 else logging.INFO)
+    logging.getLogger("mediajobs.worker.jobs").setLevel(logging.INFO if args.verbose else logging.WARNING)
+    _note(f"mediajobs worker: running {', '.join(types)} from {worker.target} (concurrency {worker.concurrency}, "
+          f"lease {worker.lease_duration:g}s); SIGTERM or Ctrl-C stops, a second one at once")
+    worker.run_sync(types=types)
+    busy = worker.busy_threads
+    _note(f"mediajobs worker: stopped ({worker.stats['completed']} completed, {worker.stats['failed']} failed, "
+          f"{worker.stats['released']} released)")
+    if busy:
+        # Threads cannot be interrupted and would keep the process alive:
+        # their jobs are already released, so leave without them.
+        _note(f"mediajobs worker: leaving {busy} handler thread(s) behind")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 

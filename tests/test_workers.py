@@ -403,3 +403,28 @@ async def test_kill_9_of_a_worker_frees_its_jobs_within_lease_plus_sweep(sqlite_
     finally:
         await app.stop(None)
 
+
+
+async def test_leases_committed_for_a_cancelled_acquire_go_back_to_the_queue(stubs, wapp: App):
+    """The caller of AcquireJobs goes away while its leases are being
+    committed: the jobs return to PENDING at once, the attempt not counted."""
+    import threading
+
+    from mediajobs.server.services.workers import WorkerService
+
+    jobs, _ = stubs
+    j = await jobs.CreateJob(svc.CreateJobRequest(type="T"))
+    service = WorkerService(wapp.store, wapp.dispatcher, wapp.cfg.storage_dir())
+    gate = threading.Event()
+    blocker = wapp.store.submit(lambda tx: gate.wait(TIMEOUT))  # holds the writer
+    task = asyncio.create_task(service._acquire_once(["T"], 1, 10**7, res.LockKey(), "w"))
+    await asyncio.sleep(0)  # the task queues its write behind the blocker and parks
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    gate.set()
+    await blocker
+    await wapp.store.write(lambda tx: None)  # every earlier batch has committed and called back
+    await asyncio.gather(*list(service._background))
+    back = await jobs.GetJob(svc.GetJobRequest(id=j.id))
+    assert back.state == Job.PENDING and back.attempt_count == 0

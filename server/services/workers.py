@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import stat
 from pathlib import Path
-from typing import Callable
 
 import grpc
 from google.protobuf import duration_pb2
@@ -19,7 +18,7 @@ from ..convert import set_ts
 from ..dispatch import Dispatcher
 from ..errors import ServiceError, handle_errors, invalid_argument
 from ..storage import resolve_inside
-from ..store import Store, WriteTx
+from ..store import Store
 from ..store import leases
 from .jobs import TYPE_RE, _check_job_id
 
@@ -66,6 +65,7 @@ class WorkerService(wsvc_grpc.WorkerServiceServicer):
         self.store = store
         self.dispatcher = dispatcher
         self.storage_root = storage_root
+        self._background: set[asyncio.Future[None]] = set()
 
     @handle_errors
     async def AcquireJobs(self, request: wsvc.AcquireJobsRequest, context: grpc.aio.ServicerContext) -> wsvc.AcquireJobsResponse:
@@ -100,7 +100,7 @@ class WorkerService(wsvc_grpc.WorkerServiceServicer):
 
         while True:
             seq = self.dispatcher.seq
-            got = await self.store.write(lambda tx: leases.acquire(tx, types, max_jobs, lease_us, lock_key, identity))
+            got = await self._acquire_once(types, max_jobs, lease_us, lock_key, identity)
             if got or request.no_wait:
                 break
             if self.dispatcher.seq != seq:
@@ -114,6 +114,26 @@ class WorkerService(wsvc_grpc.WorkerServiceServicer):
             lj = resp.jobs.add(job=item.job, lease_token=item.token)
             set_ts(lj.lease_expire_time, item.expire_time)
         return resp
+
+    async def _acquire_once(
+        self, types: list[str], max_jobs: int, lease_us: int, lock_key: res.LockKey, identity: str
+    ) -> list[leases.Leased]:
+        fut = self.store.submit(lambda tx: leases.acquire(tx, types, max_jobs, lease_us, lock_key, identity))
+        try:
+            return await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            # The caller went away (deadline, cancel) while the leases were
+            # being committed: once they are, give the jobs straight back.
+            fut.add_done_callback(self._unclaim_later)
+            raise
+
+    def _unclaim_later(self, fut: "asyncio.Future[list[leases.Leased]]") -> None:
+        if fut.cancelled() or fut.exception() is not None or not fut.result():
+            return
+        leased = fut.result()
+        task = asyncio.ensure_future(self.store.write(lambda tx: leases.unclaim(tx, leased)))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     @handle_errors
     async def Heartbeat(self, request: wsvc.HeartbeatRequest, context: grpc.aio.ServicerContext) -> wsvc.HeartbeatResponse:
@@ -158,19 +178,12 @@ class WorkerService(wsvc_grpc.WorkerServiceServicer):
                 _check_token(c.lease_token)
             except ServiceError as e:
                 raise invalid_argument([(f"completions[{i}].{f}", d) for f, d in e.violations])
-        # One write per completion, queued together: the group-commit writer
-        # runs them in one transaction, each in its own savepoint.
-        def completion(c: wsvc.CompleteJobRequest) -> Callable[[WriteTx], Job]:
-            result = c.result if c.HasField("result") else None
-            return lambda tx: leases.complete(tx, c.job_id, c.lease_token, result)
-
-        outcomes = await asyncio.gather(*[self.store.write(completion(c)) for c in items], return_exceptions=True)
+        work = [(c.job_id, c.lease_token, c.result if c.HasField("result") else None) for c in items]
+        outcomes = await self.store.write(lambda tx: leases.complete_many(tx, work))
         resp = wsvc.CompleteJobsResponse()
         for out in outcomes:
             if isinstance(out, ServiceError):
                 resp.results.add(error=out.to_status())
-            elif isinstance(out, BaseException):
-                raise out
             else:
                 resp.results.add(job=out)
         return resp

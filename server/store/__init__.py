@@ -66,6 +66,11 @@ class Store:
     async def write(self, fn: Callable[[WriteTx], T]) -> T:
         return await self.writer.submit(fn)
 
+    def submit(self, fn: Callable[[WriteTx], T]) -> "asyncio.Future[T]":
+        """Queue a mutation; the future resolves after its commit, whether or
+        not anyone still awaits it."""
+        return self.writer.submit(fn)
+
     def write_sync(self, fn: Callable[[WriteTx], T]) -> T:
         return self.writer.run_sync(fn)  # type: ignore[no-any-return]
 

@@ -97,13 +97,17 @@ def lease_job(tx: WriteTx, job_id: str, lease_us: int, lock_key: res.LockKey, id
 
 def _leased(tx: WriteTx, job_id: str, token: str) -> tuple[Job, LeaseColumns]:
     job, lease = load_job_for_update(tx, job_id)
+    _check_lease(tx, job_id, token, job, lease)
+    return job, lease
+
+
+def _check_lease(tx: WriteTx, job_id: str, token: str, job: Job, lease: LeaseColumns) -> None:
     if not token or not secrets.compare_digest(lease.token, token):
         raise lease_lost(job_id, "another worker holds it, or it was never yours")
     if job.state not in (Job.RUNNING, Job.ABORTING):
         raise lease_lost(job_id, f"the job is {state_name(job.state)}")
     if lease.expire_time <= tx.now:
         raise lease_lost(job_id, "the lease expired")
-    return job, lease
 
 
 def heartbeat(
@@ -157,7 +161,7 @@ def complete(tx: WriteTx, job_id: str, token: str, result: struct_pb2.Struct | N
     job, lease = load_job_for_update(tx, job_id)
     if job.state in (Job.SUCCEEDED, Job.ABORTED) and token and lease.token == token:
         return job  # the same attempt's completion, retried
-    job, lease = _leased(tx, job_id, token)
+    _check_lease(tx, job_id, token, job, lease)
     if job.state == Job.ABORTING:
         _finish(tx, job, Job.ABORTED, lease)
         return job
@@ -200,7 +204,7 @@ def release(tx: WriteTx, job_id: str, token: str, job_type: str, reset_attempts:
     job, lease = load_job_for_update(tx, job_id)
     if job_type and job_type != job.type:
         raise invalid_argument([("job_type", f"job {job_id!r} is of type {job.type!r}, not {job_type!r}")])
-    job, lease = _leased(tx, job_id, token)
+    _check_lease(tx, job_id, token, job, lease)
     if job.state == Job.ABORTING:
         _finish(tx, job, Job.ABORTED, lease)
         return job
@@ -208,6 +212,31 @@ def release(tx: WriteTx, job_id: str, token: str, job_type: str, reset_attempts:
         job.attempt_count = 0
     _requeue(tx, job, 0, "released by its worker")
     return job
+
+
+def complete_many(tx: WriteTx, items: list[tuple[str, str, struct_pb2.Struct | None]]) -> list[Job | ServiceError]:
+    """complete() for many jobs in one write; each item succeeds or fails alone."""
+    out: list[Job | ServiceError] = []
+    for job_id, token, result in items:
+        mark = tx.mark()
+        try:
+            with tx.db.atomic():  # savepoint: a refused item leaves nothing behind
+                out.append(complete(tx, job_id, token, result))
+        except ServiceError as e:
+            tx.rollback_to(mark)
+            out.append(e)
+    return out
+
+
+def unclaim(tx: WriteTx, leased: list[Leased]) -> None:
+    """Put jobs whose AcquireJobs reply never reached the worker back to
+    PENDING, as if the lease had not happened (the attempt is not counted)."""
+    for item in leased:
+        job, lease = load_job_for_update(tx, item.job.id)
+        if job.state != Job.RUNNING or lease.token != item.token:
+            continue
+        job.attempt_count = max(job.attempt_count - 1, 0)
+        _requeue(tx, job, 0, "")
 
 
 @dataclass
