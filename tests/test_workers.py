@@ -396,8 +396,8 @@ async def test_kill_9_of_a_worker_frees_its_jobs_within_lease_plus_sweep(sqlite_
                 regained += [lj.job.id for lj in got.jobs]
             elapsed = loop.time() - t0
             assert sorted(regained) == sorted(held)
-            # lease 2 s + sweep 0.2 s + first retry backoff 1 s, with slack for a loaded machine
-            assert elapsed < 8, elapsed
+            # within lease (2 s) + sweep interval (0.2 s); slack for a loaded 2-core machine
+            assert elapsed < 2 + 0.2 + 1.5, elapsed
             problems = (await jobs.ListJobProblems(svc.ListJobProblemsRequest())).problems
             assert {p.job_id for p in problems} == set(held)
     finally:

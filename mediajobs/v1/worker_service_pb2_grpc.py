@@ -138,7 +138,8 @@ class WorkerServiceServicer:
 
     def CleanExpiredLeases(self, request, context):
         """Recovers every job whose lease expired (Kaltura `cleanExclusiveJobs`):
-        back to PENDING with a backoff, or FAILED once its attempts are used up;
+        back to PENDING (at once the first time, then with a growing backoff),
+        or FAILED once its attempts are used up;
         an expired ABORTING job becomes ABORTED. Each recovery records a job
         problem naming the worker and its last heartbeat. The server also runs
         this sweep on its own every `--sweep-interval` seconds.

@@ -73,7 +73,8 @@ class WorkerServiceStub:
     """
     CleanExpiredLeases: _grpc.UnaryUnaryMultiCallable[_worker_service_pb2.CleanExpiredLeasesRequest, _worker_service_pb2.CleanExpiredLeasesResponse]
     """Recovers every job whose lease expired (Kaltura `cleanExclusiveJobs`):
-    back to PENDING with a backoff, or FAILED once its attempts are used up;
+    back to PENDING (at once the first time, then with a growing backoff),
+    or FAILED once its attempts are used up;
     an expired ABORTING job becomes ABORTED. Each recovery records a job
     problem naming the worker and its last heartbeat. The server also runs
     this sweep on its own every `--sweep-interval` seconds.
@@ -122,7 +123,8 @@ class WorkerServiceAsyncStub(WorkerServiceStub):
     """
     CleanExpiredLeases: _aio.UnaryUnaryMultiCallable[_worker_service_pb2.CleanExpiredLeasesRequest, _worker_service_pb2.CleanExpiredLeasesResponse]  # type: ignore[assignment]
     """Recovers every job whose lease expired (Kaltura `cleanExclusiveJobs`):
-    back to PENDING with a backoff, or FAILED once its attempts are used up;
+    back to PENDING (at once the first time, then with a growing backoff),
+    or FAILED once its attempts are used up;
     an expired ABORTING job becomes ABORTED. Each recovery records a job
     problem naming the worker and its last heartbeat. The server also runs
     this sweep on its own every `--sweep-interval` seconds.
@@ -210,7 +212,8 @@ class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_worker_service_pb2.CleanExpiredLeasesResponse, _abc.Awaitable[_worker_service_pb2.CleanExpiredLeasesResponse]]:
         """Recovers every job whose lease expired (Kaltura `cleanExclusiveJobs`):
-        back to PENDING with a backoff, or FAILED once its attempts are used up;
+        back to PENDING (at once the first time, then with a growing backoff),
+        or FAILED once its attempts are used up;
         an expired ABORTING job becomes ABORTED. Each recovery records a job
         problem naming the worker and its last heartbeat. The server also runs
         this sweep on its own every `--sweep-interval` seconds.

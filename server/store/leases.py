@@ -54,6 +54,13 @@ def backoff_us(attempt: int) -> int:
     return min(1_000_000 << max(attempt - 1, 0), MAX_BACKOFF_US)
 
 
+def expiry_backoff_us(attempt: int) -> int:
+    """Backoff after a lease expired: none the first time (a crashed worker's
+    jobs are leasable again within lease + sweep interval), then 1 s, 2 s, ...
+    so a job that keeps killing its workers slows down."""
+    return 0 if attempt <= 1 else backoff_us(attempt - 1)
+
+
 def acquire(
     tx: WriteTx, types: list[str], max_jobs: int, lease_us: int, lock_key: res.LockKey, identity: str
 ) -> list[Leased]:
@@ -247,8 +254,9 @@ class Recovered:
 
 
 def recover_expired(tx: WriteTx, limit: int = 500) -> Recovered:
-    """Jobs whose lease ran out: ABORTING -> ABORTED; RUNNING -> PENDING after a
-    backoff, or FAILED once its attempts are used up. Each records a problem."""
+    """Jobs whose lease ran out: ABORTING -> ABORTED; RUNNING -> PENDING (at once
+    after a first expiry, then with a growing backoff), or FAILED once its
+    attempts are used up. Each records a problem."""
     from ulid import ULID
 
     m = models_for(tx.db)
@@ -286,7 +294,7 @@ def recover_expired(tx: WriteTx, limit: int = 500) -> Recovered:
         ).execute()
         job.problems.append(problem)
         if job.attempt_count < job.max_attempts:
-            _requeue(tx, job, tx.now + backoff_us(job.attempt_count), problem.message)
+            _requeue(tx, job, tx.now + expiry_backoff_us(job.attempt_count), problem.message)
             out.retried.append(job_id)
         else:
             job.error.CopyFrom(
