@@ -5,7 +5,7 @@
     with MediaJobsClient("127.0.0.1:50051") as client:
         job = client.create_job("TRANSCODE", priority="HIGH", params={"input": "a.mov"})
         for msg in client.watch_jobs(job_ids=[job.id], include_progress=False):
-            print(msg.revision, msg.event.job.state)
+            print(msg.revision, msg.events[0].job.state if msg.events else 'progress')
 
     from mediajobs.client import Worker
 

@@ -507,7 +507,7 @@ def cmd_watch(args: argparse.Namespace, c: MediaJobsClient) -> int:
                 _out(render.dumps_line(render.watch_message_to_dict(msg)))
             else:
                 _out(render.watch_line(msg))
-            if msg.HasField("event"):
+            if msg.events:
                 events += 1
                 if args.count is not None and events >= args.count:
                     break

@@ -71,12 +71,13 @@ def watch_message_to_dict(msg: svc.WatchJobsResponse) -> dict[str, Any]:
     {"revision", "type" (CREATED/UPDATED/DELETED/SNAPSHOT), "job_id",
     "event_time", "previous_state", "job"}; progress bookmarks:
     {"revision", "type": "PROGRESS", "snapshot_complete"}."""
-    if msg.HasField("event"):
-        ev = message_to_dict(msg.event)
+    if msg.events:
+        event = msg.events[0]
+        ev = message_to_dict(event)
         out: dict[str, Any] = {
-            "revision": msg.revision,
-            "type": res.JobEvent.Type.Name(msg.event.type),
-            "job_id": msg.event.job.id,
+            "revision": event.revision,
+            "type": res.JobEvent.Type.Name(event.type),
+            "job_id": event.job.id,
         }
         for k in ("event_time", "previous_state", "job"):
             if k in ev:
@@ -214,15 +215,15 @@ WATCH_HEADER = f"{'REVISION':>8}  {'TIME':<24}  {'JOB':<26}  {'EVENT':<8}  {'TYP
 
 def watch_line(msg: svc.WatchJobsResponse) -> str:
     """One readable line per watch message."""
-    if not msg.HasField("event"):
+    if not msg.events:
         what = "snapshot complete" if msg.progress.snapshot_complete else "progress: all changes sent"
         return f"{msg.revision:>8}  {'':<24}  ({what} up to revision {msg.revision})"
-    ev = msg.event
+    ev = msg.events[0]
     j = ev.job
     state = state_name(j.state)
     if ev.type == res.JobEvent.UPDATED and ev.previous_state and ev.previous_state != j.state:
         state = f"{state_name(ev.previous_state)}->{state}"
-    return (f"{msg.revision:>8}  {fmt_time(ev.event_time, millis=True):<24}  {j.id:<26}  "
+    return (f"{ev.revision:>8}  {fmt_time(ev.event_time, millis=True):<24}  {j.id:<26}  "
             f"{res.JobEvent.Type.Name(ev.type):<8}  {j.type:<16}  {state:<20}  {j.progress}%").rstrip()
 
 

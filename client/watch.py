@@ -83,7 +83,7 @@ OnRetry = Callable[[RetryInfo], None]
 
 
 class JobWatch(Iterator[svc.WatchJobsResponse]):
-    """An iterator of WatchJobsResponse messages (events, and progress
+    """An iterator of WatchJobsResponse messages (one event each, and progress
     bookmarks unless include_progress is False) that resumes by itself.
 
     Iterate it in one thread; `cancel()` may be called from any thread (the
@@ -198,17 +198,24 @@ class JobWatch(Iterator[svc.WatchJobsResponse]):
                 self._call = None
             call.cancel()
 
+    @staticmethod
+    def _split(resp: svc.WatchJobsResponse) -> list[svc.WatchJobsResponse]:
+        """One message per event (the server may batch several)."""
+        if len(resp.events) <= 1:
+            return [resp]
+        return [svc.WatchJobsResponse(revision=ev.revision, events=[ev]) for ev in resp.events]
+
     def _accept(self, resp: svc.WatchJobsResponse) -> bool:
         """Advance the cursor; False for messages the caller must not see."""
-        kind = resp.WhichOneof("kind")
-        if kind == "event":
-            if resp.event.type == res.JobEvent.SNAPSHOT:
+        if resp.events:
+            ev = resp.events[0]
+            if ev.type == res.JobEvent.SNAPSHOT:
                 return self.snapshot_pending
-            if self.last_revision is not None and resp.revision <= self.last_revision:
+            if self.last_revision is not None and ev.revision <= self.last_revision:
                 return False  # already delivered before a reconnect
-            self.last_revision = resp.revision
+            self.last_revision = ev.revision
             return True
-        if kind == "progress":
+        if resp.HasField("progress"):
             if resp.progress.snapshot_complete:
                 self.snapshot_pending = False
             if self.last_revision is None or resp.revision > self.last_revision:
@@ -223,10 +230,11 @@ class JobWatch(Iterator[svc.WatchJobsResponse]):
             try:
                 stream = self._stream(self._request())
                 try:
-                    for resp in stream:
+                    for batch in stream:
                         attempt = 0
-                        if self._accept(resp):
-                            yield resp
+                        for resp in self._split(batch):
+                            if self._accept(resp):
+                                yield resp
                 finally:
                     stream.close()  # cancels the call, also when the caller stops iterating
             except grpc.FutureCancelledError:

@@ -16,18 +16,19 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from mediajobs.v1 import job_service_pb2, job_service_pb2_grpc, worker_service_pb2, worker_service_pb2_grpc
+from mediajobs.v1 import job_service_pb2, worker_service_pb2, worker_service_pb2_grpc
 
 from .config import Config
 from .convert import now_us
 from .dispatch import Dispatcher
+from .registration import add_service
 from .services.jobs import JobService
 from .services.workers import WorkerService
 from .store import Store
 from .store import events as store_events
 from .store import jobs as store_jobs
 from .store import leases as store_leases
-from .watch import WatchHub
+from .watch import BUFFER_SIZE, WatchHub
 
 log = logging.getLogger("mediajobs.server")
 
@@ -85,8 +86,10 @@ class App:
         now = self.store.clock()
         retention_us = int(self.cfg.event_retention_s * 1_000_000)
         ttl_us = int(self.cfg.request_id_ttl_s * 1_000_000)
-        rev = await self.store.write(lambda tx: store_events.compact(tx, now - retention_us))
-        self.hub.set_compact_revision(rev)
+        more = True
+        while more:  # bounded steps, so other writes interleave
+            rev, more = await self.store.write(lambda tx: store_events.compact(tx, now - retention_us))
+            self.hub.set_compact_revision(rev)
         await self.store.write(lambda tx: store_jobs.expire_request_ids(tx, now - ttl_us))
 
     async def recover_leases_once(self) -> store_leases.Recovered:
@@ -124,6 +127,7 @@ async def build_server(cfg: Config, clock: Callable[[], int] = now_us) -> App:
     rev = store.read_sync(lambda db, p: store_jobs.current_revision(db))
     compact = store.read_sync(lambda db, p: store_jobs.compact_revision(db))
     hub = WatchHub(store, rev, compact)
+    hub.warm(store.read_sync(store_events.recent_events, BUFFER_SIZE))
     hub.attach(asyncio.get_running_loop())
     dispatcher = Dispatcher(clock)
     hub.listeners.append(dispatcher.on_publish)
@@ -131,7 +135,8 @@ async def build_server(cfg: Config, clock: Callable[[], int] = now_us) -> App:
     storage_root.mkdir(parents=True, exist_ok=True)
 
     server = grpc.aio.server(options=SERVER_OPTIONS)
-    job_service_pb2_grpc.add_JobServiceServicer_to_server(JobService(store, hub), server)
+    add_service(server, job_service_pb2.DESCRIPTOR.services_by_name["JobService"], JobService(store, hub),
+                passthrough=["WatchJobs"])
     worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(WorkerService(store, dispatcher, storage_root), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -20,17 +20,44 @@ from typing import AsyncIterator, Callable
 
 import grpc
 
-from mediajobs.v1 import resources_pb2 as res
-
 from .errors import ServiceError
 from .store import PendingEvent, Store
-from .store.events import read_events
+from .store.events import EventFilter, read_events
 
 log = logging.getLogger("mediajobs.watch")
 
 BUFFER_SIZE = 8192
 QUEUE_LIMIT = 1024
 LOG_PAGE = 512
+MAX_EVENTS_PER_MESSAGE = 256
+MAX_MESSAGE_BYTES = 1 << 20
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def frame_events(revision: int, events: list[bytes]) -> bytes:
+    """A serialized WatchJobsResponse{revision, events} built from the events'
+    own serialized bytes (field 1 varint, field 2 length-delimited)."""
+    parts = [b"\x08", _varint(revision)]
+    for data in events:
+        parts += [b"\x12", _varint(len(data)), data]
+    return b"".join(parts)
+
+
+def frame_progress(revision: int, snapshot_complete: bool = False) -> bytes:
+    """A serialized WatchJobsResponse{revision, progress}."""
+    body = b"\x08\x01" if snapshot_complete else b""
+    return b"\x08" + _varint(revision) + b"\x1a" + _varint(len(body)) + body
 
 
 @dataclass(eq=False)
@@ -206,26 +233,33 @@ class WatchHub:
                       "start_revision": str(start)},
         )
 
-    async def events(self, w: Watcher, progress_interval: float) -> AsyncIterator[tuple[int, bytes | None]]:
-        """Yield (revision, serialized JobEvent) for every matching change from
-        w.next_rev on, and (revision, None) as a progress bookmark when idle.
-        The caller registers and unregisters `w`."""
+    async def messages(self, w: Watcher, progress_interval: float) -> AsyncIterator[bytes]:
+        """Serialized WatchJobsResponse messages for every matching change from
+        w.next_rev on (batched), and a progress bookmark when idle. The
+        caller registers and unregisters `w`."""
         loop = asyncio.get_running_loop()
         last_sent = loop.time()
         while True:
             if w.closed or self.closing:
                 raise self._closing_error(w)
             if not w.synced:
-                async for rev, data in self._catch_up(w):
+                async for msg in self._catch_up(w):
                     last_sent = loop.time()
-                    yield rev, data
+                    yield msg
                 continue
             if w.queue:
-                ev = w.queue.popleft()
-                if ev.revision >= w.next_rev:
-                    w.next_rev = ev.revision + 1
+                batch: list[bytes] = []
+                size = 0
+                q = w.queue
+                while q and len(batch) < MAX_EVENTS_PER_MESSAGE and size < MAX_MESSAGE_BYTES:
+                    ev = q.popleft()
+                    if ev.revision >= w.next_rev:
+                        batch.append(ev.data)
+                        size += len(ev.data)
+                        w.next_rev = ev.revision + 1
+                if batch:
                     last_sent = loop.time()
-                    yield ev.revision, ev.data
+                    yield frame_events(w.next_rev - 1, batch)
                 continue
             w.wakeup.clear()
             timeout = last_sent + progress_interval - loop.time()
@@ -237,9 +271,14 @@ class WatchHub:
                     pass
             if w.synced and not w.queue:
                 last_sent = loop.time()
-                yield max(self.revision, w.next_rev - 1), None
+                rev = max(self.revision, w.next_rev - 1)
+                # Everything that matched up to rev has been sent: a resume
+                # (or the shutdown hint) may start after it.
+                w.next_rev = rev + 1
+                yield frame_progress(rev)
 
-    async def _catch_up(self, w: Watcher) -> AsyncIterator[tuple[int, bytes]]:
+    async def _catch_up(self, w: Watcher) -> AsyncIterator[bytes]:
+        flt = EventFilter(sorted(w.job_ids), sorted(w.types), sorted(w.states))
         while not w.synced:
             if w.closed:
                 raise self._closing_error(w)
@@ -257,13 +296,20 @@ class WatchHub:
                         w.queue.append(ev)
                 w.synced = True
                 return
-            rows = await self.store.read(read_events, w.next_rev, target, LOG_PAGE)
-            if not rows or rows[0][0] != w.next_rev:
-                # Revisions are dense: a missing one was compacted meanwhile.
-                raise self.compacted_error(w.next_rev)
-            for rev, job_id, data in rows:
-                parsed = res.JobEvent.FromString(data)
-                pe = PendingEvent(rev, job_id, parsed.job.type, parsed.job.state, parsed.previous_state, data)
-                w.next_rev = rev + 1
-                if w.matches(pe):
-                    yield rev, data
+            start = w.next_rev
+            rows, compacted = await self.store.read(read_events, start, target, LOG_PAGE, flt)
+            if compacted >= start:
+                self.set_compact_revision(compacted)
+                raise self.compacted_error(start)
+            batch = [ev for ev in rows if w.matches(ev)]
+            w.next_rev = rows[-1].revision + 1 if len(rows) == LOG_PAGE else target + 1
+            for i in range(0, len(batch), MAX_EVENTS_PER_MESSAGE):
+                chunk = batch[i : i + MAX_EVENTS_PER_MESSAGE]
+                yield frame_events(chunk[-1].revision, [ev.data for ev in chunk])
+
+    def warm(self, events: list[PendingEvent]) -> None:
+        """Fill the buffer with the newest logged events (at server start), so
+        watchers resuming after a restart catch up from memory."""
+        for ev in events:
+            if ev.revision <= self.revision:
+                self.buffer.append(ev)

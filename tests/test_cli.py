@@ -120,7 +120,7 @@ def event(rev: int, etype: int, j: res.Job, prev: int = 0) -> svc.WatchJobsRespo
     j.revision = rev
     ev = res.JobEvent(revision=rev, type=etype, job=j, previous_state=prev)  # type: ignore[arg-type]
     ev.event_time.FromSeconds(1_800_000_000 + rev)
-    return svc.WatchJobsResponse(revision=rev, event=ev)
+    return svc.WatchJobsResponse(revision=rev, events=[ev])
 
 
 def progress(rev: int, complete: bool = False) -> svc.WatchJobsResponse:
@@ -539,6 +539,26 @@ def test_client_watch_from_now_anchors_on_the_first_progress_message(fake):
     assert c.q.empty()
 
 
+def test_client_splits_batched_events_and_drops_repeats(fake):
+    client = MediaJobsClient(channel=fake)
+    watch = client.watch_jobs(start_revision=5, include_progress=False, backoff=FAST)
+    c = Consumer(watch)
+    req, rpc = take_stream(fake, "WatchJobs", c.done)
+    assert req.start_revision == 5
+    batch = svc.WatchJobsResponse(revision=7, events=[event(r, res.JobEvent.UPDATED, job(ID1)).events[0] for r in (5, 6, 7)])
+    rpc.send_response(batch)
+    assert [c.get().revision for _ in range(3)] == [5, 6, 7]
+    rpc.terminate((), grpc.StatusCode.UNAVAILABLE, "gone")
+    req, rpc = take_stream(fake, "WatchJobs", c.done)
+    assert req.start_revision == 8
+    # A server that repeats part of a batch: only the new event comes through.
+    rpc.send_response(svc.WatchJobsResponse(revision=8, events=[event(r, res.JobEvent.UPDATED, job(ID1)).events[0] for r in (7, 8)]))
+    got = c.get()
+    assert got.revision == 8 and [e.revision for e in got.events] == [8]
+    watch.cancel()
+    assert c.done.result(timeout=5) is None
+
+
 def test_client_snapshot_is_restarted_when_lost_before_it_completes(fake):
     client = MediaJobsClient(channel=fake)
     retries: list[RetryInfo] = []
@@ -562,7 +582,7 @@ def test_client_snapshot_is_restarted_when_lost_before_it_completes(fake):
     rpc.send_response(event(3, res.JobEvent.SNAPSHOT, job(ID1)))  # never again after snapshot_complete
     rpc.send_response(event(11, res.JobEvent.CREATED, job(ID1)))
     msgs.append(c.get())
-    assert [(m.revision, m.WhichOneof("kind")) for m in msgs] == [
+    assert [(m.revision, "event" if m.events else "progress") for m in msgs] == [
         (3, "event"), (3, "event"), (7, "event"), (9, "progress"), (10, "event"), (11, "event")]
     assert [(r.attempt, r.next_revision) for r in retries] == [(0, None), (0, 11)], "back-off restarts after data"
     assert all(0 <= r.delay <= FAST.initial for r in retries)

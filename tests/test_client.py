@@ -231,9 +231,9 @@ async def test_watch_resumes_by_itself_across_a_server_restart(sqlite_path):
         await app.stop(None)
     assert not consumer.is_alive(), "cancel() ends the watch"
     assert [m.revision for m in received] == list(range(1, 12)), "every revision once, in order, no gap"
-    assert [m.event.job.id for m in received[:10]] == [j.id for j in before + after]
-    assert [m.event.type for m in received[:10]] == [res.JobEvent.CREATED] * 10
-    assert (received[10].event.job.id, received[10].event.job.state) == (before[0].id, Job.ABORTED)
+    assert [m.events[0].job.id for m in received[:10]] == [j.id for j in before + after]
+    assert [m.events[0].type for m in received[:10]] == [res.JobEvent.CREATED] * 10
+    assert (received[10].events[0].job.id, received[10].events[0].job.state) == (before[0].id, Job.ABORTED)
     assert watch.reconnects >= 1
     assert got.get(timeout=TIMEOUT) is None and got.empty(), "nothing after the cancel"
 

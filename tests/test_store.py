@@ -35,9 +35,11 @@ def test_every_change_writes_one_event_with_the_next_revision(store):
     assert j.revision == 1
     store.write_sync(lambda tx: store_jobs.update_priority(tx, j.id, Job.HIGH))
     store.write_sync(lambda tx: store_jobs.abort_job(tx, j.id, "why", False))
-    rows = store.read_sync(store_events.read_events, 1, 100, 100)
-    assert [r[0] for r in rows] == [1, 2, 3]
-    evs = [res.JobEvent.FromString(r[2]) for r in rows]
+    rows, compacted = store.read_sync(store_events.read_events, 1, 100, 100)
+    assert compacted == 0
+    assert [r.revision for r in rows] == [1, 2, 3]
+    assert [(r.job_id, r.job_type, r.state, r.previous_state) for r in rows][-1] == (j.id, "T", Job.ABORTED, Job.PENDING)
+    evs = [res.JobEvent.FromString(r.data) for r in rows]
     assert [e.type for e in evs] == [res.JobEvent.CREATED, res.JobEvent.UPDATED, res.JobEvent.UPDATED]
     assert [e.job.state for e in evs] == [Job.PENDING, Job.PENDING, Job.ABORTED]
     assert store.read_sync(store_jobs.get_job, j.id).revision == 3
@@ -131,7 +133,7 @@ def test_idempotency_record_replays_and_rejects_changed_payload(store):
 def test_delete_turns_past_events_into_tombstones(store):
     j = store.write_sync(lambda tx: create(tx, metadata={"secret": "x"}))
     store.write_sync(lambda tx: store_jobs.delete_jobs(tx, [j.id], False, False))
-    evs = [res.JobEvent.FromString(r[2]) for r in store.read_sync(store_events.read_events, 1, 10, 10)]
+    evs = [res.JobEvent.FromString(r.data) for r in store.read_sync(store_events.read_events, 1, 10, 10)[0]]
     assert [e.type for e in evs] == [res.JobEvent.CREATED, res.JobEvent.DELETED]
     assert all(not e.job.metadata and e.job.id == j.id for e in evs)
 
@@ -142,7 +144,33 @@ def test_compaction(store):
         store.write_sync(create)
     clock.advance(100)  # type: ignore[attr-defined]
     store.write_sync(create)
-    rev = store.write_sync(lambda tx: store_events.compact(tx, tx.now - 50_000_000))
-    assert rev == 3
+    rev, more = store.write_sync(lambda tx: store_events.compact(tx, tx.now - 50_000_000))
+    assert (rev, more) == (3, False)
     assert store.read_sync(lambda db, p: store_jobs.compact_revision(db)) == 3
-    assert [r[0] for r in store.read_sync(store_events.read_events, 1, 10, 10)] == [4]
+    rows, compacted = store.read_sync(store_events.read_events, 4, 10, 10)
+    assert [r.revision for r in rows] == [4] and compacted == 3
+
+
+def test_compaction_works_in_bounded_steps(store):
+    for _ in range(7):
+        store.write_sync(create)
+    store.clock.advance(100)  # type: ignore[attr-defined]
+    steps = []
+    more = True
+    while more:
+        rev, more = store.write_sync(lambda tx: store_events.compact(tx, tx.now, step=3))
+        steps.append(rev)
+    assert steps == [3, 6, 7]
+
+
+def test_read_events_filters_like_a_watcher(store):
+    a = store.write_sync(lambda tx: create(tx, "A"))
+    b = store.write_sync(lambda tx: create(tx, "B"))
+    store.write_sync(lambda tx: store_jobs.abort_job(tx, a.id, "", False))
+    flt = store_events.EventFilter
+    by_id, _ = store.read_sync(store_events.read_events, 1, 100, 100, flt(job_ids=[a.id]))
+    assert [r.revision for r in by_id] == [1, 3]
+    by_type, _ = store.read_sync(store_events.read_events, 1, 100, 100, flt(types=["B"]))
+    assert [r.job_id for r in by_type] == [b.id]
+    by_state, _ = store.read_sync(store_events.read_events, 1, 100, 100, flt(states=[Job.ABORTED]))
+    assert [r.revision for r in by_state] == [3]

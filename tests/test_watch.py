@@ -29,6 +29,7 @@ class Stream:
     def __init__(self, stub: job_service_pb2_grpc.JobServiceStub, req: svc.WatchJobsRequest) -> None:
         self.call = stub.WatchJobs(req)
         self.queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.pending: list[res.JobEvent] = []
         self.task = asyncio.create_task(self._pump())
 
     async def _pump(self) -> None:
@@ -47,10 +48,14 @@ class Stream:
         return msg
 
     async def next_event(self) -> res.JobEvent:
-        while True:
+        """The next event, whether it came alone or in a batch."""
+        while not self.pending:
             msg = await self.next()
-            if msg.HasField("event"):
-                return msg.event
+            if msg.events:
+                assert msg.revision == msg.events[-1].revision
+                assert [e.revision for e in msg.events] == sorted(e.revision for e in msg.events)
+                self.pending.extend(msg.events)
+        return self.pending.pop(0)
 
     async def events(self, n: int) -> list[res.JobEvent]:
         return [await self.next_event() for _ in range(n)]
@@ -312,3 +317,46 @@ async def test_draining_server_ends_watches_with_unavailable_and_resume_point(sq
         assert info.reason == "SERVER_SHUTTING_DOWN" and info.metadata["resume_revision"] == str(j.revision + 1)
         await stopping
         assert loop.time() - t0 < 10, "open watches do not hold the drain for the whole grace period"
+
+
+async def test_events_that_queue_up_go_out_together(jobs, app: App):
+    s = Stream(jobs, svc.WatchJobsRequest())
+    first = await s.next()
+    assert first.HasField("progress"), "a from-now stream says where now is"
+    made = await app.store.write(lambda tx: [store_jobs.new_job(tx, svc.CreateJobRequest(type="B")) for _ in range(50)])
+    msg = await s.next()
+    assert [e.job.id for e in msg.events] == [j.id for j in made], "one commit, one message"
+    assert msg.revision == made[-1].revision
+    await s.close()
+
+
+async def test_restarted_server_serves_recent_history_from_memory(sqlite_path):
+    app = await start_app(sqlite_path)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as ch:
+        made = [await create(job_service_pb2_grpc.JobServiceStub(ch)) for _ in range(20)]
+    port = app.port
+    await app.stop(None)
+    app = await _restart(sqlite_path, port)
+    try:
+        assert [e.revision for e in app.hub.buffer] == [j.revision for j in made]
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as ch:
+            got = await _all_events(job_service_pb2_grpc.JobServiceStub(ch), made[5].revision, made[-1].revision)
+        assert [e.job.id for e in got] == [j.id for j in made[5:]]
+    finally:
+        await app.stop(None)
+
+
+async def test_shutdown_hint_counts_bookmarks(sqlite_path):
+    app = await start_app(sqlite_path)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as ch:
+        stub = job_service_pb2_grpc.JobServiceStub(ch)
+        s = Stream(stub, svc.WatchJobsRequest(types=["NONE"], progress_interval=interval(0.1)))
+        await s.next()  # where "now" was
+        j = await create(stub)
+        while (await s.next()).revision < j.revision:
+            pass  # bookmarks until one covers j's revision
+        stopping = asyncio.create_task(app.stop(5))
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await s.next()
+        await stopping
+        assert error_info(e.value).metadata["resume_revision"] == str(j.revision + 1)

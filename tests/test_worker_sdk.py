@@ -104,16 +104,17 @@ async def history(
 
     async def consume() -> None:
         async for msg in call:
-            if not msg.HasField("event") or msg.event.job.id not in ids or msg.event.type == res.JobEvent.CREATED:
-                continue
-            job = msg.event.job
-            out[job.id].append(job)
-            if on_event is not None:
-                on_event(job)
-            if until(job):
-                left.discard(job.id)
-                if not left:
-                    return
+            for ev in msg.events:
+                if ev.job.id not in ids or ev.type == res.JobEvent.CREATED:
+                    continue
+                job = ev.job
+                out[job.id].append(job)
+                if on_event is not None:
+                    on_event(job)
+                if until(job):
+                    left.discard(job.id)
+                    if not left:
+                        return
 
     try:
         await asyncio.wait_for(consume(), timeout)

@@ -176,13 +176,13 @@ async def test_heartbeat_extends_the_lease_and_reports_monotone_progress(stubs, 
     clock.advance(8)
     hb = await workers.Heartbeat(wsvc.HeartbeatRequest(job_id=j.id, lease_token=lj.lease_token, progress=40, message="decoding"))
     assert hb.lease_expire_time.ToMicroseconds() == clock.now + 10_000_000 and not hb.cancel_requested
-    ev = (await asyncio.wait_for(watch.read(), TIMEOUT)).event
+    ev = (await asyncio.wait_for(watch.read(), TIMEOUT)).events[0]
     assert ev.job.progress == 40 and ev.job.progress_message == "decoding"
     await workers.Heartbeat(wsvc.HeartbeatRequest(job_id=j.id, lease_token=lj.lease_token, progress=30))
     assert (await jobs.GetJob(svc.GetJobRequest(id=j.id))).progress == 40, "progress never goes back"
     clock.advance(8)  # past the original expiry, within the extended one
     await workers.Heartbeat(wsvc.HeartbeatRequest(job_id=j.id, lease_token=lj.lease_token, progress=70))
-    ev = (await asyncio.wait_for(watch.read(), TIMEOUT)).event
+    ev = (await asyncio.wait_for(watch.read(), TIMEOUT)).events[0]
     assert ev.job.progress == 70
     watch.cancel()
     with pytest.raises(grpc.aio.AioRpcError) as e:
@@ -311,8 +311,8 @@ async def test_twenty_workers_two_thousand_jobs_each_run_exactly_once(stubs, wap
     listed = await jobs.ListJobs(svc.ListJobsRequest(states=[Job.SUCCEEDED], page_size=1))
     assert listed.total_size == 2000
     # The log agrees: each job went RUNNING once and SUCCEEDED once.
-    rows = await wapp.store.read(store_events.read_events, 1, 10**9, 100_000)
-    trans = Counter((res.JobEvent.FromString(r[2]).job.state, r[1]) for r in rows)
+    rows, _ = await wapp.store.read(store_events.read_events, 1, 10**9, 100_000)
+    trans = Counter((ev.state, ev.job_id) for ev in rows)
     assert all(trans[(Job.RUNNING, j)] == 1 and trans[(Job.SUCCEEDED, j)] == 1 for j in completed)
 
 

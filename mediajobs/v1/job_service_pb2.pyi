@@ -585,7 +585,8 @@ class WatchJobsRequest(_message.Message):
     """Optional. First revision to send (inclusive). 0 means "from now"."""
     send_initial_snapshot: _builtins.bool
     """Optional. With start_revision = 0: first send every matching job as a
-    SNAPSHOT event, then a progress message at the snapshot's revision.
+    SNAPSHOT event (at most 10,000 jobs, else FAILED_PRECONDITION), then a
+    progress message with snapshot_complete at the snapshot's revision.
     """
     @_builtins.property
     def job_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -630,34 +631,34 @@ class WatchJobsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     REVISION_FIELD_NUMBER: _builtins.int
-    EVENT_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
     PROGRESS_FIELD_NUMBER: _builtins.int
     revision: _builtins.int
-    """For an event, its revision. For progress, every matching change up to and
-    including this revision has been sent.
+    """With events: the revision of the last event in `events`. With progress:
+    every matching change up to and including this revision has been sent.
     """
     @_builtins.property
-    def event(self) -> _resources_pb2.JobEvent:
-        """A change to a job."""
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.JobEvent]:
+        """Changes, oldest first, each with its own revision. Several arrive in one
+        message when they come faster than the stream is read (at most 256).
+        """
 
     @_builtins.property
     def progress(self) -> Global___WatchProgress:
-        """A bookmark: nothing new matched since the last message."""
+        """Set on bookmark messages, which carry no events."""
 
     def __init__(
         self,
         *,
         revision: _builtins.int = ...,
-        event: _resources_pb2.JobEvent | None = ...,
+        events: _abc.Iterable[_resources_pb2.JobEvent] | None = ...,
         progress: Global___WatchProgress | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "kind", b"kind", "progress", b"progress"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["progress", b"progress"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "kind", b"kind", "progress", b"progress", "revision", b"revision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "progress", b"progress", "revision", b"revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["event", "progress"]  # noqa: Y015
-    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
-    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchJobsResponse: _TypeAlias = WatchJobsResponse  # noqa: Y015
 

@@ -96,7 +96,8 @@ class JobServiceStub:
 
     Every change to a job is committed with a strictly increasing store
     revision. The stream first replays the log from `start_revision`, then
-    tails live changes; no intermediate change is ever skipped. Idle streams
+    tails live changes; no intermediate change is ever skipped. A message
+    carries one or more events in revision order. Idle streams
     receive `progress` messages whose revision says "everything up to here has
     been sent". To resume after a disconnect or a server restart, send the
     last received revision + 1 as `start_revision`.
@@ -176,7 +177,8 @@ class JobServiceAsyncStub(JobServiceStub):
 
     Every change to a job is committed with a strictly increasing store
     revision. The stream first replays the log from `start_revision`, then
-    tails live changes; no intermediate change is ever skipped. Idle streams
+    tails live changes; no intermediate change is ever skipped. A message
+    carries one or more events in revision order. Idle streams
     receive `progress` messages whose revision says "everything up to here has
     been sent". To resume after a disconnect or a server restart, send the
     last received revision + 1 as `start_revision`.
@@ -319,7 +321,8 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
 
         Every change to a job is committed with a strictly increasing store
         revision. The stream first replays the log from `start_revision`, then
-        tails live changes; no intermediate change is ever skipped. Idle streams
+        tails live changes; no intermediate change is ever skipped. A message
+        carries one or more events in revision order. Idle streams
         receive `progress` messages whose revision says "everything up to here has
         been sent". To resume after a disconnect or a server restart, send the
         last received revision + 1 as `start_revision`.

@@ -13,7 +13,7 @@ from mediajobs.v1 import resources_pb2 as res
 from ..errors import ServiceError, handle_errors, invalid_argument
 from ..store import Store
 from ..store import jobs as store_jobs
-from ..watch import Watcher, WatchHub
+from ..watch import Watcher, WatchHub, frame_progress
 
 Job = res.Job
 TYPE_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
@@ -23,6 +23,7 @@ MAX_PARAMS_BYTES = 1 << 20
 MAX_DELETE = 1000
 MAX_BATCH_CREATE = 1000
 MAX_SNAPSHOT = 10_000
+SNAPSHOT_CHUNK = 100
 
 
 def _check_job_id(job_id: str, field: str = "id") -> None:
@@ -188,7 +189,9 @@ class JobService(svc_grpc.JobServiceServicer):
     @handle_errors
     async def WatchJobs(
         self, request: svc.WatchJobsRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[svc.WatchJobsResponse]:
+    ) -> AsyncIterator[svc.WatchJobsResponse | bytes]:
+        """Yields messages or already-serialized WatchJobsResponse bytes (the
+        method is registered with a serializer that passes bytes through)."""
         v: list[tuple[str, str]] = []
         if request.start_revision < 0:
             v.append(("start_revision", "must not be negative (0 means from now)"))
@@ -239,25 +242,25 @@ class JobService(svc_grpc.JobServiceServicer):
                         f"more than {MAX_SNAPSHOT} jobs match; narrow the filter, or page with ListJobs and "
                         "watch from its revision + 1",
                     )
-                for job in jobs:
+                for i in range(0, len(jobs), SNAPSHOT_CHUNK):
+                    chunk = jobs[i : i + SNAPSHOT_CHUNK]
                     yield svc.WatchJobsResponse(
-                        revision=job.revision,
-                        event=res.JobEvent(revision=job.revision, type=res.JobEvent.SNAPSHOT, job=job,
-                                           previous_state=job.state),
+                        revision=max(j.revision for j in chunk),
+                        events=[
+                            res.JobEvent(revision=j.revision, type=res.JobEvent.SNAPSHOT, job=j, previous_state=j.state)
+                            for j in chunk
+                        ],
                     )
                 # Changes after the snapshot's revision follow from the log.
                 w.next_rev = snap_rev + 1
                 w.queue.clear()
                 w.synced = False
-                yield svc.WatchJobsResponse(revision=snap_rev, progress=svc.WatchProgress(snapshot_complete=True))
+                yield frame_progress(snap_rev, snapshot_complete=True)
             elif not start:
                 # Tell a "from now" watcher at once where now is, so it can
                 # resume from there even if no change ever arrives.
-                yield svc.WatchJobsResponse(revision=w.next_rev - 1, progress=svc.WatchProgress())
-            async for rev, data in hub.events(w, interval):
-                if data is None:
-                    yield svc.WatchJobsResponse(revision=rev, progress=svc.WatchProgress())
-                else:
-                    yield svc.WatchJobsResponse(revision=rev, event=res.JobEvent.FromString(data))
+                yield frame_progress(w.next_rev - 1)
+            async for msg in hub.messages(w, interval):
+                yield msg
         finally:
             hub.unregister(w)

@@ -1,36 +1,89 @@
-"""The change log: reading events back and compacting old ones."""
+"""The change log: reading events back (filtered like a watcher) and
+compacting old ones in bounded steps."""
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
 
 import peewee
 
 from .jobs import compact_revision
 from .models import models_for
-from .writer import WriteTx
+from .writer import PendingEvent, WriteTx
+
+COMPACT_STEP = 5_000
+MAX_IN_LIST = 500
 
 
-def read_events(db: peewee.Database, project: str, from_rev: int, to_rev: int, limit: int) -> list[tuple[int, str, bytes]]:
-    """Events with from_rev <= revision <= to_rev, oldest first, at most `limit`:
-    (revision, job_id, serialized JobEvent)."""
+@dataclass
+class EventFilter:
+    job_ids: Sequence[str] = ()
+    types: Sequence[str] = ()
+    states: Sequence[int] = ()
+
+
+def _row(r: Sequence[object]) -> PendingEvent:
+    return PendingEvent(int(r[0]), str(r[1]), str(r[2]), int(r[3]), int(r[4]), bytes(r[5]))  # type: ignore[arg-type, call-overload]
+
+
+def read_events(
+    db: peewee.Database, project: str, from_rev: int, to_rev: int, limit: int, flt: EventFilter | None = None
+) -> tuple[list[PendingEvent], int]:
+    """Matching events with from_rev <= revision <= to_rev, oldest first, at
+    most `limit`, and the compact revision read in the same transaction: if
+    it is >= from_rev, events of the range may be gone (OUT_OF_RANGE)."""
+    p = db.param
+    where = [f"revision >= {p}", f"revision <= {p}", f"project = {p}"]
+    args: list[object] = [from_rev, to_rev, project]
+    if flt is not None:
+        if flt.job_ids and len(flt.job_ids) <= MAX_IN_LIST:
+            where.append(f"job_id IN ({', '.join([p] * len(flt.job_ids))})")
+            args += list(flt.job_ids)
+        if flt.types and len(flt.types) <= MAX_IN_LIST:
+            where.append(f"job_type IN ({', '.join([p] * len(flt.types))})")
+            args += list(flt.types)
+        if flt.states:
+            marks = ", ".join([p] * len(flt.states))
+            where.append(f"(state IN ({marks}) OR previous_state IN ({marks}))")
+            args += list(flt.states) * 2
+    sql = (
+        "SELECT revision, job_id, job_type, state, previous_state, data FROM job_events "
+        f"WHERE {' AND '.join(where)} ORDER BY revision LIMIT {int(limit)}"
+    )
+    with db.atomic():
+        rows = db.execute_sql(sql, args).fetchall()
+        compacted = compact_revision(db)
+    return [_row(r) for r in rows], compacted
+
+
+def recent_events(db: peewee.Database, project: str, n: int) -> list[PendingEvent]:
+    """The newest n events, oldest first (to warm the watch buffer at start)."""
     p = db.param
     rows = db.execute_sql(
-        f"SELECT revision, job_id, data FROM job_events WHERE revision >= {p} AND revision <= {p} AND project = {p} "
-        f"ORDER BY revision LIMIT {int(limit)}",
-        (from_rev, to_rev, project),
+        "SELECT revision, job_id, job_type, state, previous_state, data FROM job_events "
+        f"WHERE project = {p} ORDER BY revision DESC LIMIT {int(n)}",
+        (project,),
     ).fetchall()
-    return [(r[0], r[1], bytes(r[2])) for r in rows]
+    return [_row(r) for r in reversed(rows)]
 
 
-def compact(tx: WriteTx, before_time_us: int) -> int:
-    """Delete events committed before `before_time_us`; return the new
-    compact revision (every revision at or below it is gone)."""
-    m = models_for(tx.db)
-    newest_old = (
-        m.JobEventRow.select(peewee.fn.MAX(m.JobEventRow.revision)).where(m.JobEventRow.event_time < before_time_us).scalar()
-    )
+def compact(tx: WriteTx, before_time_us: int, step: int = COMPACT_STEP) -> tuple[int, bool]:
+    """Delete up to `step` of the oldest events committed before
+    `before_time_us`. Returns (compact revision, whether more may remain).
+    Bounded work per call keeps the writer responsive."""
+    rows = tx.db.execute_sql(
+        f"SELECT revision, event_time FROM job_events ORDER BY revision LIMIT {int(step)}"
+    ).fetchall()
+    upto = 0
+    for rev, t in rows:
+        if t >= before_time_us:
+            break
+        upto = rev
     current = compact_revision(tx.db)
-    if not newest_old or newest_old <= current:
-        return current
-    return compact_to(tx, newest_old)
+    if not upto:
+        return current, False
+    more = upto == rows[-1][0] and len(rows) == step
+    return compact_to(tx, upto), more
 
 
 def compact_to(tx: WriteTx, revision: int) -> int:

@@ -70,7 +70,8 @@ class HotSql:
             f"SELECT data, lease_token, lease_owner, lease_expire_time FROM jobs WHERE id = {p} AND project = {p}"
         )
         self.insert_event = (
-            f"INSERT INTO job_events (revision, project, job_id, event_time, data) VALUES ({p}, {p}, {p}, {p}, {p})"
+            "INSERT INTO job_events (revision, project, job_id, job_type, state, previous_state, event_time, data) "
+            f"VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p})"
         )
         self.insert_meta = f"INSERT INTO job_metadata (job_id, project, key, value) VALUES ({p}, {p}, {p}, {p})"
         self.insert_type = f"INSERT INTO job_types (project, name) VALUES ({p}, {p}) ON CONFLICT DO NOTHING"
@@ -112,7 +113,9 @@ def emit(tx: WriteTx, job: Job, etype: int, prev_state: int) -> None:
     ev = res.JobEvent(revision=rev, type=etype, job=job, previous_state=prev_state)  # type: ignore[arg-type]
     set_ts(ev.event_time, tx.now)
     data = ev.SerializeToString()
-    tx.db.execute_sql(hot(tx.db).insert_event, (rev, tx.project, job.id, tx.now, data))
+    tx.db.execute_sql(
+        hot(tx.db).insert_event, (rev, tx.project, job.id, job.type, job.state, prev_state, tx.now, data)
+    )
     tx.events.append(PendingEvent(rev, job.id, job.type, job.state, prev_state, data, _us(job.available_time)))
 
 

@@ -44,6 +44,7 @@ class JobRow(BaseModel):
         table_name = "jobs"
         indexes = (
             (("state", "lease_expire_time"), False),
+            (("project", "id"), False),
             (("project", "state", "type", "id"), False),
             (("project", "type", "id"), False),
             (("project", "state", "priority", "id"), False),
@@ -70,13 +71,20 @@ class JobEventRow(BaseModel):
     revision = peewee.BigIntegerField(primary_key=True)
     project = peewee.CharField(max_length=64)
     job_id = peewee.CharField(max_length=26)
+    # What watch filters match on, so a resuming watcher reads only its events.
+    job_type = peewee.CharField(max_length=64)
+    state = peewee.SmallIntegerField()
+    previous_state = peewee.SmallIntegerField()
     event_time = peewee.BigIntegerField()
     # Serialized mediajobs.v1.JobEvent (a tombstone after the job is deleted).
     data = peewee.BlobField()
 
     class Meta:
         table_name = "job_events"
-        indexes = ((("job_id",), False),)
+        indexes = (
+            (("job_id", "revision"), False),
+            (("job_type", "revision"), False),
+        )
 
 
 class JobProblemRow(BaseModel):

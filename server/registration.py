@@ -1,0 +1,44 @@
+"""Registering servicers from the proto descriptors.
+
+Like the generated `add_*Servicer_to_server`, but a method may be marked
+`passthrough`: its handler may then yield already-serialized response bytes
+(WatchJobs frames each event once and fans the bytes out to every watcher).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+import grpc
+from google.protobuf import descriptor, message_factory
+
+_FACTORIES: dict[tuple[bool, bool], Callable[..., grpc.RpcMethodHandler]] = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+
+
+def _passthrough(serialize: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
+    def ser(msg: Any) -> bytes:
+        return msg if isinstance(msg, bytes) else serialize(msg)
+
+    return ser
+
+
+def add_service(
+    server: grpc.aio.Server, service: descriptor.ServiceDescriptor, servicer: Any, passthrough: Iterable[str] = ()
+) -> None:
+    raw = set(passthrough)
+    handlers: dict[str, grpc.RpcMethodHandler] = {}
+    for m in service.methods:
+        req = message_factory.GetMessageClass(m.input_type)
+        resp = message_factory.GetMessageClass(m.output_type)
+        ser = resp.SerializeToString
+        handlers[m.name] = _FACTORIES[(m.client_streaming, m.server_streaming)](
+            getattr(servicer, m.name),
+            request_deserializer=req.FromString,
+            response_serializer=_passthrough(ser) if m.name in raw else ser,
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+    server.add_registered_method_handlers(service.full_name, handlers)
