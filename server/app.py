@@ -81,6 +81,8 @@ class App:
         for t in self.tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
+        if not self.store.db.is_closed():
+            self.store.db.close()  # this thread's connection (inline point reads)
         await asyncio.to_thread(self.store.close)
 
     async def sweep_once(self) -> None:

@@ -110,7 +110,7 @@ class JobService(svc_grpc.JobServiceServicer):
     async def GetJob(self, request: svc.GetJobRequest, context: grpc.aio.ServicerContext) -> Job:
         _check_job_id(request.id)
         store_jobs.check_read_mask(request.read_mask)
-        job = await self.store.read(store_jobs.get_job, request.id)
+        job = await self.store.read_point(store_jobs.get_job, request.id)
         return store_jobs.shape_job(job, request.read_mask, request.include_metadata)
 
     @handle_errors
