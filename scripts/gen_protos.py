@@ -32,8 +32,11 @@ def generate(out_root: Path) -> None:
         sys.exit(f"gen_protos: grpcio-tools {got} installed, {EXPECTED_TOOLS} pinned; run scripts/setup")
     gapi = Path(google.rpc.status_pb2.__file__).parents[2]
     protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in (PROTO_ROOT / "mediajobs" / "v1").glob("*.proto"))
+    bindir = Path(sys.executable).parent  # the venv's plugins, also when it is not activated
     cmd = [
         sys.executable, "-m", "grpc_tools.protoc",
+        f"--plugin=protoc-gen-mypy={bindir / 'protoc-gen-mypy'}",
+        f"--plugin=protoc-gen-mypy_grpc={bindir / 'protoc-gen-mypy_grpc'}",
         f"-I{PROTO_ROOT}", f"-I{gapi}",
         f"--python_out={out_root}", f"--grpc_python_out={out_root}",
         f"--mypy_out={out_root}", f"--mypy_grpc_out={out_root}",
