@@ -32,7 +32,11 @@ def check_relative(path: str, field: str = "local_path") -> list[str]:
         raise invalid_argument([(field, "must not contain NUL bytes")])
     if path.startswith("/") or path.startswith("\\") or (len(path) > 1 and path[1] == ":"):
         raise invalid_argument([(field, f"{path!r} is absolute; give a path relative to the storage root")])
+    if len(path) > 4096:
+        raise invalid_argument([(field, "at most 4096 characters")])
     parts = [p for p in PurePosixPath(path).parts if p not in ("", ".")]
+    if any(len(p.encode()) > 255 for p in parts):
+        raise invalid_argument([(field, "a path component is longer than 255 bytes")])
     if ".." in parts:
         raise invalid_argument([(field, f"{path!r} contains '..'; paths must stay inside the storage root")])
     if not parts:
@@ -64,6 +68,8 @@ def resolve_inside(root: Path, path: str, field: str = "local_path") -> tuple[Pa
             st = os.lstat(candidate)
         except (FileNotFoundError, NotADirectoryError):
             return None, None
+        except OSError as e:  # too long once links are followed, no permission, ...
+            raise invalid_argument([(field, f"cannot be checked: {e.strerror}")])
         if stat.S_ISLNK(st.st_mode):
             hops += 1
             if hops > MAX_LINK_HOPS:

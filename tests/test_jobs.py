@@ -85,9 +85,10 @@ async def test_get_unknown_and_malformed_ids(jobs):
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "id" in field_violations(e.value)
 
-    with pytest.raises(grpc.aio.AioRpcError) as e:
-        await jobs.GetJob(svc.GetJobRequest(id="01ARZ3NDEKTSV4RRFFQ69G5FAV", read_mask=field_mask_pb2.FieldMask(paths=["bogus"])))
-    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    for paths in (["bogus"], ["params.x"], ["id.y"]):
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await jobs.GetJob(svc.GetJobRequest(id="01ARZ3NDEKTSV4RRFFQ69G5FAV", read_mask=field_mask_pb2.FieldMask(paths=paths)))
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, paths
 
 
 async def test_idempotent_create_under_concurrent_duplicates(jobs, app):

@@ -338,7 +338,7 @@ async def test_check_file_exists_only_inside_the_storage_root(stubs, wapp: App, 
     assert (await check("link-inside", any_size=True)).size_matches
     assert not (await check("media/none.mp4")).exists
     assert not (await check("media", any_size=True)).exists, "a folder is not a file"
-    for bad in ("../secret.txt", "media/../../secret.txt", "/etc/passwd", str(outside), ""):
+    for bad in ("../secret.txt", "media/../../secret.txt", "/etc/passwd", str(outside), "", "a" * 5000, "d/" + "b" * 300):
         with pytest.raises(grpc.aio.AioRpcError) as e:
             await check(bad)
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, bad

@@ -351,6 +351,11 @@ JOB_FIELDS = frozenset(f.name for f in Job.DESCRIPTOR.fields)
 
 def check_read_mask(mask: field_mask_pb2.FieldMask, field_name: str = "read_mask") -> None:
     bad = [p for p in mask.paths if p.split(".")[0] not in JOB_FIELDS]
+    if not bad and not mask.IsValidForDescriptor(Job.DESCRIPTOR):
+        raise invalid_argument(
+            [(field_name, f"{', '.join(mask.paths)!r} names a sub-field that Job does not have; "
+                          "use top-level fields such as id,state,progress (or message fields like lease.expire_time)")]
+        )
     if bad:
         raise invalid_argument(
             [(field_name, f"unknown Job field {p!r}; valid fields: {', '.join(sorted(JOB_FIELDS))}") for p in bad]
