@@ -68,13 +68,13 @@ def acquire(
     db = tx.db
     p = db.param
     sql = (
-        f"SELECT id FROM jobs WHERE project = {p} AND state = {p} AND type IN ({', '.join([p] * len(types))}) "
+        f"SELECT data FROM jobs WHERE project = {p} AND state = {p} AND type IN ({', '.join([p] * len(types))}) "
         f"AND available_time <= {p} ORDER BY priority DESC, id LIMIT {int(max_jobs)}"
     )
     if is_postgres(db):
         sql += " FOR UPDATE SKIP LOCKED"
-    ids = [r[0] for r in db.execute_sql(sql, (tx.project, Job.PENDING, *types, tx.now)).fetchall()]
-    return [lease_job(tx, job_id, lease_us, lock_key, identity) for job_id in ids]
+    rows = db.execute_sql(sql, (tx.project, Job.PENDING, *types, tx.now)).fetchall()
+    return [_lease(tx, Job.FromString(bytes(r[0])), lease_us, lock_key, identity) for r in rows]
 
 
 def lease_job(tx: WriteTx, job_id: str, lease_us: int, lock_key: res.LockKey, identity: str) -> Leased:
@@ -82,6 +82,10 @@ def lease_job(tx: WriteTx, job_id: str, lease_us: int, lock_key: res.LockKey, id
     job, _ = load_job_for_update(tx, job_id)
     if job.state != Job.PENDING:
         raise illegal_transition(job_id, state_name(job.state), "lease")
+    return _lease(tx, job, lease_us, lock_key, identity)
+
+
+def _lease(tx: WriteTx, job: Job, lease_us: int, lock_key: res.LockKey, identity: str) -> Leased:
     token = secrets.token_hex(16)
     expire = tx.now + lease_us
     job.state = Job.RUNNING
