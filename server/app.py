@@ -10,7 +10,6 @@ import contextlib
 import gc
 import logging
 import signal
-import sys
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -166,10 +165,6 @@ async def serve(cfg: Config) -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
-    # The writer thread, gRPC's poller and the event loop hand the GIL to each
-    # other several times per request; the default 5 ms switch interval makes
-    # each hand-off wait behind a busy loop.
-    sys.setswitchinterval(0.0005)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
