@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import grpc
 from google.protobuf import any_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 DOMAIN = "mediajobs"
@@ -136,5 +136,3 @@ async def _fail(context: grpc.aio.ServicerContext, e: Exception, method: str) ->
 def _is_grpc_control(e: BaseException) -> bool:
     return type(e).__module__.startswith("grpc")
 
-
-_ = code_pb2  # codes are taken from grpc.StatusCode; kept for readers of details
