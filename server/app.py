@@ -17,13 +17,14 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from mediajobs.v1 import job_service_pb2, worker_service_pb2, worker_service_pb2_grpc
+from mediajobs.v1 import job_service_pb2, media_service_pb2, media_service_pb2_grpc, worker_service_pb2, worker_service_pb2_grpc
 
 from .config import Config
 from .convert import now_us
 from .dispatch import Dispatcher
 from .registration import add_service
 from .services.jobs import JobService
+from .services.media import MediaService
 from .services.workers import WorkerService
 from .store import Store
 from .store import events as store_events
@@ -36,6 +37,7 @@ log = logging.getLogger("mediajobs.server")
 SERVICE_NAMES = [
     job_service_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
     worker_service_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name,
+    media_service_pb2.DESCRIPTOR.services_by_name["MediaService"].full_name,
 ]
 
 SERVER_OPTIONS = [
@@ -141,6 +143,7 @@ async def build_server(cfg: Config, clock: Callable[[], int] = now_us) -> App:
     add_service(server, job_service_pb2.DESCRIPTOR.services_by_name["JobService"], JobService(store, hub),
                 passthrough=["WatchJobs"])
     worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(WorkerService(store, dispatcher, storage_root), server)
+    media_service_pb2_grpc.add_MediaServiceServicer_to_server(MediaService(store, storage_root), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

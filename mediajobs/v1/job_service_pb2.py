@@ -29,7 +29,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from mediajobs.v1 import resources_pb2 as mediajobs_dot_v1_dot_resources__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1emediajobs/v1/job_service.proto\x12\x0cmediajobs.v1\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1cmediajobs/v1/resources.proto\"\xa3\x02\n\x10\x43reateJobRequest\x12\x0c\n\x04type\x18\x01 \x01(\t\x12,\n\x08priority\x18\x02 \x01(\x0e\x32\x1a.mediajobs.v1.Job.Priority\x12>\n\x08metadata\x18\x03 \x03(\x0b\x32,.mediajobs.v1.CreateJobRequest.MetadataEntry\x12\'\n\x06params\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07\x63reator\x18\x05 \x01(\t\x12\x14\n\x0cmax_attempts\x18\x06 \x01(\x05\x12\x12\n\nrequest_id\x18\x0f \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"J\n\x16\x42\x61tchCreateJobsRequest\x12\x30\n\x08requests\x18\x01 \x03(\x0b\x32\x1e.mediajobs.v1.CreateJobRequest\":\n\x17\x42\x61tchCreateJobsResponse\x12\x1f\n\x04jobs\x18\x01 \x03(\x0b\x32\x11.mediajobs.v1.Job\"d\n\rGetJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12-\n\tread_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x18\n\x10include_metadata\x18\x03 \x01(\x08\"\x82\x05\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\'\n\x06states\x18\x03 \x03(\x0e\x32\x17.mediajobs.v1.Job.State\x12\r\n\x05types\x18\x04 \x03(\t\x12=\n\x08metadata\x18\x05 \x03(\x0b\x32+.mediajobs.v1.ListJobsRequest.MetadataEntry\x12\x0f\n\x07\x63reator\x18\x06 \x01(\t\x12\x34\n\x10\x63reate_time_from\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0e\x63reate_time_to\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0fstart_time_from\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rstart_time_to\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rend_time_from\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65nd_time_to\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08order_by\x18\r \x01(\t\x12-\n\tread_mask\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x18\n\x10include_metadata\x18\x0f \x01(\x08\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"r\n\x10ListJobsResponse\x12\x1f\n\x04jobs\x18\x01 \x03(\x0b\x32\x11.mediajobs.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x03\x12\x10\n\x08revision\x18\x04 \x01(\x03\"c\n\x10UpdateJobRequest\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.mediajobs.v1.Job\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"W\n\x0f\x41\x62ortJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x14\n\x0cskip_cleanup\x18\x03 \x01(\x08\x12\x12\n\nrequest_id\x18\x0f \x01(\t\"_\n\x0fRerunJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12,\n\x08priority\x18\x02 \x01(\x0e\x32\x1a.mediajobs.v1.Job.Priority\x12\x12\n\nrequest_id\x18\x0f \x01(\t\"Z\n\x11\x44\x65leteJobsRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12\x15\n\rallow_missing\x18\x02 \x01(\x08\x12\r\n\x05\x66orce\x18\x03 \x01(\x08\x12\x12\n\nrequest_id\x18\x0f \x01(\t\")\n\x12\x44\x65leteJobsResponse\x12\x13\n\x0b\x64\x65leted_ids\x18\x01 \x03(\t\"\x15\n\x13ListJobTypesRequest\"@\n\x14ListJobTypesResponse\x12(\n\tjob_types\x18\x01 \x03(\x0b\x32\x15.mediajobs.v1.JobType\"i\n\x16ListJobProblemsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x18\n\x10include_resolved\x18\x02 \x01(\x08\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"^\n\x17ListJobProblemsResponse\x12*\n\x08problems\x18\x01 \x03(\x0b\x32\x18.mediajobs.v1.JobProblem\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xc8\x01\n\x10WatchJobsRequest\x12\x0f\n\x07job_ids\x18\x01 \x03(\t\x12\r\n\x05types\x18\x02 \x03(\t\x12\'\n\x06states\x18\x03 \x03(\x0e\x32\x17.mediajobs.v1.Job.State\x12\x16\n\x0estart_revision\x18\x04 \x01(\x03\x12\x1d\n\x15send_initial_snapshot\x18\x05 \x01(\x08\x12\x34\n\x11progress_interval\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\"|\n\x11WatchJobsResponse\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12&\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x16.mediajobs.v1.JobEvent\x12-\n\x08progress\x18\x03 \x01(\x0b\x32\x1b.mediajobs.v1.WatchProgress\"*\n\rWatchProgress\x12\x19\n\x11snapshot_complete\x18\x01 \x01(\x08\x32\xc5\x06\n\nJobService\x12>\n\tCreateJob\x12\x1e.mediajobs.v1.CreateJobRequest\x1a\x11.mediajobs.v1.Job\x12^\n\x0f\x42\x61tchCreateJobs\x12$.mediajobs.v1.BatchCreateJobsRequest\x1a%.mediajobs.v1.BatchCreateJobsResponse\x12\x38\n\x06GetJob\x12\x1b.mediajobs.v1.GetJobRequest\x1a\x11.mediajobs.v1.Job\x12I\n\x08ListJobs\x12\x1d.mediajobs.v1.ListJobsRequest\x1a\x1e.mediajobs.v1.ListJobsResponse\x12>\n\tUpdateJob\x12\x1e.mediajobs.v1.UpdateJobRequest\x1a\x11.mediajobs.v1.Job\x12<\n\x08\x41\x62ortJob\x12\x1d.mediajobs.v1.AbortJobRequest\x1a\x11.mediajobs.v1.Job\x12<\n\x08RerunJob\x12\x1d.mediajobs.v1.RerunJobRequest\x1a\x11.mediajobs.v1.Job\x12O\n\nDeleteJobs\x12\x1f.mediajobs.v1.DeleteJobsRequest\x1a .mediajobs.v1.DeleteJobsResponse\x12U\n\x0cListJobTypes\x12!.mediajobs.v1.ListJobTypesRequest\x1a\".mediajobs.v1.ListJobTypesResponse\x12^\n\x0fListJobProblems\x12$.mediajobs.v1.ListJobProblemsRequest\x1a%.mediajobs.v1.ListJobProblemsResponse\x12N\n\tWatchJobs\x12\x1e.mediajobs.v1.WatchJobsRequest\x1a\x1f.mediajobs.v1.WatchJobsResponse0\x01\x42S\n\x0fio.mediajobs.v1P\x01Z>github.com/mediajobs/mediajobs/gen/go/mediajobs/v1;mediajobsv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1emediajobs/v1/job_service.proto\x12\x0cmediajobs.v1\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1cmediajobs/v1/resources.proto\"\xb8\x02\n\x10\x43reateJobRequest\x12\x0c\n\x04type\x18\x01 \x01(\t\x12,\n\x08priority\x18\x02 \x01(\x0e\x32\x1a.mediajobs.v1.Job.Priority\x12>\n\x08metadata\x18\x03 \x03(\x0b\x32,.mediajobs.v1.CreateJobRequest.MetadataEntry\x12\'\n\x06params\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07\x63reator\x18\x05 \x01(\t\x12\x14\n\x0cmax_attempts\x18\x06 \x01(\x05\x12\x13\n\x0btemplate_id\x18\x07 \x01(\t\x12\x12\n\nrequest_id\x18\x0f \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"J\n\x16\x42\x61tchCreateJobsRequest\x12\x30\n\x08requests\x18\x01 \x03(\x0b\x32\x1e.mediajobs.v1.CreateJobRequest\":\n\x17\x42\x61tchCreateJobsResponse\x12\x1f\n\x04jobs\x18\x01 \x03(\x0b\x32\x11.mediajobs.v1.Job\"d\n\rGetJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12-\n\tread_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x18\n\x10include_metadata\x18\x03 \x01(\x08\"\x82\x05\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\'\n\x06states\x18\x03 \x03(\x0e\x32\x17.mediajobs.v1.Job.State\x12\r\n\x05types\x18\x04 \x03(\t\x12=\n\x08metadata\x18\x05 \x03(\x0b\x32+.mediajobs.v1.ListJobsRequest.MetadataEntry\x12\x0f\n\x07\x63reator\x18\x06 \x01(\t\x12\x34\n\x10\x63reate_time_from\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0e\x63reate_time_to\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0fstart_time_from\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rstart_time_to\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rend_time_from\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65nd_time_to\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08order_by\x18\r \x01(\t\x12-\n\tread_mask\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x18\n\x10include_metadata\x18\x0f \x01(\x08\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"r\n\x10ListJobsResponse\x12\x1f\n\x04jobs\x18\x01 \x03(\x0b\x32\x11.mediajobs.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x03\x12\x10\n\x08revision\x18\x04 \x01(\x03\"c\n\x10UpdateJobRequest\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.mediajobs.v1.Job\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"W\n\x0f\x41\x62ortJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x14\n\x0cskip_cleanup\x18\x03 \x01(\x08\x12\x12\n\nrequest_id\x18\x0f \x01(\t\"_\n\x0fRerunJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12,\n\x08priority\x18\x02 \x01(\x0e\x32\x1a.mediajobs.v1.Job.Priority\x12\x12\n\nrequest_id\x18\x0f \x01(\t\"Z\n\x11\x44\x65leteJobsRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12\x15\n\rallow_missing\x18\x02 \x01(\x08\x12\r\n\x05\x66orce\x18\x03 \x01(\x08\x12\x12\n\nrequest_id\x18\x0f \x01(\t\")\n\x12\x44\x65leteJobsResponse\x12\x13\n\x0b\x64\x65leted_ids\x18\x01 \x03(\t\"\x15\n\x13ListJobTypesRequest\"@\n\x14ListJobTypesResponse\x12(\n\tjob_types\x18\x01 \x03(\x0b\x32\x15.mediajobs.v1.JobType\"i\n\x16ListJobProblemsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x18\n\x10include_resolved\x18\x02 \x01(\x08\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"^\n\x17ListJobProblemsResponse\x12*\n\x08problems\x18\x01 \x03(\x0b\x32\x18.mediajobs.v1.JobProblem\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xc8\x01\n\x10WatchJobsRequest\x12\x0f\n\x07job_ids\x18\x01 \x03(\t\x12\r\n\x05types\x18\x02 \x03(\t\x12\'\n\x06states\x18\x03 \x03(\x0e\x32\x17.mediajobs.v1.Job.State\x12\x16\n\x0estart_revision\x18\x04 \x01(\x03\x12\x1d\n\x15send_initial_snapshot\x18\x05 \x01(\x08\x12\x34\n\x11progress_interval\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\"|\n\x11WatchJobsResponse\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12&\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x16.mediajobs.v1.JobEvent\x12-\n\x08progress\x18\x03 \x01(\x0b\x32\x1b.mediajobs.v1.WatchProgress\"*\n\rWatchProgress\x12\x19\n\x11snapshot_complete\x18\x01 \x01(\x08\x32\xc5\x06\n\nJobService\x12>\n\tCreateJob\x12\x1e.mediajobs.v1.CreateJobRequest\x1a\x11.mediajobs.v1.Job\x12^\n\x0f\x42\x61tchCreateJobs\x12$.mediajobs.v1.BatchCreateJobsRequest\x1a%.mediajobs.v1.BatchCreateJobsResponse\x12\x38\n\x06GetJob\x12\x1b.mediajobs.v1.GetJobRequest\x1a\x11.mediajobs.v1.Job\x12I\n\x08ListJobs\x12\x1d.mediajobs.v1.ListJobsRequest\x1a\x1e.mediajobs.v1.ListJobsResponse\x12>\n\tUpdateJob\x12\x1e.mediajobs.v1.UpdateJobRequest\x1a\x11.mediajobs.v1.Job\x12<\n\x08\x41\x62ortJob\x12\x1d.mediajobs.v1.AbortJobRequest\x1a\x11.mediajobs.v1.Job\x12<\n\x08RerunJob\x12\x1d.mediajobs.v1.RerunJobRequest\x1a\x11.mediajobs.v1.Job\x12O\n\nDeleteJobs\x12\x1f.mediajobs.v1.DeleteJobsRequest\x1a .mediajobs.v1.DeleteJobsResponse\x12U\n\x0cListJobTypes\x12!.mediajobs.v1.ListJobTypesRequest\x1a\".mediajobs.v1.ListJobTypesResponse\x12^\n\x0fListJobProblems\x12$.mediajobs.v1.ListJobProblemsRequest\x1a%.mediajobs.v1.ListJobProblemsResponse\x12N\n\tWatchJobs\x12\x1e.mediajobs.v1.WatchJobsRequest\x1a\x1f.mediajobs.v1.WatchJobsResponse0\x01\x42S\n\x0fio.mediajobs.v1P\x01Z>github.com/mediajobs/mediajobs/gen/go/mediajobs/v1;mediajobsv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,45 +42,45 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTJOBSREQUEST_METADATAENTRY']._loaded_options = None
   _globals['_LISTJOBSREQUEST_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_CREATEJOBREQUEST']._serialized_start=208
-  _globals['_CREATEJOBREQUEST']._serialized_end=499
-  _globals['_CREATEJOBREQUEST_METADATAENTRY']._serialized_start=452
-  _globals['_CREATEJOBREQUEST_METADATAENTRY']._serialized_end=499
-  _globals['_BATCHCREATEJOBSREQUEST']._serialized_start=501
-  _globals['_BATCHCREATEJOBSREQUEST']._serialized_end=575
-  _globals['_BATCHCREATEJOBSRESPONSE']._serialized_start=577
-  _globals['_BATCHCREATEJOBSRESPONSE']._serialized_end=635
-  _globals['_GETJOBREQUEST']._serialized_start=637
-  _globals['_GETJOBREQUEST']._serialized_end=737
-  _globals['_LISTJOBSREQUEST']._serialized_start=740
-  _globals['_LISTJOBSREQUEST']._serialized_end=1382
-  _globals['_LISTJOBSREQUEST_METADATAENTRY']._serialized_start=452
-  _globals['_LISTJOBSREQUEST_METADATAENTRY']._serialized_end=499
-  _globals['_LISTJOBSRESPONSE']._serialized_start=1384
-  _globals['_LISTJOBSRESPONSE']._serialized_end=1498
-  _globals['_UPDATEJOBREQUEST']._serialized_start=1500
-  _globals['_UPDATEJOBREQUEST']._serialized_end=1599
-  _globals['_ABORTJOBREQUEST']._serialized_start=1601
-  _globals['_ABORTJOBREQUEST']._serialized_end=1688
-  _globals['_RERUNJOBREQUEST']._serialized_start=1690
-  _globals['_RERUNJOBREQUEST']._serialized_end=1785
-  _globals['_DELETEJOBSREQUEST']._serialized_start=1787
-  _globals['_DELETEJOBSREQUEST']._serialized_end=1877
-  _globals['_DELETEJOBSRESPONSE']._serialized_start=1879
-  _globals['_DELETEJOBSRESPONSE']._serialized_end=1920
-  _globals['_LISTJOBTYPESREQUEST']._serialized_start=1922
-  _globals['_LISTJOBTYPESREQUEST']._serialized_end=1943
-  _globals['_LISTJOBTYPESRESPONSE']._serialized_start=1945
-  _globals['_LISTJOBTYPESRESPONSE']._serialized_end=2009
-  _globals['_LISTJOBPROBLEMSREQUEST']._serialized_start=2011
-  _globals['_LISTJOBPROBLEMSREQUEST']._serialized_end=2116
-  _globals['_LISTJOBPROBLEMSRESPONSE']._serialized_start=2118
-  _globals['_LISTJOBPROBLEMSRESPONSE']._serialized_end=2212
-  _globals['_WATCHJOBSREQUEST']._serialized_start=2215
-  _globals['_WATCHJOBSREQUEST']._serialized_end=2415
-  _globals['_WATCHJOBSRESPONSE']._serialized_start=2417
-  _globals['_WATCHJOBSRESPONSE']._serialized_end=2541
-  _globals['_WATCHPROGRESS']._serialized_start=2543
-  _globals['_WATCHPROGRESS']._serialized_end=2585
-  _globals['_JOBSERVICE']._serialized_start=2588
-  _globals['_JOBSERVICE']._serialized_end=3425
+  _globals['_CREATEJOBREQUEST']._serialized_end=520
+  _globals['_CREATEJOBREQUEST_METADATAENTRY']._serialized_start=473
+  _globals['_CREATEJOBREQUEST_METADATAENTRY']._serialized_end=520
+  _globals['_BATCHCREATEJOBSREQUEST']._serialized_start=522
+  _globals['_BATCHCREATEJOBSREQUEST']._serialized_end=596
+  _globals['_BATCHCREATEJOBSRESPONSE']._serialized_start=598
+  _globals['_BATCHCREATEJOBSRESPONSE']._serialized_end=656
+  _globals['_GETJOBREQUEST']._serialized_start=658
+  _globals['_GETJOBREQUEST']._serialized_end=758
+  _globals['_LISTJOBSREQUEST']._serialized_start=761
+  _globals['_LISTJOBSREQUEST']._serialized_end=1403
+  _globals['_LISTJOBSREQUEST_METADATAENTRY']._serialized_start=473
+  _globals['_LISTJOBSREQUEST_METADATAENTRY']._serialized_end=520
+  _globals['_LISTJOBSRESPONSE']._serialized_start=1405
+  _globals['_LISTJOBSRESPONSE']._serialized_end=1519
+  _globals['_UPDATEJOBREQUEST']._serialized_start=1521
+  _globals['_UPDATEJOBREQUEST']._serialized_end=1620
+  _globals['_ABORTJOBREQUEST']._serialized_start=1622
+  _globals['_ABORTJOBREQUEST']._serialized_end=1709
+  _globals['_RERUNJOBREQUEST']._serialized_start=1711
+  _globals['_RERUNJOBREQUEST']._serialized_end=1806
+  _globals['_DELETEJOBSREQUEST']._serialized_start=1808
+  _globals['_DELETEJOBSREQUEST']._serialized_end=1898
+  _globals['_DELETEJOBSRESPONSE']._serialized_start=1900
+  _globals['_DELETEJOBSRESPONSE']._serialized_end=1941
+  _globals['_LISTJOBTYPESREQUEST']._serialized_start=1943
+  _globals['_LISTJOBTYPESREQUEST']._serialized_end=1964
+  _globals['_LISTJOBTYPESRESPONSE']._serialized_start=1966
+  _globals['_LISTJOBTYPESRESPONSE']._serialized_end=2030
+  _globals['_LISTJOBPROBLEMSREQUEST']._serialized_start=2032
+  _globals['_LISTJOBPROBLEMSREQUEST']._serialized_end=2137
+  _globals['_LISTJOBPROBLEMSRESPONSE']._serialized_start=2139
+  _globals['_LISTJOBPROBLEMSRESPONSE']._serialized_end=2233
+  _globals['_WATCHJOBSREQUEST']._serialized_start=2236
+  _globals['_WATCHJOBSREQUEST']._serialized_end=2436
+  _globals['_WATCHJOBSRESPONSE']._serialized_start=2438
+  _globals['_WATCHJOBSRESPONSE']._serialized_end=2562
+  _globals['_WATCHPROGRESS']._serialized_start=2564
+  _globals['_WATCHPROGRESS']._serialized_end=2606
+  _globals['_JOBSERVICE']._serialized_start=2609
+  _globals['_JOBSERVICE']._serialized_end=3446
 # @@protoc_insertion_point(module_scope)

@@ -58,6 +58,7 @@ class CreateJobRequest(_message.Message):
     PARAMS_FIELD_NUMBER: _builtins.int
     CREATOR_FIELD_NUMBER: _builtins.int
     MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
+    TEMPLATE_ID_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     type: _builtins.str
     """Required. Job type (see ListJobTypes); custom types are allowed."""
@@ -67,6 +68,11 @@ class CreateJobRequest(_message.Message):
     """Optional. Who creates the job; `anonymous` when empty."""
     max_attempts: _builtins.int
     """Optional. How many leases the job may use (1-100, default 3)."""
+    template_id: _builtins.str
+    """Optional. A job template (MediaService.CreateJobTemplate): its outputs
+    are copied into `params.outputs` unless params already has `outputs`.
+    Errors: NOT_FOUND (TEMPLATE_NOT_FOUND).
+    """
     request_id: _builtins.str
     """Optional. Idempotency key (a UUID4 is recommended, at most 128
     characters). A retry with the same request_id and the same request
@@ -92,11 +98,12 @@ class CreateJobRequest(_message.Message):
         params: _struct_pb2.Struct | None = ...,
         creator: _builtins.str = ...,
         max_attempts: _builtins.int = ...,
+        template_id: _builtins.str = ...,
         request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["params", b"params"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["creator", b"creator", "max_attempts", b"max_attempts", "metadata", b"metadata", "params", b"params", "priority", b"priority", "request_id", b"request_id", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["creator", b"creator", "max_attempts", b"max_attempts", "metadata", b"metadata", "params", b"params", "priority", b"priority", "request_id", b"request_id", "template_id", b"template_id", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -28,7 +28,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cmediajobs/v1/resources.proto\x12\x0cmediajobs.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\xe7\x08\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12&\n\x05state\x18\x03 \x01(\x0e\x32\x17.mediajobs.v1.Job.State\x12,\n\x08priority\x18\x04 \x01(\x0e\x32\x1a.mediajobs.v1.Job.Priority\x12\x31\n\x08metadata\x18\x05 \x03(\x0b\x32\x1f.mediajobs.v1.Job.MetadataEntry\x12\'\n\x06params\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07\x63reator\x18\x07 \x01(\t\x12\x0f\n\x07project\x18\x08 \x01(\t\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08progress\x18\r \x01(\x05\x12\x18\n\x10progress_message\x18\x0e \x01(\t\x12\x15\n\rattempt_count\x18\x0f \x01(\x05\x12\x14\n\x0cmax_attempts\x18\x10 \x01(\x05\x12!\n\x05\x65rror\x18\x11 \x01(\x0b\x32\x12.google.rpc.Status\x12\'\n\x06result\x18\x12 \x01(\x0b\x32\x17.google.protobuf.Struct\x12*\n\x08problems\x18\x13 \x03(\x0b\x32\x18.mediajobs.v1.JobProblem\x12\x10\n\x08revision\x18\x14 \x01(\x03\x12\x14\n\x0c\x61\x62ort_reason\x18\x15 \x01(\t\x12\x1a\n\x12\x61\x62ort_skip_cleanup\x18\x16 \x01(\x08\x12\x10\n\x08rerun_of\x18\x17 \x01(\t\x12%\n\x05lease\x18\x18 \x01(\x0b\x32\x16.mediajobs.v1.JobLease\x12\x31\n\x10progress_details\x18\x19 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x32\n\x0e\x61vailable_time\x18\x1a \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"n\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x0b\n\x07PENDING\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\x0c\n\x08\x41\x42ORTING\x10\x03\x12\r\n\tSUCCEEDED\x10\x04\x12\n\n\x06\x46\x41ILED\x10\x05\x12\x0b\n\x07\x41\x42ORTED\x10\x06\"\\\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\n\n\x06LOWEST\x10\x01\x12\x07\n\x03LOW\x10\x02\x12\n\n\x06MEDIUM\x10\x03\x12\x08\n\x04HIGH\x10\x04\x12\x0b\n\x07HIGHEST\x10\x05\"G\n\x07LockKey\x12\x14\n\x0cscheduler_id\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x13\n\x0b\x62\x61tch_index\x18\x03 \x01(\x05\"\xdc\x01\n\x08JobLease\x12\'\n\x08lock_key\x18\x01 \x01(\x0b\x32\x15.mediajobs.v1.LockKey\x12\x10\n\x08identity\x18\x02 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x37\n\x13last_heartbeat_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x08\x64uration\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xa0\x02\n\nJobProblem\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x36\n\x07\x64\x65tails\x18\x05 \x03(\x0b\x32%.mediajobs.v1.JobProblem.DetailsEntry\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08resolved\x18\x07 \x01(\x08\x12*\n\tjob_state\x18\x08 \x01(\x0e\x32\x17.mediajobs.v1.Job.State\x1a.\n\x0c\x44\x65tailsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\">\n\x07JobType\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x10\n\x08\x62uilt_in\x18\x03 \x01(\x08\"\x9b\x02\n\x08JobEvent\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12)\n\x04type\x18\x02 \x01(\x0e\x32\x1b.mediajobs.v1.JobEvent.Type\x12\x1e\n\x03job\x18\x03 \x01(\x0b\x32\x11.mediajobs.v1.Job\x12/\n\x0eprevious_state\x18\x04 \x01(\x0e\x32\x17.mediajobs.v1.Job.State\x12.\n\nevent_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Q\n\x04Type\x12\x14\n\x10TYPE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x43REATED\x10\x01\x12\x0b\n\x07UPDATED\x10\x02\x12\x0b\n\x07\x44\x45LETED\x10\x03\x12\x0c\n\x08SNAPSHOT\x10\x04\x42S\n\x0fio.mediajobs.v1P\x01Z>github.com/mediajobs/mediajobs/gen/go/mediajobs/v1;mediajobsv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cmediajobs/v1/resources.proto\x12\x0cmediajobs.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\xfc\x08\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12&\n\x05state\x18\x03 \x01(\x0e\x32\x17.mediajobs.v1.Job.State\x12,\n\x08priority\x18\x04 \x01(\x0e\x32\x1a.mediajobs.v1.Job.Priority\x12\x31\n\x08metadata\x18\x05 \x03(\x0b\x32\x1f.mediajobs.v1.Job.MetadataEntry\x12\'\n\x06params\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07\x63reator\x18\x07 \x01(\t\x12\x0f\n\x07project\x18\x08 \x01(\t\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08progress\x18\r \x01(\x05\x12\x18\n\x10progress_message\x18\x0e \x01(\t\x12\x15\n\rattempt_count\x18\x0f \x01(\x05\x12\x14\n\x0cmax_attempts\x18\x10 \x01(\x05\x12!\n\x05\x65rror\x18\x11 \x01(\x0b\x32\x12.google.rpc.Status\x12\'\n\x06result\x18\x12 \x01(\x0b\x32\x17.google.protobuf.Struct\x12*\n\x08problems\x18\x13 \x03(\x0b\x32\x18.mediajobs.v1.JobProblem\x12\x10\n\x08revision\x18\x14 \x01(\x03\x12\x14\n\x0c\x61\x62ort_reason\x18\x15 \x01(\t\x12\x1a\n\x12\x61\x62ort_skip_cleanup\x18\x16 \x01(\x08\x12\x10\n\x08rerun_of\x18\x17 \x01(\t\x12%\n\x05lease\x18\x18 \x01(\x0b\x32\x16.mediajobs.v1.JobLease\x12\x31\n\x10progress_details\x18\x19 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x32\n\x0e\x61vailable_time\x18\x1a \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0btemplate_id\x18\x1b \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"n\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x0b\n\x07PENDING\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\x0c\n\x08\x41\x42ORTING\x10\x03\x12\r\n\tSUCCEEDED\x10\x04\x12\n\n\x06\x46\x41ILED\x10\x05\x12\x0b\n\x07\x41\x42ORTED\x10\x06\"\\\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\n\n\x06LOWEST\x10\x01\x12\x07\n\x03LOW\x10\x02\x12\n\n\x06MEDIUM\x10\x03\x12\x08\n\x04HIGH\x10\x04\x12\x0b\n\x07HIGHEST\x10\x05\"G\n\x07LockKey\x12\x14\n\x0cscheduler_id\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x13\n\x0b\x62\x61tch_index\x18\x03 \x01(\x05\"\xdc\x01\n\x08JobLease\x12\'\n\x08lock_key\x18\x01 \x01(\x0b\x32\x15.mediajobs.v1.LockKey\x12\x10\n\x08identity\x18\x02 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x37\n\x13last_heartbeat_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x08\x64uration\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xa0\x02\n\nJobProblem\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x36\n\x07\x64\x65tails\x18\x05 \x03(\x0b\x32%.mediajobs.v1.JobProblem.DetailsEntry\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08resolved\x18\x07 \x01(\x08\x12*\n\tjob_state\x18\x08 \x01(\x0e\x32\x17.mediajobs.v1.Job.State\x1a.\n\x0c\x44\x65tailsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\">\n\x07JobType\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x10\n\x08\x62uilt_in\x18\x03 \x01(\x08\"\x9b\x02\n\x08JobEvent\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12)\n\x04type\x18\x02 \x01(\x0e\x32\x1b.mediajobs.v1.JobEvent.Type\x12\x1e\n\x03job\x18\x03 \x01(\x0b\x32\x11.mediajobs.v1.Job\x12/\n\x0eprevious_state\x18\x04 \x01(\x0e\x32\x17.mediajobs.v1.Job.State\x12.\n\nevent_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Q\n\x04Type\x12\x14\n\x10TYPE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x43REATED\x10\x01\x12\x0b\n\x07UPDATED\x10\x02\x12\x0b\n\x07\x44\x45LETED\x10\x03\x12\x0c\n\x08SNAPSHOT\x10\x04\x42S\n\x0fio.mediajobs.v1P\x01Z>github.com/mediajobs/mediajobs/gen/go/mediajobs/v1;mediajobsv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,25 +41,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOBPROBLEM_DETAILSENTRY']._loaded_options = None
   _globals['_JOBPROBLEM_DETAILSENTRY']._serialized_options = b'8\001'
   _globals['_JOB']._serialized_start=167
-  _globals['_JOB']._serialized_end=1294
-  _globals['_JOB_METADATAENTRY']._serialized_start=1041
-  _globals['_JOB_METADATAENTRY']._serialized_end=1088
-  _globals['_JOB_STATE']._serialized_start=1090
-  _globals['_JOB_STATE']._serialized_end=1200
-  _globals['_JOB_PRIORITY']._serialized_start=1202
-  _globals['_JOB_PRIORITY']._serialized_end=1294
-  _globals['_LOCKKEY']._serialized_start=1296
-  _globals['_LOCKKEY']._serialized_end=1367
-  _globals['_JOBLEASE']._serialized_start=1370
-  _globals['_JOBLEASE']._serialized_end=1590
-  _globals['_JOBPROBLEM']._serialized_start=1593
-  _globals['_JOBPROBLEM']._serialized_end=1881
-  _globals['_JOBPROBLEM_DETAILSENTRY']._serialized_start=1835
-  _globals['_JOBPROBLEM_DETAILSENTRY']._serialized_end=1881
-  _globals['_JOBTYPE']._serialized_start=1883
-  _globals['_JOBTYPE']._serialized_end=1945
-  _globals['_JOBEVENT']._serialized_start=1948
-  _globals['_JOBEVENT']._serialized_end=2231
-  _globals['_JOBEVENT_TYPE']._serialized_start=2150
-  _globals['_JOBEVENT_TYPE']._serialized_end=2231
+  _globals['_JOB']._serialized_end=1315
+  _globals['_JOB_METADATAENTRY']._serialized_start=1062
+  _globals['_JOB_METADATAENTRY']._serialized_end=1109
+  _globals['_JOB_STATE']._serialized_start=1111
+  _globals['_JOB_STATE']._serialized_end=1221
+  _globals['_JOB_PRIORITY']._serialized_start=1223
+  _globals['_JOB_PRIORITY']._serialized_end=1315
+  _globals['_LOCKKEY']._serialized_start=1317
+  _globals['_LOCKKEY']._serialized_end=1388
+  _globals['_JOBLEASE']._serialized_start=1391
+  _globals['_JOBLEASE']._serialized_end=1611
+  _globals['_JOBPROBLEM']._serialized_start=1614
+  _globals['_JOBPROBLEM']._serialized_end=1902
+  _globals['_JOBPROBLEM_DETAILSENTRY']._serialized_start=1856
+  _globals['_JOBPROBLEM_DETAILSENTRY']._serialized_end=1902
+  _globals['_JOBTYPE']._serialized_start=1904
+  _globals['_JOBTYPE']._serialized_end=1966
+  _globals['_JOBEVENT']._serialized_start=1969
+  _globals['_JOBEVENT']._serialized_end=2252
+  _globals['_JOBEVENT_TYPE']._serialized_start=2171
+  _globals['_JOBEVENT_TYPE']._serialized_end=2252
 # @@protoc_insertion_point(module_scope)

@@ -156,6 +156,7 @@ class Job(_message.Message):
     LEASE_FIELD_NUMBER: _builtins.int
     PROGRESS_DETAILS_FIELD_NUMBER: _builtins.int
     AVAILABLE_TIME_FIELD_NUMBER: _builtins.int
+    TEMPLATE_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Output only. Server-assigned ULID (26 characters, sortable by creation)."""
     type: _builtins.str
@@ -188,6 +189,10 @@ class Job(_message.Message):
     """Output only. Whether the abort asked the worker to skip its cleanup steps."""
     rerun_of: _builtins.str
     """Output only. For a job made by RerunJob: the id of the job it re-runs."""
+    template_id: _builtins.str
+    """The job template the job was created with, if any (its outputs were
+    copied into `params.outputs` at creation).
+    """
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Free-form job metadata (Vidispine `jobmetadata`). Returned by GetJob and
@@ -269,10 +274,11 @@ class Job(_message.Message):
         lease: Global___JobLease | None = ...,
         progress_details: _struct_pb2.Struct | None = ...,
         available_time: _timestamp_pb2.Timestamp | None = ...,
+        template_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["available_time", b"available_time", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "lease", b"lease", "params", b"params", "progress_details", b"progress_details", "result", b"result", "start_time", b"start_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["abort_reason", b"abort_reason", "abort_skip_cleanup", b"abort_skip_cleanup", "attempt_count", b"attempt_count", "available_time", b"available_time", "create_time", b"create_time", "creator", b"creator", "end_time", b"end_time", "error", b"error", "id", b"id", "lease", b"lease", "max_attempts", b"max_attempts", "metadata", b"metadata", "params", b"params", "priority", b"priority", "problems", b"problems", "progress", b"progress", "progress_details", b"progress_details", "progress_message", b"progress_message", "project", b"project", "rerun_of", b"rerun_of", "result", b"result", "revision", b"revision", "start_time", b"start_time", "state", b"state", "type", b"type", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abort_reason", b"abort_reason", "abort_skip_cleanup", b"abort_skip_cleanup", "attempt_count", b"attempt_count", "available_time", b"available_time", "create_time", b"create_time", "creator", b"creator", "end_time", b"end_time", "error", b"error", "id", b"id", "lease", b"lease", "max_attempts", b"max_attempts", "metadata", b"metadata", "params", b"params", "priority", b"priority", "problems", b"problems", "progress", b"progress", "progress_details", b"progress_details", "progress_message", b"progress_message", "project", b"project", "rerun_of", b"rerun_of", "result", b"result", "revision", b"revision", "start_time", b"start_time", "state", b"state", "template_id", b"template_id", "type", b"type", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -138,7 +138,105 @@ class MetaRow(BaseModel):
         table_name = "store_meta"
 
 
-ALL_MODELS = [JobRow, JobMetadataRow, JobEventRow, JobProblemRow, JobTypeRow, IdempotencyRow, MetaRow]
+class EntryRow(BaseModel):
+    """A media entry; `data` is the serialized mediajobs.v1.Entry."""
+
+    id = peewee.CharField(max_length=26, primary_key=True)
+    project = peewee.CharField(max_length=64)
+    state = peewee.SmallIntegerField()
+    reference_id = peewee.CharField(max_length=256, default="")
+    template_id = peewee.CharField(max_length=64, default="")
+    create_time = peewee.BigIntegerField()
+    update_time = peewee.BigIntegerField()
+    data = peewee.BlobField()
+
+    class Meta:
+        table_name = "entries"
+        indexes = (
+            (("project", "id"), False),
+            (("project", "state", "id"), False),
+            (("project", "reference_id", "id"), False),
+            (("project", "template_id", "id"), False),
+        )
+
+
+class EntryTagRow(BaseModel):
+    entry_id = peewee.CharField(max_length=26)
+    project = peewee.CharField(max_length=64)
+    tag = peewee.CharField(max_length=64)
+
+    class Meta:
+        table_name = "entry_tags"
+        primary_key = peewee.CompositeKey("entry_id", "tag")
+        indexes = ((("project", "tag", "entry_id"), False),)
+
+
+class MediaInfoRow(BaseModel):
+    """A media-info record; `data` is the serialized mediajobs.v1.MediaInfo."""
+
+    id = peewee.CharField(max_length=26, primary_key=True)
+    project = peewee.CharField(max_length=64)
+    entry_id = peewee.CharField(max_length=26)
+    flavor_asset_id = peewee.CharField(max_length=26, default="")
+    create_time = peewee.BigIntegerField()
+    data = peewee.BlobField()
+
+    class Meta:
+        table_name = "media_infos"
+        indexes = ((("entry_id", "flavor_asset_id", "id"), False), (("entry_id", "id"), False))
+
+
+class JobTemplateRow(BaseModel):
+    """A user-defined job template (built-ins live in code);
+    `data` is the serialized mediajobs.v1.JobTemplate."""
+
+    project = peewee.CharField(max_length=64)
+    id = peewee.CharField(max_length=64)
+    create_time = peewee.BigIntegerField()
+    update_time = peewee.BigIntegerField()
+    data = peewee.BlobField()
+
+    class Meta:
+        table_name = "job_templates"
+        primary_key = peewee.CompositeKey("project", "id")
+
+
+class CuePointRow(BaseModel):
+    """A cue point; `data` is the serialized mediajobs.v1.CuePoint. Tags are
+    kept in cue_point_tags for filtering."""
+
+    id = peewee.CharField(max_length=26, primary_key=True)
+    project = peewee.CharField(max_length=64)
+    entry_id = peewee.CharField(max_length=26)
+    type = peewee.SmallIntegerField()
+    start_time_ms = peewee.BigIntegerField()
+    end_time_ms = peewee.BigIntegerField(default=0)
+    create_time = peewee.BigIntegerField()
+    data = peewee.BlobField()
+
+    class Meta:
+        table_name = "cue_points"
+        indexes = (
+            (("project", "entry_id", "start_time_ms", "id"), False),
+            (("project", "type", "entry_id", "start_time_ms", "id"), False),
+        )
+
+
+class CuePointTagRow(BaseModel):
+    cue_point_id = peewee.CharField(max_length=26)
+    project = peewee.CharField(max_length=64)
+    tag = peewee.CharField(max_length=64)
+
+    class Meta:
+        table_name = "cue_point_tags"
+        primary_key = peewee.CompositeKey("cue_point_id", "tag")
+        indexes = ((("project", "tag", "cue_point_id"), False),)
+
+
+ALL_MODELS = [
+    JobRow, JobMetadataRow, JobEventRow, JobProblemRow, JobTypeRow, IdempotencyRow, MetaRow,
+    EntryRow, EntryTagRow, MediaInfoRow, JobTemplateRow, CuePointRow, CuePointTagRow,
+]
 
 
 class BoundModels:
@@ -152,6 +250,12 @@ class BoundModels:
     JobTypeRow: Any
     IdempotencyRow: Any
     MetaRow: Any
+    EntryRow: Any
+    EntryTagRow: Any
+    MediaInfoRow: Any
+    JobTemplateRow: Any
+    CuePointRow: Any
+    CuePointTagRow: Any
 
     def __init__(self, db: peewee.Database) -> None:
         self.all: list[Any] = []
