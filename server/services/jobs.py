@@ -18,6 +18,7 @@ from ..watch import Watcher, WatchHub, frame_progress
 Job = res.Job
 TYPE_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 ID_RE = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
+TEMPLATE_ID_RE = re.compile(r"^[a-z][a-z0-9-]{3,62}$")
 MAX_METADATA = 64
 MAX_PARAMS_BYTES = 1 << 20
 MAX_DELETE = 1000
@@ -62,6 +63,8 @@ def validate_create(req: svc.CreateJobRequest) -> None:
         v.append(("params", f"at most {MAX_PARAMS_BYTES} bytes serialized"))
     if len(req.creator) > 128:
         v.append(("creator", "at most 128 characters"))
+    if req.template_id and not TEMPLATE_ID_RE.match(req.template_id):
+        v.append(("template_id", f"{req.template_id!r} is not a template id (see MediaService.ListJobTemplates)"))
     if not 0 <= req.max_attempts <= 100:
         v.append(("max_attempts", "must be between 1 and 100 (0 means the default of 3)"))
     if v:

@@ -11,7 +11,7 @@ import base64
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import grpc
 import peewee
@@ -105,8 +105,18 @@ def load_job_for_update(tx: WriteTx, job_id: str) -> tuple[Job, LeaseColumns]:
     return Job.FromString(bytes(row[0])), LeaseColumns(row[1], row[2], row[3])
 
 
+# Called by emit() for every change of a job's state (including CREATED), in
+# the same transaction and before the job row is written: hook(tx, job,
+# event_type, previous_state). store/entries.py keeps entries in step with
+# their processing jobs this way.
+STATE_HOOKS: list[Callable[[WriteTx, Job, int, int], None]] = []
+
+
 def emit(tx: WriteTx, job: Job, etype: int, prev_state: int) -> None:
     """Give `job` the next revision and record its change event."""
+    if job.state != prev_state:
+        for hook in STATE_HOOKS:
+            hook(tx, job, etype, prev_state)
     rev = tx.next_revision()
     job.revision = rev
     set_ts(job.update_time, tx.now)
@@ -155,7 +165,7 @@ def insert_job(tx: WriteTx, job: Job) -> None:
         tx.after_commit.append(lambda: _known_types.add(key))
 
 
-def new_job(tx: WriteTx, req: svc.CreateJobRequest, rerun_of: str = "") -> Job:
+def new_job(tx: WriteTx, req: svc.CreateJobRequest, rerun_of: str = "", template_id: str = "") -> Job:
     job = Job(
         id=str(ULID()),
         type=req.type,
@@ -165,10 +175,17 @@ def new_job(tx: WriteTx, req: svc.CreateJobRequest, rerun_of: str = "") -> Job:
         project=tx.project,
         max_attempts=req.max_attempts or DEFAULT_MAX_ATTEMPTS,
         rerun_of=rerun_of,
+        template_id=template_id or req.template_id,
     )
     job.metadata.update(req.metadata)
     if req.HasField("params"):
         job.params.CopyFrom(req.params)
+    if req.template_id:
+        from .templates import get_template, outputs_as_params
+
+        outputs = get_template(tx.db, tx.project, req.template_id).outputs  # NOT_FOUND if unknown
+        if "outputs" not in job.params.fields:
+            job.params.get_or_create_list("outputs").extend(outputs_as_params(outputs))  # type: ignore[arg-type]
     set_ts(job.create_time, tx.now)
     emit(tx, job, res.JobEvent.CREATED, Job.STATE_UNSPECIFIED)
     insert_job(tx, job)

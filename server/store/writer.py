@@ -58,6 +58,8 @@ class WriteTx:
         self.project = project
         self.events: list[PendingEvent] = []
         self.after_commit: list[Callable[[], None]] = []
+        # Re-entrancy guards of mutation hooks (see store/entries.py).
+        self.flags: set[str] = set()
 
     def next_revision(self) -> int:
         self.revision += 1

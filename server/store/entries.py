@@ -1,0 +1,426 @@
+"""Media entries, their flavor assets and media info (mutations run in the
+group-commit writer; reads take the database).
+
+An entry's processing is ordinary jobs carrying metadata `entry_id` and
+`entry_step` (`extract`, or `flavor:<flavor asset id>`). `on_job_state` is a
+job state hook (jobs.STATE_HOOKS): every state change of such a job updates
+its entry in the same transaction, so an entry can never disagree with its
+jobs. The state of an entry follows from the latest job of every step:
+
+- any latest job FAILED or ABORTED          -> ERROR (with that job's error)
+- every step's latest job SUCCEEDED         -> READY
+- a job running, or some step already done  -> PROCESSING
+- otherwise                                 -> PENDING
+
+Re-running a failed job (JobService.RerunJob copies the metadata) therefore
+recovers its entry.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import grpc
+import peewee
+from google.protobuf import json_format
+from google.rpc import code_pb2, status_pb2
+from ulid import ULID
+
+from mediajobs.v1 import job_service_pb2 as svc
+from mediajobs.v1 import media_resources_pb2 as mres
+from mediajobs.v1 import media_service_pb2 as msvc
+from mediajobs.v1 import resources_pb2 as res
+
+from ..convert import set_ts
+from ..errors import ServiceError, invalid_argument
+from ..storage import resolve_inside
+from . import jobs as store_jobs
+from .models import models_for
+from .templates import DEFAULT_TEMPLATE, get_template, outputs_as_params
+from .writer import WriteTx
+
+Entry = mres.Entry
+FlavorAsset = mres.FlavorAsset
+MediaInfo = mres.MediaInfo
+Job = res.Job
+
+ENTRY_KEY = "entry_id"
+STEP_KEY = "entry_step"
+EXTRACT_STEP = "extract"
+FLAVOR_STEP = "flavor:"
+_IN_HOOK = "entries.hook"
+
+
+def entry_not_found(entry_id: str) -> ServiceError:
+    return ServiceError(
+        grpc.StatusCode.NOT_FOUND, "ENTRY_NOT_FOUND",
+        f"entry {entry_id!r} does not exist (it may have been deleted); list entries with ListEntries",
+        metadata={"entry_id": entry_id}, resource=("mediajobs.v1.Entry", entry_id),
+    )
+
+
+# -- the source file ---------------------------------------------------------------
+
+
+def source_relative_path(storage_root: Path, uri: str, field: str = "entry.source_uri") -> str:
+    """The source as a path relative to the storage root; refuses anything
+    outside it, and files that do not exist. Touches nothing outside the root."""
+    if uri.startswith("file:"):
+        parsed = urlparse(uri)
+        if parsed.netloc not in ("", "localhost"):
+            raise invalid_argument([(field, f"{uri!r} names another host; give a file:// URL of a local path")])
+        path = unquote(parsed.path)
+        if not os.path.isabs(path):
+            raise invalid_argument([(field, f"{uri!r} is not an absolute file:// URL")])
+        norm = os.path.normpath(path)
+        for root in dict.fromkeys((os.path.abspath(storage_root), os.path.realpath(storage_root))):
+            if norm == root or norm.startswith(root.rstrip("/") + "/"):
+                rel = os.path.relpath(norm, root)
+                break
+        else:
+            raise invalid_argument(
+                [(field, f"{path!r} is outside the server's storage root; put the file under the storage root "
+                         "(the server's --storage-root) and register it from there")],
+                reason="PATH_OUTSIDE_STORAGE_ROOT",
+            )
+    elif "://" in uri:
+        raise invalid_argument([(field, f"{uri!r}: only paths relative to the storage root and file:// URLs are supported")])
+    else:
+        rel = uri
+    found, st = resolve_inside(storage_root, rel, field)
+    if found is None or st is None:
+        raise ServiceError(
+            grpc.StatusCode.NOT_FOUND, "SOURCE_NOT_FOUND",
+            f"source {rel!r} does not exist under the storage root", metadata={"source": rel},
+        )
+    if not found.is_file():
+        raise invalid_argument([(field, f"{rel!r} is not a regular file")])
+    return str(Path(found).relative_to(os.path.realpath(storage_root)))
+
+
+# -- rows --------------------------------------------------------------------------
+
+
+def load_entry(db: peewee.Database, project: str, entry_id: str) -> Entry:
+    p = db.param
+    row = db.execute_sql(f"SELECT data FROM entries WHERE id = {p} AND project = {p}", (entry_id, project)).fetchone()
+    if row is None:
+        raise entry_not_found(entry_id)
+    return Entry.FromString(bytes(row[0]))
+
+
+def _save_entry(tx: WriteTx, entry: Entry) -> None:
+    set_ts(entry.update_time, tx.now)
+    m = models_for(tx.db)
+    m.EntryRow.update(state=entry.state, update_time=tx.now, data=entry.SerializeToString()).where(
+        m.EntryRow.id == entry.id
+    ).execute()
+
+
+def _job_request(entry: Entry, job_type: str, step: str, params: dict[str, Any], priority: int, creator: str) -> svc.CreateJobRequest:
+    req = svc.CreateJobRequest(type=job_type, priority=priority, creator=creator,  # type: ignore[arg-type]
+                               metadata={ENTRY_KEY: entry.id, STEP_KEY: step})
+    req.params.update(params)
+    return req
+
+
+def create_entry(tx: WriteTx, req: msvc.CreateEntryRequest, source_rel: str) -> Entry:
+    src = req.entry
+    template_id = src.template_id or (DEFAULT_TEMPLATE if source_rel else "")
+    template = get_template(tx.db, tx.project, template_id) if template_id else None
+    entry = Entry(
+        id=str(ULID()), name=src.name, description=src.description, tags=list(dict.fromkeys(src.tags)),
+        reference_id=src.reference_id, source_uri=source_rel, template_id=template_id,
+        state=Entry.PENDING, creator=req.creator or "anonymous", labels=dict(src.labels),
+    )
+    set_ts(entry.create_time, tx.now)
+    set_ts(entry.update_time, tx.now)
+    if source_rel and template is not None:
+        for out in template.outputs:
+            entry.flavor_assets.append(
+                FlavorAsset(id=str(ULID()), output_name=out.name, state=FlavorAsset.QUEUED, output=out)
+            )
+    tx.flags.add(_IN_HOOK)  # the jobs made here are recorded below, not by the hook
+    try:
+        if source_rel:
+            job = store_jobs.new_job(tx, _job_request(
+                entry, "EXTRACT_MEDIA", EXTRACT_STEP, {"source": source_rel, "entry_id": entry.id},
+                req.priority, entry.creator,
+            ), template_id=template_id)
+            entry.job_ids.append(job.id)
+    finally:
+        tx.flags.discard(_IN_HOOK)
+    m = models_for(tx.db)
+    m.EntryRow.insert(
+        id=entry.id, project=tx.project, state=entry.state, reference_id=entry.reference_id,
+        template_id=entry.template_id, create_time=tx.now, update_time=tx.now, data=entry.SerializeToString(),
+    ).execute()
+    for tag in entry.tags:
+        m.EntryTagRow.insert(entry_id=entry.id, project=tx.project, tag=tag).execute()
+    return entry
+
+
+def delete_entry(tx: WriteTx, entry_id: str, allow_missing: bool) -> None:
+    try:
+        entry = load_entry(tx.db, tx.project, entry_id)
+    except ServiceError:
+        if allow_missing:
+            return
+        raise
+    m = models_for(tx.db)
+    tx.flags.add(_IN_HOOK)
+    try:
+        for job_id in entry.job_ids:
+            try:
+                job, _ = store_jobs.load_job_for_update(tx, job_id)
+            except ServiceError:
+                continue  # deleted meanwhile
+            if job.state not in store_jobs.TERMINAL:
+                store_jobs.abort_job(tx, job_id, f"entry {entry_id} was deleted", False)
+    finally:
+        tx.flags.discard(_IN_HOOK)
+    cue_ids = m.CuePointRow.select(m.CuePointRow.id).where(
+        (m.CuePointRow.project == tx.project) & (m.CuePointRow.entry_id == entry_id)
+    )
+    m.CuePointTagRow.delete().where(m.CuePointTagRow.cue_point_id.in_(cue_ids)).execute()
+    m.CuePointRow.delete().where((m.CuePointRow.project == tx.project) & (m.CuePointRow.entry_id == entry_id)).execute()
+    m.MediaInfoRow.delete().where((m.MediaInfoRow.project == tx.project) & (m.MediaInfoRow.entry_id == entry_id)).execute()
+    m.EntryTagRow.delete().where(m.EntryTagRow.entry_id == entry_id).execute()
+    m.EntryRow.delete().where(m.EntryRow.id == entry_id).execute()
+
+
+# -- keeping entries in step with their jobs -------------------------------------------
+
+
+def on_job_state(tx: WriteTx, job: Job, etype: int, prev_state: int) -> None:
+    """jobs.STATE_HOOKS member: update the job's entry, if it has one."""
+    entry_id = job.metadata.get(ENTRY_KEY)
+    if not entry_id or _IN_HOOK in tx.flags or etype == res.JobEvent.DELETED:
+        return
+    try:
+        entry = load_entry(tx.db, tx.project, entry_id)
+    except ServiceError:
+        return  # a job that names an entry that is gone (or never was)
+    tx.flags.add(_IN_HOOK)
+    try:
+        if job.id not in entry.job_ids:
+            entry.job_ids.append(job.id)  # a re-run, or a job made by a client
+        step = job.metadata.get(STEP_KEY, "")
+        if job.state == Job.SUCCEEDED:
+            if step == EXTRACT_STEP:
+                _extracted(tx, entry, job)
+            elif step.startswith(FLAVOR_STEP):
+                _rendered(entry, job, step[len(FLAVOR_STEP):])
+        elif job.state in (Job.FAILED, Job.ABORTED) and step.startswith(FLAVOR_STEP):
+            for fa in entry.flavor_assets:
+                if fa.id == step[len(FLAVOR_STEP):]:
+                    fa.state = FlavorAsset.ERROR
+        elif job.state == Job.RUNNING and step.startswith(FLAVOR_STEP):
+            for fa in entry.flavor_assets:
+                if fa.id == step[len(FLAVOR_STEP):] and fa.state == FlavorAsset.ERROR:
+                    fa.state = FlavorAsset.QUEUED  # re-run
+        _settle(tx, entry, job)
+        _save_entry(tx, entry)
+    finally:
+        tx.flags.discard(_IN_HOOK)
+
+
+def _extracted(tx: WriteTx, entry: Entry, job: Job) -> None:
+    """EXTRACT_MEDIA succeeded: note what it found and queue one TRANSCODE per
+    flavor asset that has no job yet."""
+    result = job.result.fields
+    if "duration_ms" in result:
+        entry.duration_ms = int(result["duration_ms"].number_value)
+    if "media_info_id" in result and result["media_info_id"].string_value:
+        entry.source_media_info_id = result["media_info_id"].string_value
+    for fa in entry.flavor_assets:
+        if fa.job_id:
+            continue
+        out = outputs_as_params([fa.output])[0]
+        out["path"] = f"renditions/{entry.id}/{fa.id}-{fa.output_name}.mp4"
+        out["flavor_asset_id"] = fa.id
+        t = store_jobs.new_job(tx, _job_request(
+            entry, "TRANSCODE", FLAVOR_STEP + fa.id,
+            {"source": entry.source_uri, "entry_id": entry.id, "outputs": [out]},
+            job.priority, entry.creator,
+        ), template_id=entry.template_id)
+        fa.job_id = t.id
+        entry.job_ids.append(t.id)
+
+
+def _rendered(entry: Entry, job: Job, flavor_asset_id: str) -> None:
+    outputs = json_format.MessageToDict(job.result, preserving_proto_field_name=True).get("outputs") or []
+    for fa in entry.flavor_assets:
+        if fa.id != flavor_asset_id:
+            continue
+        fa.state = FlavorAsset.READY
+        fa.job_id = job.id
+        for out in outputs:
+            if isinstance(out, dict) and out.get("flavor_asset_id", flavor_asset_id) == flavor_asset_id:
+                fa.path = str(out.get("path", ""))
+                fa.size_bytes = int(out.get("size_bytes") or 0)
+                if out.get("media_info_id"):
+                    fa.media_info_id = str(out["media_info_id"])
+                break
+
+
+def _latest_states(tx: WriteTx, entry: Entry, current: Job) -> dict[str, Job]:
+    """The latest job of every step, `current` as it is now. `job_ids` is in
+    creation order (ids made in one millisecond need not sort)."""
+    if current.id not in entry.job_ids:
+        entry.job_ids.append(current.id)
+    order = {job_id: i for i, job_id in enumerate(entry.job_ids)}
+    jobs = {current.id: current}
+    ids = [i for i in entry.job_ids if i != current.id]
+    if ids:
+        m = models_for(tx.db)
+        for (data,) in m.JobRow.select(m.JobRow.data).where(m.JobRow.id.in_(ids)).tuples():
+            j = Job.FromString(bytes(data))
+            jobs[j.id] = j
+    latest: dict[str, Job] = {}
+    for j in sorted(jobs.values(), key=lambda j: order[j.id]):
+        step = j.metadata.get(STEP_KEY, "")
+        if step:
+            latest[step] = j
+    return latest
+
+
+def _settle(tx: WriteTx, entry: Entry, current: Job) -> bool:
+    """Recompute the entry's state from its jobs; True when it is READY."""
+    latest = _latest_states(tx, entry, current)
+    steps = [EXTRACT_STEP] + [FLAVOR_STEP + fa.id for fa in entry.flavor_assets] if entry.source_uri else list(latest)
+    failed = [latest[s] for s in steps if s in latest and latest[s].state in (Job.FAILED, Job.ABORTED)]
+    entry.ClearField("error")
+    if failed:
+        j = failed[0]
+        entry.state = Entry.ERROR
+        if j.state == Job.FAILED:
+            entry.error.CopyFrom(status_pb2.Status(
+                code=j.error.code or code_pb2.UNKNOWN, message=f"{j.type} job {j.id} failed: {j.error.message}",
+                details=j.error.details,
+            ))
+        else:
+            entry.error.CopyFrom(status_pb2.Status(
+                code=code_pb2.ABORTED,
+                message=f"{j.type} job {j.id} was aborted" + (f": {j.abort_reason}" if j.abort_reason else ""),
+            ))
+        return False
+    done = [s for s in steps if s in latest and latest[s].state == Job.SUCCEEDED]
+    if steps and len(done) == len(steps):
+        entry.state = Entry.READY
+        return True
+    running = any(j.state in (Job.RUNNING, Job.ABORTING) for j in latest.values())
+    entry.state = Entry.PROCESSING if running or done else Entry.PENDING
+    return False
+
+
+def check_entry_is_done(tx: WriteTx, job_id: str) -> msvc.CheckEntryIsDoneResponse:
+    job, _ = store_jobs.load_job_for_update(tx, job_id)
+    entry_id = job.metadata.get(ENTRY_KEY)
+    if not entry_id:
+        raise ServiceError(
+            grpc.StatusCode.FAILED_PRECONDITION, "JOB_HAS_NO_ENTRY",
+            f"job {job_id!r} is not a processing job of an entry (it has no `entry_id` metadata)",
+            metadata={"job_id": job_id},
+            precondition=("ENTRY", f"jobs/{job_id}", "the job has no entry_id metadata"),
+        )
+    entry = load_entry(tx.db, tx.project, entry_id)
+    before = entry.SerializeToString(deterministic=True)
+    done = _settle(tx, entry, job)
+    if entry.SerializeToString(deterministic=True) != before:
+        _save_entry(tx, entry)
+    return msvc.CheckEntryIsDoneResponse(done=done, entry=entry)
+
+
+# -- media info ---------------------------------------------------------------------
+
+
+def add_media_info(tx: WriteTx, req: msvc.AddMediaInfoRequest) -> MediaInfo:
+    mi = MediaInfo()
+    mi.CopyFrom(req.media_info)
+    entry = load_entry(tx.db, tx.project, mi.entry_id)
+    if mi.flavor_asset_id and not any(fa.id == mi.flavor_asset_id for fa in entry.flavor_assets):
+        raise ServiceError(
+            grpc.StatusCode.NOT_FOUND, "FLAVOR_ASSET_NOT_FOUND",
+            f"entry {entry.id!r} has no flavor asset {mi.flavor_asset_id!r}; see GetEntry for its flavor_assets",
+            metadata={"entry_id": entry.id, "flavor_asset_id": mi.flavor_asset_id},
+        )
+    mi.id = str(ULID())
+    set_ts(mi.create_time, tx.now)
+    m = models_for(tx.db)
+    m.MediaInfoRow.insert(id=mi.id, project=tx.project, entry_id=mi.entry_id, flavor_asset_id=mi.flavor_asset_id,
+                          create_time=tx.now, data=mi.SerializeToString()).execute()
+    if mi.flavor_asset_id:
+        for fa in entry.flavor_assets:
+            if fa.id == mi.flavor_asset_id:
+                fa.media_info_id = mi.id
+    else:
+        entry.source_media_info_id = mi.id
+        entry.duration_ms = mi.container_duration_ms or max(mi.video_duration_ms, mi.audio_duration_ms)
+    _save_entry(tx, entry)
+    return mi
+
+
+def get_media_info(db: peewee.Database, project: str, media_info_id: str) -> MediaInfo:
+    p = db.param
+    row = db.execute_sql(f"SELECT data FROM media_infos WHERE id = {p} AND project = {p}",
+                         (media_info_id, project)).fetchone()
+    if row is None:
+        raise ServiceError(
+            grpc.StatusCode.NOT_FOUND, "MEDIA_INFO_NOT_FOUND",
+            f"media info {media_info_id!r} does not exist; list an entry's with ListMediaInfos",
+            metadata={"media_info_id": media_info_id}, resource=("mediajobs.v1.MediaInfo", media_info_id),
+        )
+    return MediaInfo.FromString(bytes(row[0]))
+
+
+def list_media_infos(db: peewee.Database, project: str, req: msvc.ListMediaInfosRequest) -> msvc.ListMediaInfosResponse:
+    size = store_jobs.page_size(req.page_size)
+    fp = store_jobs.list_fingerprint(req)
+    load_entry(db, project, req.entry_id)  # NOT_FOUND for an unknown entry
+    m = models_for(db)
+    where = [(m.MediaInfoRow.project == project), (m.MediaInfoRow.entry_id == req.entry_id)]
+    if req.flavor_asset_id:
+        where.append(m.MediaInfoRow.flavor_asset_id == ("" if req.flavor_asset_id == "source" else req.flavor_asset_id))
+    if req.page_token:
+        (last,) = store_jobs.decode_token(req.page_token, fp)
+        where.append(m.MediaInfoRow.id > last)
+    cond = where[0]
+    for w in where[1:]:
+        cond &= w
+    rows = list(m.MediaInfoRow.select(m.MediaInfoRow.id, m.MediaInfoRow.data).where(cond)
+                .order_by(m.MediaInfoRow.id).limit(size + 1).tuples())
+    token = store_jobs.encode_token([rows[size - 1][0]], fp) if len(rows) > size else ""
+    return msvc.ListMediaInfosResponse(media_infos=[MediaInfo.FromString(bytes(r[1])) for r in rows[:size]],
+                                       next_page_token=token)
+
+
+# -- entry reads ----------------------------------------------------------------------
+
+
+def list_entries(db: peewee.Database, project: str, req: msvc.ListEntriesRequest) -> msvc.ListEntriesResponse:
+    size = store_jobs.page_size(req.page_size)
+    fp = store_jobs.list_fingerprint(req)
+    m = models_for(db)
+    E = m.EntryRow
+    cond = E.project == project
+    if req.states:
+        cond &= E.state.in_(list(req.states))
+    if req.reference_id:
+        cond &= E.reference_id == req.reference_id
+    if req.template_id:
+        cond &= E.template_id == req.template_id
+    if req.tag:
+        T = m.EntryTagRow
+        cond &= E.id.in_(T.select(T.entry_id).where((T.project == project) & (T.tag == req.tag)))
+    if req.page_token:
+        (last,) = store_jobs.decode_token(req.page_token, fp)
+        cond &= E.id < last
+    rows = list(E.select(E.id, E.data).where(cond).order_by(E.id.desc()).limit(size + 1).tuples())
+    token = store_jobs.encode_token([rows[size - 1][0]], fp) if len(rows) > size else ""
+    return msvc.ListEntriesResponse(entries=[Entry.FromString(bytes(r[1])) for r in rows[:size]], next_page_token=token)
+
+
+store_jobs.STATE_HOOKS.append(on_job_state)
