@@ -4,6 +4,10 @@
     mediajobs jobs list --state PENDING RUNNING --order-by "priority desc"
     mediajobs jobs watch --json
     mediajobs worker myhandlers --concurrency 16      # run job handlers from myhandlers.py
+    mediajobs entries add /srv/media/incoming/clip.mov --template mp4-h264-720p   # ingest and follow
+    mediajobs mediainfo 01HA255YE6H6DEETJ5M6595ZDA
+    mediajobs templates list
+    mediajobs worker --media --storage-root /srv/media # run the reference media worker
 
 Global options (--server, --json) may come before or after the subcommand.
 """
@@ -16,24 +20,31 @@ import importlib.util
 import json
 import logging
 import os
+import pathlib
+import shutil
 import sys
 import traceback
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import grpc
+from google.protobuf import json_format
 
 from mediajobs.v1 import job_service_pb2 as svc
+from mediajobs.v1 import media_resources_pb2 as mres
+from mediajobs.v1 import resources_pb2 as res
 
 from . import render
-from .client import DEFAULT_TARGET, MediaJobsClient, parse_priority, parse_state
-from .errors import MediaJobsError
-from .watch import RetryInfo
+from .client import DEFAULT_TARGET, MediaJobsClient, parse_entry_state, parse_priority, parse_state
+from .errors import MediaJobsError, RevisionCompactedError
+from .watch import JobWatch, RetryInfo
 from .worker import Worker
 
 ENV_SERVER = "MEDIAJOBS_SERVER"
+ENV_STORAGE_ROOT = "MEDIAJOBS_STORAGE_ROOT"
 PRIORITIES = "LOWEST, LOW, MEDIUM, HIGH, HIGHEST"
 STATES = "PENDING, RUNNING, ABORTING, SUCCEEDED, FAILED, ABORTED"
+ENTRY_STATES = "PENDING, PROCESSING, READY, ERROR"
 
 Handler = Callable[[argparse.Namespace, MediaJobsClient], int]
 
@@ -51,6 +62,13 @@ def _priority(s: str) -> int:
 def _state(s: str) -> int:
     try:
         return parse_state(s)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _entry_state(s: str) -> int:
+    try:
+        return parse_entry_state(s)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 
@@ -145,16 +163,32 @@ def _add_globals(p: argparse.ArgumentParser, sub: bool) -> None:
     p.add_argument("--server", metavar="HOST:PORT", default=argparse.SUPPRESS if sub else None,
                    help=f"server address (default: env {ENV_SERVER}, else {DEFAULT_TARGET})")
     p.add_argument("--json", action="store_true", default=argparse.SUPPRESS if sub else False,
-                   help="print JSON (one document; JSON lines for watch) instead of tables")
+                   help="print JSON (one document; JSON lines for jobs watch, entries add and mediainfo) "
+                        "instead of tables")
+
+
+def _leaf(actions: Any, name: str, handler: Handler, help: str, description: str) -> argparse.ArgumentParser:
+    """An ACTION parser of a command group (`mediajobs jobs create`)."""
+    p: argparse.ArgumentParser = actions.add_parser(name, help=help, description=description, formatter_class=_FMT)
+    _add_globals(p, sub=True)
+    p.set_defaults(func=handler, parser=p)
+    return p
+
+
+def _group(groups: Any, name: str, help: str, description: str) -> Any:
+    """A command group (`mediajobs entries`); returns its ACTION subparsers."""
+    g = groups.add_parser(name, help=help, description=description, formatter_class=_FMT)
+    _add_globals(g, sub=True)
+    return g.add_subparsers(dest="action", metavar="ACTION", required=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="mediajobs",
         description="Command line for the mediajobs gRPC control plane.",
-        epilog="Run `mediajobs jobs ACTION --help` for an action's options.\n\n"
+        epilog="Run `mediajobs COMMAND --help` and `mediajobs COMMAND ACTION --help` for their options.\n\n"
                "--json prints the API's JSON form with the .proto field names, except that 64-bit\n"
-               "integers (revision, total_size) are JSON numbers.\n"
+               "integers (revision, total_size, size_bytes, duration_ms) are JSON numbers.\n"
                "Errors go to stderr as `mediajobs: CODE: message` with the offending fields.\n"
                "Exit status: 0 on success, 2 for usage errors and INVALID_ARGUMENT, 1 for any other failure.",
         formatter_class=_FMT,
@@ -167,10 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     actions = jobs.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     def leaf(name: str, handler: Handler, help: str, description: str) -> argparse.ArgumentParser:
-        p = actions.add_parser(name, help=help, description=description, formatter_class=_FMT)
-        _add_globals(p, sub=True)
-        p.set_defaults(func=handler, parser=p)
-        return p
+        return _leaf(actions, name, handler, help, description)
 
     p = leaf("create", cmd_create, "create a job",
              "Create a PENDING job and print it. Custom job types are allowed (see `mediajobs jobs types`).")
@@ -275,14 +306,165 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how often an idle stream gets a progress bookmark (0.1-600, server default 10)")
     p.add_argument("--count", type=_positive, metavar="N", help="exit after N events (SNAPSHOT events count; progress bookmarks do not)")
 
+    _add_entries_parser(groups)
+    _add_mediainfo_parser(groups)
+    _add_templates_parser(groups)
     _add_worker_parser(groups)
     return ap
+
+
+ENTRIES_ADD_DESCRIPTION = """\
+Create a media entry from FILE and follow its processing until the entry is
+READY or ERROR: an EXTRACT_MEDIA job probes the source, then one TRANSCODE job
+per output of the template encodes a flavor asset (a rendition).
+
+FILE must be a file under the server's storage root: nothing is uploaded, the
+server reads it where it is. It is sent as a file:// URL of its absolute path
+(a relative FILE is taken from the current directory; symlinks are kept as
+given). The server refuses a file outside its storage root (INVALID_ARGUMENT,
+exit 2; PERMISSION_DENIED through a symlink, exit 1) and a missing one
+(NOT_FOUND, exit 1).
+
+While following, stderr shows a progress bar (on a terminal) or a progress
+line per step and per 10%. The overall progress is the mean over the steps
+(the extraction and one transcode per flavor asset), a finished step counting
+100%. At the end the entry is summed up on stdout: state, how long processing
+took, the media duration and every flavor asset (name, state, size, path).
+
+With --json, stdout gets one JSON object per line:
+  {"entry_id": ID, "state": "PROCESSING", "progress": 42, "step": "TRANSCODE 720p",
+   "job_id": ID, "job_state": "RUNNING"}
+and the last line is the final entry ({"id": ID, "state": "READY", "flavor_assets": [...], ...}).
+
+Ctrl-C stops following (exit 130); the entry keeps processing on the server.
+Exit status: 0 when the entry is READY (with --no-follow: once it is created),
+1 when it ends in ERROR (its error is printed) or on another failure, 2 for
+usage errors and INVALID_ARGUMENT.
+
+Examples:
+  mediajobs entries add /srv/media/incoming/clip.mov
+  cd /srv/media && mediajobs entries add incoming/clip.mov --name "Launch clip" \\
+      --template mp4-h264-720p --tag launch --tag 2024 --reference-id cms-4711
+  mediajobs entries add /srv/media/incoming/clip.mov --json | tail -n 1 | jq .flavor_assets
+  mediajobs entries add /srv/media/incoming/clip.mov --no-follow"""
+
+
+def _add_entries_parser(groups: Any) -> None:
+    actions = _group(groups, "entries", "add, inspect and delete media entries",
+                     "Media entries: a source file under the server's storage root and the flavor assets\n"
+                     "(renditions) its processing makes of it.\n\n"
+                     "  mediajobs entries add /srv/media/incoming/clip.mov     # create and follow to READY\n"
+                     "  mediajobs entries list --state ERROR\n"
+                     "  mediajobs entries get 01HA255YE6H6DEETJ5M6595ZDA\n"
+                     "  mediajobs entries delete 01HA255YE6H6DEETJ5M6595ZDA")
+
+    p = _leaf(actions, "add", cmd_entries_add, "create an entry from a file and follow its processing",
+              ENTRIES_ADD_DESCRIPTION)
+    p.add_argument("file", metavar="FILE", help="the source file, under the server's storage root")
+    p.add_argument("--name", help="display name (default: FILE's base name)")
+    p.add_argument("--template", default="", metavar="ID",
+                   help="job template to transcode to (default: the server's, mp4-h264-720p); "
+                        "see `mediajobs templates list`")
+    p.add_argument("--tag", action="append", default=[], metavar="TAG", help="a tag; repeatable")
+    p.add_argument("--reference-id", default="", metavar="ID", help="your own id for the entry (filterable)")
+    p.add_argument("--description", default="", metavar="TEXT", help="free text")
+    p.add_argument("--priority", type=_priority, metavar="PRIORITY",
+                   help=f"priority of its processing jobs, one of {PRIORITIES} (default MEDIUM)")
+    p.add_argument("--request-id", default="", metavar="ID",
+                   help="idempotency key: repeating the command with the same ID returns the same entry")
+    p.add_argument("--no-follow", action="store_true", help="print the created entry and exit at once")
+
+    p = _leaf(actions, "get", cmd_entries_get, "show one entry",
+              "Show one entry with its flavor assets.\n\n  mediajobs entries get 01HA255YE6H6DEETJ5M6595ZDA --json")
+    p.add_argument("id", help="entry id")
+
+    p = _leaf(actions, "list", cmd_entries_list, "list entries",
+              "List entries, newest first, one page (default 100) unless --all or --limit.\n"
+              "With --json the output is one document: {entries, next_page_token}.\n\n"
+              "  mediajobs entries list --state PROCESSING,ERROR\n"
+              "  mediajobs entries list --tag launch --all --json")
+    p.add_argument("--state", action=_ExtendCsv, convert=_entry_state, default=[], metavar="STATE",
+                   help=f"only entries in these states ({ENTRY_STATES}); repeatable")
+    p.add_argument("--tag", default="", help="only entries carrying this tag")
+    p.add_argument("--reference-id", default="", metavar="ID", help="only entries with this reference id")
+    p.add_argument("--template", default="", metavar="ID", help="only entries made with this template")
+    p.add_argument("--limit", type=_positive, metavar="N", help="at most N entries, fetching pages as needed")
+    p.add_argument("--page-size", type=_non_negative, default=0, metavar="N",
+                   help="entries per request (default 100, at most 1000)")
+    p.add_argument("--page-token", default="", metavar="TOKEN", help="continue a previous listing")
+    p.add_argument("--all", action="store_true", help="fetch every page")
+
+    p = _leaf(actions, "delete", cmd_entries_delete, "delete an entry",
+              "Delete an entry with its media info and cue points; its processing jobs that have not\n"
+              "finished are aborted. The files in the storage root (source and flavor assets) stay.\n\n"
+              "  mediajobs entries delete 01HA255YE6H6DEETJ5M6595ZDA")
+    p.add_argument("id", help="entry id")
+    p.add_argument("--allow-missing", action="store_true", help="succeed when the entry does not exist")
+
+
+def _add_mediainfo_parser(groups: Any) -> None:
+    p = groups.add_parser(
+        "mediainfo", help="show what the probe found in an entry's files",
+        description="Show the media-info records of an entry: its source first, then its flavor assets.\n"
+                    "Each record is a block with the container (format, duration, bit rate), the video\n"
+                    "stream (codec, WxH, fps, bit rate, display aspect ratio, rotation, scan type, max GOP,\n"
+                    "fast start), the audio stream (codec, channels, sampling rate, bit rate), the file size\n"
+                    "and the library that wrote the file. With --json: one record per line, every field.\n\n"
+                    "  mediajobs mediainfo 01HA255YE6H6DEETJ5M6595ZDA\n"
+                    "  mediajobs mediainfo 01HA255YE6H6DEETJ5M6595ZDA --flavor-asset 720p --json",
+        formatter_class=_FMT)
+    _add_globals(p, sub=True)
+    p.add_argument("entry_id", metavar="ENTRY_ID", help="entry id")
+    p.add_argument("--flavor-asset", default="", metavar="ID",
+                   help="only this flavor asset's records: its id or output name (e.g. 720p), or `source`")
+    p.set_defaults(func=cmd_mediainfo, parser=p)
+
+
+def _add_templates_parser(groups: Any) -> None:
+    actions = _group(groups, "templates", "list, show, create and delete job templates",
+                     "Job templates (conversion profiles): the outputs an entry is transcoded to.\n\n"
+                     "  mediajobs templates list\n"
+                     "  mediajobs templates get mp4-h264-720p\n"
+                     "  mediajobs templates create web-small @web-small.json")
+    _leaf(actions, "list", cmd_templates_list, "list job templates",
+          "List job templates: built-ins first, then the others by id.\n"
+          "With --json the output is one document: {job_templates}.")
+
+    p = _leaf(actions, "get", cmd_templates_get, "show one job template",
+              "Show a job template and its outputs.\n\n  mediajobs templates get mp4-h264-720p")
+    p.add_argument("id", help="template id")
+
+    p = _leaf(actions, "create", cmd_templates_create, "create a job template",
+              "Create a job template from a JobTemplate in its JSON form and print it.\n\n"
+              "  mediajobs templates create web-small @web-small.json\n"
+              "  mediajobs templates create audio-only '{\"display_name\": \"AAC only\",\n"
+              "      \"outputs\": [{\"name\": \"audio\", \"container\": \"mp4\", \"audio_codec\": \"aac\"}]}'\n\n"
+              "ID: 4-63 characters, lowercase letters, digits and `-`, starting with a letter.")
+    p.add_argument("id", help="the new template's id")
+    p.add_argument("template", type=_json_object, metavar="JSON",
+                   help="the template as a JSON object (display_name, description, outputs, labels), "
+                        "or @FILE to read it from a file")
+
+    p = _leaf(actions, "delete", cmd_templates_delete, "delete a job template",
+              "Delete a job template (built-in templates cannot be deleted). Entries made with it keep\n"
+              "their outputs.\n\n  mediajobs templates delete web-small")
+    p.add_argument("id", help="template id")
+    p.add_argument("--allow-missing", action="store_true", help="succeed when the template does not exist")
 
 
 WORKER_DESCRIPTION = """\
 Run job handlers written in Python: lease jobs of their types from the server,
 run them (at most --concurrency at a time) and report the outcome, until
-SIGTERM or Ctrl-C.
+SIGTERM or Ctrl-C. Give exactly one of MODULE or --media.
+
+--media runs the reference media worker instead of a MODULE: EXTRACT_MEDIA
+(probe a source, store its media info) and TRANSCODE (encode the flavor assets)
+with the FFmpeg libraries bundled in PyAV. It reads and writes files under
+--storage-root, which must be the directory the server uses as its storage
+root (the same path, or the same files mounted elsewhere).
+
+  mediajobs worker --media --storage-root /srv/media --concurrency 4
+  MEDIAJOBS_STORAGE_ROOT=/srv/media mediajobs worker --media --types TRANSCODE
 
 MODULE is a dotted module name importable from the current directory (or a
 path to a .py file). The handlers are taken from, in this order:
@@ -304,21 +486,27 @@ Stopping: the first SIGTERM/SIGINT stops leasing, waits up to --drain-timeout
 for running handlers, sends their results and releases the jobs still
 running so another worker takes them at once; a second signal releases them
 at once. Exit status 0 after a stop, 2 for a bad MODULE or option, 1 when the
-server refuses the worker."""
+server refuses the worker or MODULE (or the media worker) fails to import."""
 
 
 def _add_worker_parser(groups: Any) -> None:
-    p = groups.add_parser("worker", help="run job handlers from a Python module",
+    p = groups.add_parser("worker", help="run job handlers from a Python module, or the media worker",
                           description=WORKER_DESCRIPTION, formatter_class=_FMT)
     p.add_argument("--server", metavar="HOST:PORT", default=argparse.SUPPRESS,
                    help=f"server address (default: env {ENV_SERVER}, else the Worker's own target, "
                         f"else {DEFAULT_TARGET})")
-    p.add_argument("module", metavar="MODULE[:ATTR]", help="where the handlers are (see above)")
+    p.add_argument("module", metavar="MODULE[:ATTR]", nargs="?",
+                   help="where the handlers are (see above); not with --media")
+    p.add_argument("--media", action="store_true",
+                   help="run the reference media worker (EXTRACT_MEDIA, TRANSCODE) instead of a MODULE")
+    p.add_argument("--storage-root", metavar="DIR",
+                   help=f"with --media: the server's storage root (default: env {ENV_STORAGE_ROOT}); required")
     p.add_argument("--types", action=_ExtendCsv, nargs=1, default=[], metavar="T1,T2",
                    help="serve only these of the module's job types (default: all it has handlers for)")
     p.add_argument("--concurrency", type=_positive, metavar="N",
                    help="jobs run at a time, also the thread pool size for sync handlers (default: the "
-                        "Worker's, 8 for a HANDLERS dict); no-op or I/O-bound async handlers like 100-256")
+                        "Worker's, 8 for a HANDLERS dict, 2 with --media); no-op or I/O-bound async handlers "
+                        "like 100-256")
     p.add_argument("--lease", type=float, metavar="SECONDS",
                    help="lease length to ask for, 1-600; heartbeats extend it every third of it "
                         "(default: the Worker's, 30)")
@@ -518,6 +706,414 @@ def cmd_watch(args: argparse.Namespace, c: MediaJobsClient) -> int:
     return 0
 
 
+# -- media entries -----------------------------------------------------------------
+
+ENTRY_JOB_TYPES = ("EXTRACT_MEDIA", "TRANSCODE")
+# Processing jobs carry metadata entry_id=<entry> and entry_step=extract or
+# entry_step=flavor:<flavor asset id>.
+ENTRY_KEY, STEP_KEY, FLAVOR_STEP = "entry_id", "entry_step", "flavor:"
+_TERMINAL_JOB_STATES = frozenset({res.Job.SUCCEEDED, res.Job.FAILED, res.Job.ABORTED})
+_DONE_ENTRY_STATES = frozenset({mres.Entry.READY, mres.Entry.ERROR})
+
+
+class EntryProgress:
+    """What is known of one entry's processing, from its jobs' watch events
+    and the entry as last read.
+
+    The steps are the extraction and one transcode per flavor asset. A step
+    counts the progress of its latest job (a re-run replaces the job before
+    it), 100 once that job SUCCEEDED or the flavor asset is READY; the overall
+    progress is the mean over the steps.
+    """
+
+    def __init__(self, entry: mres.Entry) -> None:
+        self.entry = entry
+        self.jobs: dict[str, res.Job] = {}  # the latest version of every job of the entry seen
+        self.extract_job_id = ""
+        self.flavor_job_ids: dict[str, str] = {}  # flavor asset id -> its latest TRANSCODE job seen
+        self.last_job: res.Job | None = None
+        self._looked_up: set[str] = set()
+
+    def _flavor_of(self, job: res.Job) -> mres.FlavorAsset | None:
+        """The flavor asset a TRANSCODE job renders: from its entry_step, else
+        from the entry as last read."""
+        step = job.metadata.get(STEP_KEY, "")
+        fa_id = step[len(FLAVOR_STEP):] if step.startswith(FLAVOR_STEP) else ""
+        for fa in self.entry.flavor_assets:
+            if (fa_id and fa.id == fa_id) or (not fa_id and fa.job_id == job.id):
+                return fa
+        return None
+
+    def belongs(self, job: res.Job) -> bool:
+        """Whether `job` is one of the entry's processing jobs."""
+        return (job.metadata.get(ENTRY_KEY) == self.entry.id or job.id in self.entry.job_ids
+                or any(fa.job_id == job.id for fa in self.entry.flavor_assets))
+
+    def track(self, job: res.Job) -> None:
+        self.jobs[job.id] = job
+        self.last_job = job
+        self._place(job)
+
+    def _place(self, job: res.Job) -> None:
+        # ULIDs sort by creation: a re-run replaces the job before it.
+        if job.type == "EXTRACT_MEDIA" and job.id >= self.extract_job_id:
+            self.extract_job_id = job.id
+        elif job.type == "TRANSCODE":
+            fa = self._flavor_of(job)
+            if fa is not None and job.id >= self.flavor_job_ids.get(fa.id, ""):
+                self.flavor_job_ids[fa.id] = job.id
+
+    def needs_lookup(self, job: res.Job) -> bool:
+        """True (once per job) for a TRANSCODE job that cannot be placed on a
+        flavor asset of the entry as last read: re-read the entry."""
+        if job.type != "TRANSCODE" or self._flavor_of(job) is not None or job.id in self._looked_up:
+            return False
+        self._looked_up.add(job.id)
+        return True
+
+    def set_entry(self, entry: mres.Entry) -> None:
+        """The entry as just read (it may name TRANSCODE jobs already seen)."""
+        self.entry = entry
+        for job in self.jobs.values():
+            self._place(job)
+
+    def _job_percent(self, job_id: str) -> int:
+        job = self.jobs.get(job_id)
+        if job is None:
+            return 0
+        return 100 if job.state == res.Job.SUCCEEDED else max(0, min(100, job.progress))
+
+    @property
+    def done(self) -> bool:
+        return self.entry.state in _DONE_ENTRY_STATES
+
+    @property
+    def percent(self) -> int:
+        if self.entry.state == mres.Entry.READY:
+            return 100
+        if self.extract_job_id:
+            steps = [self._job_percent(self.extract_job_id)]
+        else:  # no extraction seen; transcodes exist only after it succeeded
+            steps = [100 if any(fa.job_id for fa in self.entry.flavor_assets) else 0]
+        for fa in self.entry.flavor_assets:
+            job_id = self.flavor_job_ids.get(fa.id) or fa.job_id
+            steps.append(100 if fa.state == mres.FlavorAsset.READY else self._job_percent(job_id))
+        return sum(steps) // len(steps)
+
+    @property
+    def state(self) -> str:
+        """The entry's state; PROCESSING rather than PENDING once a job of it
+        has started (the entry itself is re-read only at milestones)."""
+        if self.entry.state == mres.Entry.PENDING and any(
+                j.state != res.Job.PENDING for j in self.jobs.values()):
+            return "PROCESSING"
+        return render.entry_state_name(self.entry.state)
+
+    def step(self, job: res.Job) -> str:
+        """`EXTRACT_MEDIA`, `TRANSCODE 720p` (the flavor asset's output name)."""
+        if job.type == "TRANSCODE":
+            fa = self._flavor_of(job)
+            return f"TRANSCODE {fa.output_name}" if fa is not None else "TRANSCODE"
+        return job.type
+
+    def record(self) -> dict[str, Any]:
+        """One progress line of `entries add --json`."""
+        rec: dict[str, Any] = {"entry_id": self.entry.id, "state": self.state, "progress": self.percent}
+        job = self.last_job
+        if job is not None and not self.done:
+            rec.update(step=self.step(job), job_id=job.id, job_state=render.state_name(job.state))
+        return rec
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+class EntryProgressDisplay:
+    """The progress output of `entries add`: with --json one JSON line per
+    change on stdout; otherwise on stderr, a bar rewritten in place when it
+    is a terminal, else a line when the entry's state changes, when a job
+    reaches a state it had not shown yet, and per 10% of overall progress
+    (not per progress report: parallel transcodes would interleave)."""
+
+    def __init__(self, json_lines: bool) -> None:
+        self.json_lines = json_lines
+        self.tty = not json_lines and _isatty(sys.stderr)
+        self._last: dict[str, Any] | None = None
+        self._last_line: tuple[str, int] | None = None  # (entry state, progress // 10) of the last plain line
+        self._job_states_shown: set[tuple[str, str]] = set()
+        self._bar_len = 0  # characters of the bar on the terminal now
+
+    def show(self, rec: dict[str, Any]) -> None:
+        if rec == self._last:
+            return
+        self._last = rec
+        if self.json_lines:
+            _out(render.dumps_line(rec))
+            return
+        step = rec.get("step", "")
+        if step and rec.get("job_state"):
+            step = f"{step} {rec['job_state']}"
+        if self.tty:
+            line = f"{render.progress_bar(rec['progress'])} {rec['progress']:>3}%  {rec['state']}  {step}".rstrip()
+            line = line[:max(20, shutil.get_terminal_size().columns - 1)]
+            sys.stderr.write("\r" + line.ljust(self._bar_len))
+            sys.stderr.flush()
+            self._bar_len = len(line)
+            return
+        line_key = (rec["state"], rec["progress"] // 10)
+        job_key = (rec.get("job_id", ""), rec.get("job_state", ""))
+        if line_key != self._last_line or job_key not in self._job_states_shown:
+            self._last_line = line_key
+            self._job_states_shown.add(job_key)
+            job = f" (job {rec['job_id']})" if rec.get("job_id") else ""
+            _note(f"entry {rec['entry_id']}: {rec['state']} {rec['progress']}% {step}".rstrip() + job)
+
+    def end_line(self) -> None:
+        """Leave the bar's line (before other output)."""
+        if self._bar_len:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+            self._bar_len = 0
+
+    def note(self, text: str) -> None:
+        self.end_line()
+        _note(text)
+
+
+def follow_entry(c: MediaJobsClient, entry: mres.Entry, display: EntryProgressDisplay) -> mres.Entry:
+    """Follow an entry's processing until it is READY or ERROR; returns it.
+
+    One WatchJobs stream of the processing job types, from the revision of
+    the entry's first job (its EXTRACT_MEDIA job) so nothing is missed, keeps
+    the events of this entry's jobs. The entry is re-read when one of its jobs
+    ends, when a TRANSCODE job shows up that it did not list yet, and on each
+    progress bookmark (an idle stream) as a safety net.
+    """
+    progress = EntryProgress(entry)
+    start_revision = 0
+    if entry.job_ids:
+        first_job = c.get_job(entry.job_ids[0])
+        progress.track(first_job)
+        start_revision = first_job.revision
+    display.show(progress.record())
+
+    def on_retry(info: RetryInfo) -> None:
+        if info.attempt == 0:
+            why = f"{info.error.code.name}: {info.error.message}" if info.error else "the server ended the stream"
+            display.note(f"mediajobs: lost the watch ({why}); reconnecting to {c.target}")
+
+    while True:
+        watch = c.watch_jobs(types=ENTRY_JOB_TYPES, start_revision=start_revision, on_retry=on_retry)
+        try:
+            _follow_watch(c, watch, progress, display)
+            return progress.entry
+        except RevisionCompactedError:
+            # The job's history is gone (an old entry): re-read it, then follow from now.
+            display.note(f"mediajobs: the history of entry {entry.id}'s jobs is compacted; following from now")
+            progress.set_entry(c.get_entry(entry.id))
+            if progress.done:
+                return progress.entry
+            start_revision = 0
+        finally:
+            watch.close()
+
+
+def _follow_watch(c: MediaJobsClient, watch: JobWatch, progress: EntryProgress,
+                  display: EntryProgressDisplay) -> None:
+    """Consume `watch` until the entry is done."""
+    for msg in watch:
+        reread = not msg.events  # a progress bookmark: the stream is idle
+        for ev in msg.events:
+            job = ev.job
+            if not progress.belongs(job):
+                continue
+            progress.track(job)
+            if job.state in _TERMINAL_JOB_STATES or progress.needs_lookup(job):
+                reread = True
+            display.show(progress.record())
+        if reread:
+            progress.set_entry(c.get_entry(progress.entry.id))
+            display.show(progress.record())
+            if progress.done:
+                return
+
+
+_SOURCE_HINT = ("  FILE must be a file under the server's storage root (nothing is uploaded); "
+                "it was sent as {uri}")
+
+
+def cmd_entries_add(args: argparse.Namespace, c: MediaJobsClient) -> int:
+    path = os.path.abspath(args.file)  # no realpath: the server judges symlinks itself
+    source_uri = pathlib.Path(path).as_uri()  # percent-encoded: '%', '#', spaces survive
+    try:
+        entry = c.create_entry(
+            args.name if args.name is not None else os.path.basename(path),
+            source_uri=source_uri,
+            template_id=args.template,
+            description=args.description,
+            tags=args.tag,
+            reference_id=args.reference_id,
+            priority=args.priority,
+            request_id=args.request_id,
+        )
+    except MediaJobsError as e:
+        if e.code not in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED,
+                          grpc.StatusCode.NOT_FOUND):
+            raise
+        _note(render.error_text(e, c.target))
+        if e.code != grpc.StatusCode.NOT_FOUND or e.reason == "SOURCE_NOT_FOUND":
+            _note(_SOURCE_HINT.format(uri=source_uri))
+        return 2 if e.code == grpc.StatusCode.INVALID_ARGUMENT else 1
+    if args.no_follow:
+        return _print_entry(args, entry)
+    display = EntryProgressDisplay(args.json)
+    if not entry.HasField("error") and entry.state not in _DONE_ENTRY_STATES:
+        display.note(f"mediajobs: created entry {entry.id} ({entry.name}); following its processing "
+                     "(Ctrl-C stops following, not the processing)")
+        try:
+            entry = follow_entry(c, entry, display)
+        except KeyboardInterrupt:
+            display.note(f"mediajobs: stopped following entry {entry.id}; it keeps processing on the server "
+                         f"(`mediajobs entries get {entry.id}` shows it)")
+            return 130
+    display.end_line()
+    if args.json:
+        _out(render.dumps_line(render.message_to_dict(entry)))
+    else:
+        _out(render.entry_summary(entry))
+    if entry.state == mres.Entry.ERROR:
+        why = render.status_text(entry.error) if entry.HasField("error") else "no error recorded"
+        _note(f"mediajobs: entry {entry.id} failed: {why}")
+        return 1
+    return 0
+
+
+def _print_entry(args: argparse.Namespace, entry: mres.Entry) -> int:
+    if args.json:
+        _out(render.dumps(render.message_to_dict(entry)))
+    else:
+        _out(render.entry_details(entry))
+    return 0
+
+
+def cmd_entries_get(args: argparse.Namespace, c: MediaJobsClient) -> int:
+    return _print_entry(args, c.get_entry(args.id))
+
+
+def cmd_entries_list(args: argparse.Namespace, c: MediaJobsClient) -> int:
+    entries: list[mres.Entry] = []
+    token = args.page_token
+    while True:
+        size = args.page_size
+        if args.limit is not None:
+            remaining = args.limit - len(entries)
+            if remaining <= 0:
+                break
+            size = min(remaining, size or 1000)
+        page = c.list_entries(states=args.state, tag=args.tag, reference_id=args.reference_id,
+                              template_id=args.template, page_size=size, page_token=token)
+        entries.extend(page.entries)
+        token = page.next_page_token
+        if not token or not (args.all or args.limit is not None):
+            break
+    if args.json:
+        doc: dict[str, Any] = {"entries": [render.message_to_dict(e) for e in entries]}
+        if token:
+            doc["next_page_token"] = token
+        _out(render.dumps(doc))
+        return 0
+    _out(render.entries_table(entries))
+    if token:
+        _note(f"-- {len(entries)} entries; more with --page-token {token} (or --all)")
+    return 0
+
+
+def cmd_entries_delete(args: argparse.Namespace, c: MediaJobsClient) -> int:
+    c.delete_entry(args.id, allow_missing=args.allow_missing)
+    if args.json:
+        _out(render.dumps({"deleted_id": args.id}))
+    else:
+        _out(f"deleted entry {args.id}")
+    return 0
+
+
+def cmd_mediainfo(args: argparse.Namespace, c: MediaJobsClient) -> int:
+    entry = c.get_entry(args.entry_id)  # also: NOT_FOUND for a wrong id rather than an empty list
+    names = {fa.id: fa.output_name for fa in entry.flavor_assets}
+    flavor = args.flavor_asset
+    by_name = {fa.output_name: fa.id for fa in entry.flavor_assets}
+    if flavor and flavor != "source" and flavor not in names and flavor in by_name:
+        flavor = by_name[flavor]
+    infos = list(c.iter_media_infos(entry.id, flavor_asset_id=flavor))
+    # The source first, then the flavor assets in the entry's order (sort is stable: oldest first within each).
+    order = {fa.id: i + 1 for i, fa in enumerate(entry.flavor_assets)}
+    infos.sort(key=lambda mi: order.get(mi.flavor_asset_id, len(order) + 1) if mi.flavor_asset_id else 0)
+    if args.json:
+        for mi in infos:
+            _out(render.dumps_line(render.message_to_dict(mi)))
+        return 0
+    if not infos:
+        which = f" (flavor asset {args.flavor_asset})" if flavor else ""
+        _note(f"mediajobs: no media info for entry {entry.id}{which} yet "
+              f"(the entry is {render.entry_state_name(entry.state)})")
+        return 0
+    blocks = []
+    for mi in infos:
+        if mi.flavor_asset_id:
+            title = f"flavor asset {names.get(mi.flavor_asset_id, '?')} ({mi.flavor_asset_id})"
+        else:
+            title = f"source {entry.source_uri}".rstrip()
+        blocks.append(render.media_info_details(mi, f"{title}  [media info {mi.id}]"))
+    _out("\n\n".join(blocks))
+    return 0
+
+
+# -- job templates -------------------------------------------------------------------
+
+
+def cmd_templates_list(args: argparse.Namespace, c: MediaJobsClient) -> int:
+    templates = list(c.iter_job_templates())
+    if args.json:
+        _out(render.dumps({"job_templates": [render.message_to_dict(t) for t in templates]}))
+    else:
+        _out(render.templates_table(templates))
+    return 0
+
+
+def _print_template(args: argparse.Namespace, template: mres.JobTemplate) -> int:
+    if args.json:
+        _out(render.dumps(render.message_to_dict(template)))
+    else:
+        _out(render.template_details(template))
+    return 0
+
+
+def cmd_templates_get(args: argparse.Namespace, c: MediaJobsClient) -> int:
+    return _print_template(args, c.get_job_template(args.id))
+
+
+def cmd_templates_create(args: argparse.Namespace, c: MediaJobsClient) -> int:
+    template = mres.JobTemplate()
+    try:
+        json_format.ParseDict(args.template, template)
+    except json_format.ParseError as e:
+        args.parser.error(f"JSON: not a JobTemplate: {e}")
+    return _print_template(args, c.create_job_template(args.id, template))
+
+
+def cmd_templates_delete(args: argparse.Namespace, c: MediaJobsClient) -> int:
+    c.delete_job_template(args.id, allow_missing=args.allow_missing)
+    if args.json:
+        _out(render.dumps({"deleted_id": args.id}))
+    else:
+        _out(f"deleted template {args.id}")
+    return 0
+
+
 class _WorkerLoadError(Exception):
     pass
 
@@ -578,23 +1174,62 @@ def load_worker(spec: str) -> Worker:
     return worker
 
 
+def _media_worker(args: argparse.Namespace, c: MediaJobsClient) -> Worker | None:
+    """The reference media worker for `worker --media` (None: it failed to
+    import, which has been reported)."""
+    root_text = args.storage_root or os.environ.get(ENV_STORAGE_ROOT, "")
+    if not root_text:
+        args.parser.error(f"--media needs --storage-root DIR (or env {ENV_STORAGE_ROOT}): the server's storage root")
+    root = Path(root_text).expanduser().absolute()
+    if not root.is_dir():
+        args.parser.error(f"--storage-root {root_text}: not a directory")
+    try:
+        # Imported here, so the rest of the CLI works without PyAV.
+        from .media_worker import build_media_worker  # type: ignore[import-not-found,unused-ignore]
+    except Exception:
+        _note("mediajobs: worker: the reference media worker cannot be imported:")
+        _note(traceback.format_exc().rstrip())
+        return None
+    options: dict[str, Any] = {}
+    if args.concurrency is not None:
+        options["concurrency"] = args.concurrency
+    try:
+        worker: Worker = build_media_worker(c.target, root, **options)
+    except ValueError as e:
+        args.parser.error(str(e))
+    return worker
+
+
 def cmd_worker(args: argparse.Namespace, c: MediaJobsClient) -> int:
     for opt, value, low, high in (("--lease", args.lease, 1, 600), ("--drain-timeout", args.drain_timeout, 0, None)):
         if value is not None and (value < low or (high is not None and value > high)):
             args.parser.error(f"{opt} must be {'between %s and %s' % (low, high) if high else 'at least %s' % low}")
-    try:
-        worker = load_worker(args.module)
-    except _WorkerLoadError as e:
-        args.parser.error(str(e))
-    except Exception:  # the module itself failed while importing
-        _note(f"mediajobs: worker: importing {args.module.partition(':')[0]} failed:")
-        _note(traceback.format_exc().rstrip())
-        return 1
+    if args.media and args.module:
+        args.parser.error(f"give either MODULE or --media, not both (got MODULE {args.module!r})")
+    if not args.media and not args.module:
+        args.parser.error("give MODULE (a module with job handlers) or --media (the reference media worker)")
+    if args.storage_root and not args.media:
+        args.parser.error("--storage-root goes with --media")
+    if args.media:
+        media_worker = _media_worker(args, c)
+        if media_worker is None:
+            return 1
+        worker, source = media_worker, "the media worker"
+    else:
+        try:
+            worker = load_worker(args.module)
+        except _WorkerLoadError as e:
+            args.parser.error(str(e))
+        except Exception:  # the module itself failed while importing
+            _note(f"mediajobs: worker: importing {args.module.partition(':')[0]} failed:")
+            _note(traceback.format_exc().rstrip())
+            return 1
+        source = args.module
+        if getattr(args, "server", None) or os.environ.get(ENV_SERVER):
+            worker.target = c.target
     unknown = [t for t in args.types if t not in worker.job_types]
     if unknown:
-        args.parser.error(f"no handler for {', '.join(unknown)} in {args.module} (it has {', '.join(worker.job_types)})")
-    if getattr(args, "server", None) or os.environ.get(ENV_SERVER):
-        worker.target = c.target
+        args.parser.error(f"no handler for {', '.join(unknown)} in {source} (it has {', '.join(worker.job_types)})")
     if args.concurrency is not None:
         worker.concurrency = args.concurrency
     if args.lease is not None:

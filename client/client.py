@@ -1,4 +1,4 @@
-"""A small typed, synchronous client for JobService.
+"""A small typed, synchronous client for JobService and MediaService.
 
     from mediajobs.client import MediaJobsClient
 
@@ -6,6 +6,8 @@
         job = c.create_job("TRANSCODE", priority="HIGH", params={"input": "a.mov"})
         for msg in c.watch_jobs(job_ids=[job.id]):
             ...
+        entry = c.create_entry("clip", source_uri="incoming/clip.mov")
+        print(c.get_entry(entry.id).state)
 
 Every method raises `MediaJobsError` (with the server's rich status unpacked)
 when the call fails.
@@ -20,6 +22,9 @@ from google.protobuf import field_mask_pb2, struct_pb2, timestamp_pb2
 
 from mediajobs.v1 import job_service_pb2 as svc
 from mediajobs.v1 import job_service_pb2_grpc as svc_grpc
+from mediajobs.v1 import media_resources_pb2 as mres
+from mediajobs.v1 import media_service_pb2 as msvc
+from mediajobs.v1 import media_service_pb2_grpc as msvc_grpc
 from mediajobs.v1 import resources_pb2 as res
 
 from .errors import MediaJobsError
@@ -42,6 +47,7 @@ DEFAULT_CHANNEL_OPTIONS: list[tuple[str, Any]] = [
 ]
 
 Job = res.Job
+Entry = mres.Entry
 TimeLike = dt.datetime | timestamp_pb2.Timestamp | None
 
 _Resp = TypeVar("_Resp")
@@ -71,6 +77,18 @@ def parse_state(s: res.Job.State.ValueType | int | str) -> res.Job.State.ValueTy
     return Job.State.ValueType(int(s))
 
 
+def parse_entry_state(s: mres.Entry.State.ValueType | int | str) -> mres.Entry.State.ValueType:
+    """An entry state from its name (any case: PENDING, PROCESSING, READY,
+    ERROR) or number."""
+    if isinstance(s, str):
+        name = s.strip().upper()
+        if name not in Entry.State.keys() or name == "STATE_UNSPECIFIED":
+            names = ", ".join(n for n in Entry.State.keys() if n != "STATE_UNSPECIFIED")
+            raise ValueError(f"unknown entry state {s!r}; use one of {names}")
+        return Entry.State.Value(name)
+    return Entry.State.ValueType(int(s))
+
+
 def to_timestamp(t: TimeLike) -> timestamp_pb2.Timestamp | None:
     """A Timestamp from a datetime (naive datetimes are taken as UTC)."""
     if t is None or isinstance(t, timestamp_pb2.Timestamp):
@@ -97,7 +115,7 @@ def _mask(fields: Sequence[str] | None) -> field_mask_pb2.FieldMask | None:
 
 
 class MediaJobsClient:
-    """Synchronous JobService client.
+    """Synchronous JobService and MediaService client.
 
     Pass a `target` ("host:port"; an insecure channel is opened and owned by
     the client) or an existing `channel` (not closed by `close()`). `timeout`
@@ -120,6 +138,7 @@ class MediaJobsClient:
             else grpc.insecure_channel(target, options=list(options if options is not None else DEFAULT_CHANNEL_OPTIONS))
         )
         self.stub = svc_grpc.JobServiceStub(self.channel)
+        self.media_stub = msvc_grpc.MediaServiceStub(self.channel)
 
     def close(self) -> None:
         """Close the channel if the client opened it."""
@@ -283,6 +302,198 @@ class MediaJobsClient:
             token = page.next_page_token
             if not token:
                 return
+
+    # -- media entries (MediaService) --------------------------------------------
+
+    def create_entry(
+        self,
+        name: str,
+        *,
+        source_uri: str = "",
+        template_id: str = "",
+        description: str = "",
+        tags: Sequence[str] = (),
+        reference_id: str = "",
+        labels: Mapping[str, str] | None = None,
+        creator: str = "",
+        priority: res.Job.Priority.ValueType | int | str | None = None,
+        request_id: str = "",
+    ) -> mres.Entry:
+        """Create an entry (idempotent on request_id). With a `source_uri` (a
+        path relative to the server's storage root, or a `file://` URL of an
+        absolute path inside it) its processing is queued: an EXTRACT_MEDIA
+        job, then one TRANSCODE job per output of the template."""
+        req = msvc.CreateEntryRequest(
+            entry=mres.Entry(
+                name=name,
+                source_uri=source_uri,
+                template_id=template_id,
+                description=description,
+                tags=list(tags),
+                reference_id=reference_id,
+                labels=dict(labels or {}),
+            ),
+            creator=creator,
+            priority=parse_priority(priority),
+            request_id=request_id,
+        )
+        return self._call(self.media_stub.CreateEntry, req)
+
+    def get_entry(self, entry_id: str) -> mres.Entry:
+        """One entry."""
+        return self._call(self.media_stub.GetEntry, msvc.GetEntryRequest(id=entry_id))
+
+    def list_entries(
+        self,
+        *,
+        states: Sequence[mres.Entry.State.ValueType | int | str] = (),
+        tag: str = "",
+        reference_id: str = "",
+        template_id: str = "",
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> msvc.ListEntriesResponse:
+        """One page of entries, newest first (see iter_entries for all)."""
+        req = msvc.ListEntriesRequest(
+            states=[parse_entry_state(s) for s in states],
+            tag=tag,
+            reference_id=reference_id,
+            template_id=template_id,
+            page_size=page_size,
+            page_token=page_token,
+        )
+        return self._call(self.media_stub.ListEntries, req)
+
+    def iter_entries(self, *, limit: int | None = None, **filters: Any) -> Iterator[mres.Entry]:
+        """Every matching entry across pages (at most `limit`); takes
+        list_entries' keyword arguments."""
+        if limit is not None and limit <= 0:
+            return
+        if limit is not None and not filters.get("page_size"):
+            filters["page_size"] = min(limit, 1000)
+        token = filters.pop("page_token", "")
+        n = 0
+        while True:
+            page = self.list_entries(page_token=token, **filters)
+            for entry in page.entries:
+                yield entry
+                n += 1
+                if limit is not None and n >= limit:
+                    return
+            token = page.next_page_token
+            if not token:
+                return
+
+    def delete_entry(self, entry_id: str, *, allow_missing: bool = False) -> None:
+        """Delete an entry with its media info and cue points; its unfinished
+        processing jobs are aborted. Files in the storage root stay."""
+        self._call(self.media_stub.DeleteEntry, msvc.DeleteEntryRequest(id=entry_id, allow_missing=allow_missing))
+
+    def check_entry_is_done(self, job_id: str) -> msvc.CheckEntryIsDoneResponse:
+        """Whether every processing job of `job_id`'s entry succeeded (marks
+        the entry READY if so)."""
+        return self._call(self.media_stub.CheckEntryIsDone, msvc.CheckEntryIsDoneRequest(job_id=job_id))
+
+    # -- media info --------------------------------------------------------------
+
+    def add_media_info(self, media_info: mres.MediaInfo, *, request_id: str = "") -> mres.MediaInfo:
+        """Store a media-info record for an entry's source or one of its
+        flavor assets (idempotent on request_id)."""
+        req = msvc.AddMediaInfoRequest(media_info=media_info, request_id=request_id)
+        return self._call(self.media_stub.AddMediaInfo, req)
+
+    def get_media_info(self, media_info_id: str) -> mres.MediaInfo:
+        """One media-info record."""
+        return self._call(self.media_stub.GetMediaInfo, msvc.GetMediaInfoRequest(id=media_info_id))
+
+    def list_media_infos(
+        self, entry_id: str, *, flavor_asset_id: str = "", page_size: int = 0, page_token: str = ""
+    ) -> msvc.ListMediaInfosResponse:
+        """One page of an entry's media-info records, oldest first;
+        `flavor_asset_id` limits them to one flavor asset (`source`: the
+        source's)."""
+        req = msvc.ListMediaInfosRequest(
+            entry_id=entry_id, flavor_asset_id=flavor_asset_id, page_size=page_size, page_token=page_token
+        )
+        return self._call(self.media_stub.ListMediaInfos, req)
+
+    def iter_media_infos(self, entry_id: str, *, flavor_asset_id: str = "") -> Iterator[mres.MediaInfo]:
+        """Every media-info record of an entry across pages, oldest first."""
+        token = ""
+        while True:
+            page = self.list_media_infos(entry_id, flavor_asset_id=flavor_asset_id, page_token=token)
+            yield from page.media_infos
+            token = page.next_page_token
+            if not token:
+                return
+
+    # -- job templates -------------------------------------------------------------
+
+    def create_job_template(self, template_id: str, template: mres.JobTemplate) -> mres.JobTemplate:
+        """Create a job template named `template_id`."""
+        req = msvc.CreateJobTemplateRequest(job_template=template, job_template_id=template_id)
+        return self._call(self.media_stub.CreateJobTemplate, req)
+
+    def get_job_template(self, template_id: str) -> mres.JobTemplate:
+        """One job template."""
+        return self._call(self.media_stub.GetJobTemplate, msvc.GetJobTemplateRequest(id=template_id))
+
+    def list_job_templates(self, *, page_size: int = 0, page_token: str = "") -> msvc.ListJobTemplatesResponse:
+        """One page of job templates: built-ins first, then the others by id."""
+        req = msvc.ListJobTemplatesRequest(page_size=page_size, page_token=page_token)
+        return self._call(self.media_stub.ListJobTemplates, req)
+
+    def iter_job_templates(self) -> Iterator[mres.JobTemplate]:
+        """Every job template across pages."""
+        token = ""
+        while True:
+            page = self.list_job_templates(page_token=token)
+            yield from page.job_templates
+            token = page.next_page_token
+            if not token:
+                return
+
+    def update_job_template(self, template: mres.JobTemplate, fields: Sequence[str]) -> mres.JobTemplate:
+        """Change the `fields` (display_name, description, outputs, labels) of
+        the template `template.id` to the values in `template`."""
+        req = msvc.UpdateJobTemplateRequest(job_template=template, update_mask=_mask(fields))
+        return self._call(self.media_stub.UpdateJobTemplate, req)
+
+    def delete_job_template(self, template_id: str, *, allow_missing: bool = False) -> None:
+        """Delete a job template (built-in templates cannot be deleted)."""
+        req = msvc.DeleteJobTemplateRequest(id=template_id, allow_missing=allow_missing)
+        self._call(self.media_stub.DeleteJobTemplate, req)
+
+    # -- cue points ----------------------------------------------------------------
+
+    def import_cue_points(self, xml: bytes | str) -> msvc.ImportCuePointsResponse:
+        """Create cue points from an XML document (the format
+        export_cue_points writes); invalid items are listed in `errors`."""
+        data = xml.encode("utf-8") if isinstance(xml, str) else xml
+        return self._call(self.media_stub.ImportCuePoints, msvc.ImportCuePointsRequest(xml=data))
+
+    def export_cue_points(
+        self,
+        *,
+        entry_ids: Sequence[str] = (),
+        types: Sequence[mres.CuePoint.Type.ValueType | int] = (),
+        start_time_from_ms: int = 0,
+        start_time_to_ms: int = 0,
+        tags: Sequence[str] = (),
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> msvc.ExportCuePointsResponse:
+        """One page of matching cue points as an XML document."""
+        req = msvc.ExportCuePointsRequest(
+            entry_ids=list(entry_ids),
+            types=[mres.CuePoint.Type.ValueType(int(t)) for t in types],
+            start_time_from_ms=start_time_from_ms,
+            start_time_to_ms=start_time_to_ms,
+            tags=list(tags),
+            page_size=page_size,
+            page_token=page_token,
+        )
+        return self._call(self.media_stub.ExportCuePoints, req)
 
     # -- watch ---------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""Output for the CLI: hand-aligned tables, job details and JSON documents."""
+"""Output for the CLI: hand-aligned tables, job, entry, media-info and
+template details, and JSON documents."""
 from __future__ import annotations
 
 import datetime as dt
@@ -9,13 +10,17 @@ import grpc
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
+from google.rpc import status_pb2
 
 from mediajobs.v1 import job_service_pb2 as svc
+from mediajobs.v1 import media_resources_pb2 as mres
 from mediajobs.v1 import resources_pb2 as res
 
 from .errors import MediaJobsError
 
 Job = res.Job
+Entry = mres.Entry
+FlavorAsset = mres.FlavorAsset
 _INT64 = (FieldDescriptor.CPPTYPE_INT64, FieldDescriptor.CPPTYPE_UINT64)
 
 
@@ -116,6 +121,67 @@ def state_name(s: int) -> str:
 
 def priority_name(p: int) -> str:
     return Job.Priority.Name(p) if p in Job.Priority.values() else str(p)  # type: ignore[arg-type]
+
+
+def entry_state_name(s: int) -> str:
+    return Entry.State.Name(s) if s in Entry.State.values() else str(s)  # type: ignore[arg-type]
+
+
+def flavor_state_name(s: int) -> str:
+    return FlavorAsset.State.Name(s) if s in FlavorAsset.State.values() else str(s)  # type: ignore[arg-type]
+
+
+def status_code_name(code: int) -> str:
+    """The gRPC name of a google.rpc.Status code (`FAILED_PRECONDITION`)."""
+    return next((c.name for c in grpc.StatusCode if c.value[0] == code), str(code))
+
+
+def status_text(st: status_pb2.Status) -> str:
+    """`CODE: message` of a google.rpc.Status."""
+    return f"{status_code_name(st.code)}: {st.message}"
+
+
+def fmt_size(n: int) -> str:
+    """A byte count for people: `812 B`, `1.5 KiB`, `23.4 MiB`; `-` for 0."""
+    if n <= 0:
+        return "-"
+    if n < 1024:
+        return f"{n} B"
+    value = float(n)
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        value /= 1024
+        if value < 1024 or unit == "TiB":
+            break
+    return f"{value:.1f} {unit}"
+
+
+def fmt_ms(ms: int) -> str:
+    """A media duration: `12.345 s` below a minute, else `1:02:03.456`
+    (H:MM:SS.mmm) or `2:03.456` (M:SS.mmm); `-` for 0."""
+    if ms <= 0:
+        return "-"
+    if ms < 60_000:
+        return f"{ms / 1000:.3f} s"
+    minutes, millis = divmod(ms, 60_000)
+    hours, minutes = divmod(minutes, 60)
+    secs = f"{millis // 1000:02d}.{millis % 1000:03d}"
+    return f"{hours}:{minutes:02d}:{secs}" if hours else f"{minutes}:{secs}"
+
+
+def fmt_elapsed(seconds: float) -> str:
+    """A wall-clock span: `8.2 s`, `3 min 12 s`, `1 h 02 min`."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes = int(seconds) // 60
+    if minutes < 60:
+        return f"{minutes} min {int(seconds) % 60:02d} s"
+    return f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def _elapsed_between(start: timestamp_pb2.Timestamp, end: timestamp_pb2.Timestamp) -> float | None:
+    if not (start.seconds or start.nanos) or not (end.seconds or end.nanos):
+        return None
+    return max(0.0, (end.ToNanoseconds() - start.ToNanoseconds()) / 1e9)
 
 
 def _struct_json(s: struct_pb2.Struct) -> str:
@@ -225,6 +291,197 @@ def watch_line(msg: svc.WatchJobsResponse) -> str:
         state = f"{state_name(ev.previous_state)}->{state}"
     return (f"{ev.revision:>8}  {fmt_time(ev.event_time, millis=True):<24}  {j.id:<26}  "
             f"{res.JobEvent.Type.Name(ev.type):<8}  {j.type:<16}  {state:<20}  {j.progress}%").rstrip()
+
+
+def details(pairs: Iterable[tuple[str, str | Sequence[str]]]) -> str:
+    """`label: value` lines with the values in one column; a sequence value
+    continues on the following lines."""
+    rows = [(label, [value] if isinstance(value, str) else list(value) or ["-"]) for label, value in pairs]
+    width = max((len(label) for label, _ in rows), default=0) + 1
+    lines = []
+    for label, vals in rows:
+        lines.append(f"{(label + ':').ljust(width)}  {vals[0]}".rstrip())
+        lines.extend(f"{'':{width}}  {v}".rstrip() for v in vals[1:])
+    return "\n".join(lines)
+
+
+def _indent(text: str, prefix: str = "  ") -> str:
+    return "\n".join(prefix + ln if ln else ln for ln in text.splitlines())
+
+
+# -- entries -------------------------------------------------------------------
+
+
+ENTRY_LIST_HEADERS = ("ID", "NAME", "STATE", "TEMPLATE", "FLAVORS", "DURATION", "CREATED")
+
+
+def _flavors_ready(e: mres.Entry) -> str:
+    if not e.flavor_assets:
+        return "-"
+    ready = sum(1 for fa in e.flavor_assets if fa.state == FlavorAsset.READY)
+    return f"{ready}/{len(e.flavor_assets)} ready"
+
+
+def entries_table(entries: Iterable[mres.Entry]) -> str:
+    return table(ENTRY_LIST_HEADERS, (
+        [e.id, e.name, entry_state_name(e.state), e.template_id or "-", _flavors_ready(e), fmt_ms(e.duration_ms),
+         fmt_time(e.create_time)] for e in entries))
+
+
+def flavor_assets_table(assets: Iterable[mres.FlavorAsset]) -> str:
+    """NAME, STATE, SIZE, PATH (relative to the storage root), JOB, ID."""
+    return table(("NAME", "STATE", "SIZE", "PATH", "JOB", "ID"), (
+        [fa.output_name, flavor_state_name(fa.state), fmt_size(fa.size_bytes), fa.path or "-", fa.job_id or "-",
+         fa.id] for fa in assets))
+
+
+def entry_details(e: mres.Entry) -> str:
+    """An entry as `field: value` lines (proto field names), then its flavor
+    assets as a table."""
+    pairs: list[tuple[str, str | Sequence[str]]] = [
+        ("id", e.id), ("name", e.name), ("state", entry_state_name(e.state))]
+    if e.HasField("error"):
+        pairs.append(("error", status_text(e.error)))
+    pairs += [("source_uri", e.source_uri or "-"), ("template_id", e.template_id or "-"),
+              ("duration", fmt_ms(e.duration_ms))]
+    optional: list[tuple[str, str | Sequence[str]]] = [
+        ("description", e.description), ("tags", ", ".join(e.tags)), ("reference_id", e.reference_id),
+        ("labels", [f"{k}={v}" for k, v in sorted(e.labels.items())]),
+        ("source_media_info_id", e.source_media_info_id)]
+    pairs += [(k, v) for k, v in optional if v]
+    pairs += [("creator", e.creator or "-"), ("create_time", fmt_time(e.create_time)),
+              ("update_time", fmt_time(e.update_time)), ("job_ids", list(e.job_ids))]
+    text = details(pairs)
+    if e.flavor_assets:
+        text += "\nflavor_assets:\n" + _indent(flavor_assets_table(e.flavor_assets))
+    return text
+
+
+def entry_summary(e: mres.Entry) -> str:
+    """The end of `entries add`: id, state, how long processing took, the
+    media duration and every flavor asset."""
+    took = _elapsed_between(e.create_time, e.update_time)
+    head = f"entry {e.id} {entry_state_name(e.state)}"
+    if took is not None and e.state in (Entry.READY, Entry.ERROR):
+        head += f" after {fmt_elapsed(took)}"
+    pairs: list[tuple[str, str | Sequence[str]]] = [("name", e.name), ("duration", fmt_ms(e.duration_ms))]
+    if e.HasField("error"):
+        pairs.append(("error", status_text(e.error)))
+    text = head + "\n" + _indent(details(pairs))
+    if e.flavor_assets:
+        text += "\n  flavor assets:\n" + _indent(flavor_assets_table(e.flavor_assets), "    ")
+    return text
+
+
+def progress_bar(percent: int, width: int = 24) -> str:
+    """`[#########...............]` for 0-100."""
+    filled = max(0, min(width, percent * width // 100))
+    return "[" + "#" * filled + "." * (width - filled) + "]"
+
+
+# -- media info ------------------------------------------------------------------
+
+
+_DAR_NAMES = ((16 / 9, "16:9"), (4 / 3, "4:3"), (1.0, "1:1"), (21 / 9, "21:9"), (9 / 16, "9:16"), (3 / 2, "3:2"))
+
+
+def _dar_text(dar: float) -> str:
+    name = next((n for v, n in _DAR_NAMES if abs(dar - v) < 0.01), "")
+    return f"{dar:.3f}" + (f" ({name})" if name else "")
+
+
+def _kbps(v: int) -> str:
+    return f"{v} kbit/s"
+
+
+def _codec(fmt: str, codec_id: str) -> str:
+    tag = codec_id.strip()
+    return f"{fmt} ({tag})" if tag and tag != fmt else fmt
+
+
+def _join(parts: Iterable[str]) -> str:
+    return ", ".join(p for p in parts if p)
+
+
+def media_info_details(mi: mres.MediaInfo, title: str) -> str:
+    """One media-info record as a readable block headed by `title`."""
+    container = _join([
+        _codec(mi.container_format, mi.container_id) if mi.container_format else "",
+        f"profile {mi.container_profile}" if mi.container_profile else ""]) or "-"
+    pairs: list[tuple[str, str | Sequence[str]]] = [
+        ("container", container),
+        ("duration", fmt_ms(mi.container_duration_ms)),
+        ("bit rate", _kbps(mi.container_bit_rate_kbps) if mi.container_bit_rate_kbps else "-"),
+    ]
+    if mi.video_format or mi.video_width:
+        fps = f"{mi.video_frame_rate:.3f}".rstrip("0").rstrip(".") + " fps" if mi.video_frame_rate else ""
+        size = f"{mi.video_width}x{mi.video_height}" if mi.video_width or mi.video_height else ""
+        video = _join([_codec(mi.video_format, mi.video_codec_id), " ".join(p for p in (size, fps) if p),
+                       _kbps(mi.video_bit_rate_kbps) if mi.video_bit_rate_kbps else ""])
+        scan = {mres.SCAN_TYPE_PROGRESSIVE: "progressive", mres.SCAN_TYPE_INTERLACED: "interlaced"}.get(
+            mi.scan_type, "-")
+        pairs += [
+            ("video", video),
+            ("aspect", _join([f"DAR {_dar_text(mi.video_dar)}" if mi.video_dar else "",
+                              f"rotation {mi.video_rotation}"])),
+            ("scan type", scan),
+            ("max GOP", f"{mi.max_gop} frames" if mi.max_gop else "-"),
+            ("fast start", "yes" if mi.is_fast_start else "no"),
+        ]
+    else:
+        pairs.append(("video", "none"))
+    if mi.audio_format or mi.audio_channels:
+        audio = _join([_codec(mi.audio_format, mi.audio_codec_id),
+                       f"{mi.audio_channels} ch" if mi.audio_channels else "",
+                       f"{mi.audio_sampling_rate} Hz" if mi.audio_sampling_rate else "",
+                       _kbps(mi.audio_bit_rate_kbps) if mi.audio_bit_rate_kbps else ""])
+        pairs.append(("audio", audio))
+    else:
+        pairs.append(("audio", "none"))
+    size = f"{fmt_size(mi.file_size_bytes)} ({mi.file_size_bytes} bytes)" if mi.file_size_bytes else "-"
+    pairs += [("file size", size), ("writing lib", mi.writing_lib or "-")]
+    if mi.multi_stream:
+        pairs.append(("streams", "several of a kind (see --json multi_stream_info)"))
+    return title + "\n" + _indent(details(pairs))
+
+
+# -- job templates -----------------------------------------------------------------
+
+
+def templates_table(templates: Iterable[mres.JobTemplate]) -> str:
+    return table(("ID", "BUILT-IN", "OUTPUTS", "DISPLAY NAME"), (
+        [t.id, "yes" if t.built_in else "no", ",".join(o.name for o in t.outputs) or "-", t.display_name]
+        for t in templates))
+
+
+def _output_size(o: mres.OutputSpec) -> str:
+    if not o.video_codec:
+        return "-"
+    if o.width and o.height:
+        return f"{o.width}x{o.height}"
+    if o.width or o.height:  # the other follows the source's aspect ratio
+        return f"width {o.width}" if o.width else f"height {o.height}"
+    return f"x{o.scale:g}" if o.scale else "source"
+
+
+def outputs_table(outputs: Iterable[mres.OutputSpec]) -> str:
+    return table(("NAME", "CONTAINER", "VIDEO", "SIZE", "FPS", "VIDEO BPS", "AUDIO", "AUDIO BPS", "PRESET"), (
+        [o.name, o.container, o.video_codec or "-", _output_size(o),
+         f"{o.frame_rate:g}" if o.frame_rate else ("-" if not o.video_codec else "source"),
+         str(o.video_bit_rate_bps) if o.video_bit_rate_bps else ("-" if not o.video_codec else "crf 23"),
+         o.audio_codec or "-",
+         str(o.audio_bit_rate_bps) if o.audio_bit_rate_bps else ("-" if not o.audio_codec else "128000"),
+         o.preset or ("-" if not o.video_codec else "veryfast")] for o in outputs))
+
+
+def template_details(t: mres.JobTemplate) -> str:
+    pairs: list[tuple[str, str | Sequence[str]]] = [
+        ("id", t.id), ("display_name", t.display_name or "-"), ("description", t.description or "-"),
+        ("built_in", "yes" if t.built_in else "no")]
+    if t.labels:
+        pairs.append(("labels", [f"{k}={v}" for k, v in sorted(t.labels.items())]))
+    pairs += [("create_time", fmt_time(t.create_time)), ("update_time", fmt_time(t.update_time))]
+    return details(pairs) + "\noutputs:\n" + _indent(outputs_table(t.outputs))
 
 
 # -- errors --------------------------------------------------------------------

@@ -154,9 +154,9 @@ async def test_bad_entries_are_refused_with_the_field_to_fix(s: Stubs, tmp_path:
 
 
 async def test_file_url_inside_the_root_is_stored_relative(s: Stubs) -> None:
-    rel = source_file(s, "a b/clip.mov")
+    rel = source_file(s, "a b/clip #1 %41.mov")
     e = await s.media.CreateEntry(msvc.CreateEntryRequest(
-        entry=Entry(name="x", source_uri="file://" + str((s.root / rel).absolute()).replace(" ", "%20"))))
+        entry=Entry(name="x", source_uri=(s.root / rel).absolute().as_uri())))
     assert e.source_uri == rel
     assert e.template_id == "mp4-h264-720p" and [fa.output_name for fa in e.flavor_assets] == ["720p"]
 
