@@ -254,7 +254,10 @@ def main() -> int:
     ap.add_argument("--py-spy", default=None, help="path of the py-spy binary")
     ap.add_argument("--keep", action="store_true", help="keep the outputs (printed folder)")
     add_quiet_arg(ap)
+    ap.add_argument("--quick", action="store_true", help="a smoke run: a 5 s source, one repetition per side")
     args = ap.parse_args()
+    if args.quick:
+        args.seconds, args.reps = min(args.seconds, 5.0), 1
 
     if shutil.which("ffmpeg") is None:
         print("bench_transcode needs the ffmpeg command-line tool to compare against; install it with\n"
