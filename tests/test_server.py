@@ -56,9 +56,17 @@ async def test_reflection_lists_and_describes_services(app: App):
             return resp
 
         names = {s.name for s in (await ask(reflection_pb2.ServerReflectionRequest(list_services=""))).list_services_response.service}
-        assert {"mediajobs.v1.JobService", "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= names
+        assert {"mediajobs.v1.JobService", "mediajobs.v1.WorkerService", "mediajobs.v1.MediaService",
+                "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= names
         desc = await ask(reflection_pb2.ServerReflectionRequest(file_containing_symbol="mediajobs.v1.JobService"))
         assert desc.file_descriptor_response.file_descriptor_proto, "descriptor for grpcurl describe"
+        from google.protobuf import descriptor_pb2
+
+        media = await ask(reflection_pb2.ServerReflectionRequest(file_containing_symbol="mediajobs.v1.MediaService"))
+        files = [descriptor_pb2.FileDescriptorProto.FromString(b)
+                 for b in media.file_descriptor_response.file_descriptor_proto]
+        methods = {m.name for f in files for s in f.service if s.name == "MediaService" for m in s.method}
+        assert {"CreateEntry", "CheckEntryIsDone", "AddMediaInfo", "ImportCuePoints", "ExportCuePoints"} <= methods
 
 
 def test_server_console_script_drains_on_sigterm(tmp_path):
