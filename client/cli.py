@@ -796,6 +796,8 @@ class EntryProgress:
         else:  # no extraction seen; transcodes exist only after it succeeded
             steps = [100 if any(fa.job_id for fa in self.entry.flavor_assets) else 0]
         for fa in self.entry.flavor_assets:
+            if fa.state == mres.FlavorAsset.NOT_APPLICABLE:
+                continue  # skipped (the source is smaller): not part of the work
             job_id = self.flavor_job_ids.get(fa.id) or fa.job_id
             steps.append(100 if fa.state == mres.FlavorAsset.READY else self._job_percent(job_id))
         return sum(steps) // len(steps)

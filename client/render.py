@@ -319,7 +319,9 @@ def _flavors_ready(e: mres.Entry) -> str:
     if not e.flavor_assets:
         return "-"
     ready = sum(1 for fa in e.flavor_assets if fa.state == FlavorAsset.READY)
-    return f"{ready}/{len(e.flavor_assets)} ready"
+    skipped = sum(1 for fa in e.flavor_assets if fa.state == FlavorAsset.NOT_APPLICABLE)
+    text = f"{ready}/{len(e.flavor_assets) - skipped} ready"
+    return text + f" ({skipped} skipped)" if skipped else text
 
 
 def entries_table(entries: Iterable[mres.Entry]) -> str:

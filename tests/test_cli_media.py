@@ -23,7 +23,7 @@ from google.protobuf import any_pb2, empty_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from mediajobs.client import Worker, cli
+from mediajobs.client import Worker, cli, render
 from mediajobs.client.cli import main
 from mediajobs.v1 import job_service_pb2 as svc
 from mediajobs.v1 import media_resources_pb2 as mres
@@ -389,6 +389,17 @@ def test_entry_progress_places_transcodes_by_their_step_and_counts_the_latest_jo
     progress.set_entry(entry(Entry.READY, [flavor(FA720, "720p", FlavorAsset.READY, T720, 1),
                                            flavor(FA480, "480p", FlavorAsset.READY, T480, 1)]))
     assert progress.done and progress.record() == {"entry_id": ENTRY, "state": "READY", "progress": 100}
+
+
+def test_skipped_flavor_assets_are_not_part_of_the_progress_or_the_count():
+    progress = cli.EntryProgress(entry(Entry.PROCESSING, [flavor(FA720, "720p", FlavorAsset.NOT_APPLICABLE),
+                                                          flavor(FA480, "480p", job_id=T480)]))
+    progress.track(entry_job(EXTRACT, "EXTRACT_MEDIA", Job.SUCCEEDED, 100))
+    progress.track(entry_job(T480, "TRANSCODE", Job.RUNNING, 50, flavor_asset=FA480))
+    assert progress.percent == (100 + 50) // 2
+    done = entry(Entry.READY, [flavor(FA720, "720p", FlavorAsset.NOT_APPLICABLE),
+                               flavor(FA480, "480p", FlavorAsset.READY, T480, 1)])
+    assert "1/1 ready (1 skipped)" in render.entries_table([done])
 
 
 def test_plain_progress_lines_do_not_follow_interleaved_progress_reports(capsys):

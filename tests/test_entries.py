@@ -432,3 +432,43 @@ async def test_create_job_with_a_template_copies_its_outputs(s: Stubs) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as ei:
         await s.jobs.CreateJob(svc.CreateJobRequest(type="TRANSCODE", template_id="no-such-one"))
     assert ei.value.code() == grpc.StatusCode.NOT_FOUND and error_info(ei.value).reason == "TEMPLATE_NOT_FOUND"
+
+
+async def _extract_with_size(s: Stubs, outputs: list[mres.OutputSpec], width: int, height: int) -> Entry:
+    tid = f"t-{len(outputs)}-{width}-{int(outputs[0].allow_upscale)}"
+    await s.media.CreateJobTemplate(msvc.CreateJobTemplateRequest(
+        job_template=mres.JobTemplate(outputs=outputs), job_template_id=tid))
+    e = await s.media.CreateEntry(msvc.CreateEntryRequest(
+        entry=Entry(name="x", source_uri=source_file(s), template_id=tid)))
+    extract = await s.lease("EXTRACT_MEDIA")
+    mi = await s.media.AddMediaInfo(msvc.AddMediaInfoRequest(media_info=mres.MediaInfo(
+        entry_id=e.id, video_width=width, video_height=height, container_duration_ms=1000)))
+    await s.complete(extract, {"media_info_id": mi.id, "duration_ms": 1000})
+    return await s.entry(e.id)
+
+
+def _video(name: str, w: int, h: int, upscale: bool = False) -> mres.OutputSpec:
+    return mres.OutputSpec(name=name, container="mp4", video_codec="h264", width=w, height=h, allow_upscale=upscale)
+
+
+async def test_outputs_larger_than_the_source_are_skipped_unless_upscaling_is_allowed(s: Stubs) -> None:
+    audio = mres.OutputSpec(name="audio", container="mp4", audio_codec="aac")
+    e = await _extract_with_size(s, [_video("big", 640, 480), _video("small", 160, 120), audio], 320, 240)
+    states = {fa.output_name: fa.state for fa in e.flavor_assets}
+    assert states == {"big": mres.FlavorAsset.NOT_APPLICABLE, "small": mres.FlavorAsset.QUEUED,
+                      "audio": mres.FlavorAsset.QUEUED}
+    assert len(e.job_ids) == 3  # extract + two transcodes
+    for _ in range(2):
+        t = await s.lease("TRANSCODE")
+        await s.complete(t, {"outputs": []})
+    done = await s.entry(e.id)
+    assert done.state == Entry.READY
+    assert next(fa for fa in done.flavor_assets if fa.output_name == "big").state == mres.FlavorAsset.NOT_APPLICABLE
+
+
+async def test_allow_upscale_and_the_smallest_output_when_all_are_too_large(s: Stubs) -> None:
+    e = await _extract_with_size(s, [_video("big", 640, 480, upscale=True)], 320, 240)
+    assert e.flavor_assets[0].state == mres.FlavorAsset.QUEUED and e.flavor_assets[0].job_id
+    e = await _extract_with_size(s, [_video("p1080", 0, 1080), _video("p720", 0, 720)], 320, 240)
+    states = {fa.output_name: fa.state for fa in e.flavor_assets}
+    assert states == {"p1080": mres.FlavorAsset.NOT_APPLICABLE, "p720": mres.FlavorAsset.QUEUED}

@@ -242,6 +242,10 @@ class FlavorAsset(_message.Message):
         """Encoded; `path` and `size_bytes` are set."""
         ERROR: FlavorAsset._State.ValueType  # 3
         """Its TRANSCODE job failed or was aborted."""
+        NOT_APPLICABLE: FlavorAsset._State.ValueType  # 4
+        """Skipped: the source is smaller than the output, which does not allow
+        upscaling (OutputSpec.allow_upscale). Not counted by the entry.
+        """
 
     class State(_State, metaclass=_StateEnumTypeWrapper): ...
     STATE_UNSPECIFIED: FlavorAsset.State.ValueType  # 0
@@ -251,6 +255,10 @@ class FlavorAsset(_message.Message):
     """Encoded; `path` and `size_bytes` are set."""
     ERROR: FlavorAsset.State.ValueType  # 3
     """Its TRANSCODE job failed or was aborted."""
+    NOT_APPLICABLE: FlavorAsset.State.ValueType  # 4
+    """Skipped: the source is smaller than the output, which does not allow
+    upscaling (OutputSpec.allow_upscale). Not counted by the entry.
+    """
 
     ID_FIELD_NUMBER: _builtins.int
     OUTPUT_NAME_FIELD_NUMBER: _builtins.int
@@ -318,6 +326,7 @@ class OutputSpec(_message.Message):
     AUDIO_CHANNELS_FIELD_NUMBER: _builtins.int
     PRESET_FIELD_NUMBER: _builtins.int
     GOP_SIZE_FIELD_NUMBER: _builtins.int
+    ALLOW_UPSCALE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Required. Name of the output, unique in its template (`720p`, `audio`):
     letters, digits, `_`, `-`, `.`; at most 64 characters.
@@ -353,6 +362,12 @@ class OutputSpec(_message.Message):
     """Optional. x264 preset (`ultrafast` ... `veryslow`; default `veryfast`)."""
     gop_size: _builtins.int
     """Optional. Keyframe interval in frames (0: the encoder's default)."""
+    allow_upscale: _builtins.bool
+    """Optional. For entries: encode this output even when the source is
+    smaller (by default a video output whose width or height exceeds the
+    source's is skipped and its flavor asset is NOT_APPLICABLE, unless every
+    video output would be skipped: then the smallest is still encoded).
+    """
     def __init__(
         self,
         *,
@@ -370,10 +385,11 @@ class OutputSpec(_message.Message):
         audio_channels: _builtins.int = ...,
         preset: _builtins.str = ...,
         gop_size: _builtins.int = ...,
+        allow_upscale: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio_bit_rate_bps", b"audio_bit_rate_bps", "audio_channels", b"audio_channels", "audio_codec", b"audio_codec", "audio_sample_rate", b"audio_sample_rate", "container", b"container", "frame_rate", b"frame_rate", "gop_size", b"gop_size", "height", b"height", "name", b"name", "preset", b"preset", "scale", b"scale", "video_bit_rate_bps", b"video_bit_rate_bps", "video_codec", b"video_codec", "width", b"width"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_upscale", b"allow_upscale", "audio_bit_rate_bps", b"audio_bit_rate_bps", "audio_channels", b"audio_channels", "audio_codec", b"audio_codec", "audio_sample_rate", b"audio_sample_rate", "container", b"container", "frame_rate", b"frame_rate", "gop_size", b"gop_size", "height", b"height", "name", b"name", "preset", b"preset", "scale", b"scale", "video_bit_rate_bps", b"video_bit_rate_bps", "video_codec", b"video_codec", "width", b"width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -229,14 +229,18 @@ def on_job_state(tx: WriteTx, job: Job, etype: int, prev_state: int) -> None:
 
 def _extracted(tx: WriteTx, entry: Entry, job: Job) -> None:
     """EXTRACT_MEDIA succeeded: note what it found and queue one TRANSCODE per
-    flavor asset that has no job yet."""
+    flavor asset that has no job yet (skipping outputs larger than the source,
+    see OutputSpec.allow_upscale)."""
     result = job.result.fields
     if "duration_ms" in result:
         entry.duration_ms = int(result["duration_ms"].number_value)
     if "media_info_id" in result and result["media_info_id"].string_value:
         entry.source_media_info_id = result["media_info_id"].string_value
-    for fa in entry.flavor_assets:
-        if fa.job_id:
+    queued = [fa for fa in entry.flavor_assets if not fa.job_id and fa.state == FlavorAsset.QUEUED]
+    for fa in _too_large(tx, entry, queued):
+        fa.state = FlavorAsset.NOT_APPLICABLE
+    for fa in queued:
+        if fa.state != FlavorAsset.QUEUED:
             continue
         out = outputs_as_params([fa.output])[0]
         out["path"] = f"renditions/{entry.id}/{fa.id}-{fa.output_name}.mp4"
@@ -248,6 +252,29 @@ def _extracted(tx: WriteTx, entry: Entry, job: Job) -> None:
         ), template_id=entry.template_id)
         fa.job_id = t.id
         entry.job_ids.append(t.id)
+
+
+def _too_large(tx: WriteTx, entry: Entry, assets: list[FlavorAsset]) -> list[FlavorAsset]:
+    """The video flavor assets that would upscale the source without
+    allow_upscale; when that is every video output, all but the smallest."""
+    if not entry.source_media_info_id:
+        return []
+    try:
+        src = get_media_info(tx.db, tx.project, entry.source_media_info_id)
+    except ServiceError:
+        return []
+    if not src.video_width or not src.video_height:
+        return []
+
+    def upscales(o: mres.OutputSpec) -> bool:
+        return (o.width > src.video_width) or (o.height > src.video_height)
+
+    video = [fa for fa in entry.flavor_assets if fa.output.video_codec]
+    skip = [fa for fa in assets if fa.output.video_codec and not fa.output.allow_upscale and upscales(fa.output)]
+    if video and len(skip) == len(video):
+        smallest = min(skip, key=lambda fa: (fa.output.height or fa.output.width, fa.output.video_bit_rate_bps))
+        skip.remove(smallest)
+    return skip
 
 
 def _rendered(entry: Entry, job: Job, flavor_asset_id: str) -> None:
@@ -290,7 +317,11 @@ def _latest_states(tx: WriteTx, entry: Entry, current: Job) -> dict[str, Job]:
 def _settle(tx: WriteTx, entry: Entry, current: Job) -> bool:
     """Recompute the entry's state from its jobs; True when it is READY."""
     latest = _latest_states(tx, entry, current)
-    steps = [EXTRACT_STEP] + [FLAVOR_STEP + fa.id for fa in entry.flavor_assets] if entry.source_uri else list(latest)
+    if entry.source_uri:
+        steps = [EXTRACT_STEP] + [FLAVOR_STEP + fa.id for fa in entry.flavor_assets
+                                  if fa.state != FlavorAsset.NOT_APPLICABLE]
+    else:
+        steps = list(latest)
     failed = [latest[s] for s in steps if s in latest and latest[s].state in (Job.FAILED, Job.ABORTED)]
     entry.ClearField("error")
     if failed:
