@@ -22,6 +22,7 @@ import json
 import math
 import os
 import re
+import secrets
 import string
 import struct
 import time
@@ -652,7 +653,10 @@ class _Output:
 
 
 def _part_path(final: Path) -> Path:
-    return final.with_name(f".{final.name}.part")
+    """A hidden temporary name beside `final`, unique per run: a worker that
+    lost its lease (and cleans up) never touches the file of the worker that
+    took the job over."""
+    return final.with_name(f".{final.name}.{secrets.token_hex(4)}.part")
 
 
 def _unlink(path: Path) -> None:
@@ -666,7 +670,7 @@ def transcode(src: Path, outputs: Sequence[tuple[OutputSpec, Path]], progress: C
               cancelled: Callable[[], bool], *, label: str | None = None) -> list[EncodedOutput]:
     """Decode `src` once and encode every (spec, path) output.
 
-    Each output is written to `.<name>.part` beside its path (parent
+    Each output is written to `.<name>.<random>.part` beside its path (parent
     directories are created) and renamed into place only after every output
     was encoded; on cancellation (TranscodeCancelled) or any error every
     partial file, and every output already renamed, is removed.
