@@ -11,13 +11,15 @@ Job params and results (snake_case keys):
 - EXTRACT_MEDIA `{"source": "<path under the root>", "entry_id": "<optional>"}`
   -> `{"media_info_id", "duration_ms", "media_info": {...MediaInfo}}`; with an
   entry_id the media info is stored with MediaService.AddMediaInfo
-  (request_id `<job_id>:source`).
+  (request_id `<job_id>:<attempt>:source`: a retried call of one attempt
+  stores it once; a new attempt, which may probe a re-encoded file, adds a
+  new record).
 - TRANSCODE `{"source", "entry_id", "outputs": [{<OutputSpec fields>, "path",
   "flavor_asset_id"}]}` -> `{"outputs": [{"name", "flavor_asset_id", "path",
   "size_bytes", "media_info_id", "media_info": {...}}]}`; an output without a
   path goes to `transcodes/<job_id>/<name>.mp4`; with an entry_id, each
   output with a flavor_asset_id gets its media info stored (request_id
-  `<job_id>:<flavor_asset_id>`).
+  `<job_id>:<attempt>:<flavor_asset_id>`).
 
 Unusable input (missing or corrupt source, a path outside the root, no or
 unsupported outputs) fails the job for good; the server being UNAVAILABLE
@@ -151,7 +153,7 @@ class MediaWorker(Worker):
             info.entry_id = entry_id
             info.flavor_asset_id = ""
             ctx.check_cancelled()
-            stored = self.add_media_info(ctx, info, f"{ctx.job_id}:source")
+            stored = self.add_media_info(ctx, info, f"{ctx.job_id}:{ctx.attempt}:source")
             media_info_id = stored.id
             info = stored
         return {
@@ -213,7 +215,7 @@ class MediaWorker(Worker):
                 info.entry_id = entry_id
                 info.flavor_asset_id = flavor_asset_id
                 ctx.check_cancelled()
-                info = self.add_media_info(ctx, info, f"{ctx.job_id}:{flavor_asset_id}")
+                info = self.add_media_info(ctx, info, f"{ctx.job_id}:{ctx.attempt}:{flavor_asset_id}")
                 media_info_id = info.id
             results.append({
                 "name": spec.name,
