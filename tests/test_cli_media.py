@@ -684,3 +684,67 @@ def test_help_lists_the_media_commands_with_examples(capsys):
     assert main(["worker", "--help"]) == 0
     out = capsys.readouterr().out
     assert "--media" in out and "--storage-root" in out and "exactly one of MODULE or --media" in out
+
+
+# -- cue points ----------------------------------------------------------------------------
+
+CUES = b'<scenes><scene-annotation entryId="E"><sceneStartTime>5</sceneStartTime></scene-annotation></scenes>'
+
+
+def test_cuepoints_import_reports_refused_items_and_exits_1(fake, capsys, tmp_path):
+    good, partial = tmp_path / "good.xml", tmp_path / "partial.xml"
+    good.write_bytes(CUES)
+    partial.write_bytes(CUES + b"<!-- 2 -->")
+    run = run_cli(fake, "cuepoints", "import", str(good), str(partial))
+    req, rpc = take_media(fake, "ImportCuePoints", run)
+    assert req.xml == CUES, "the file's bytes, unchanged"
+    ok(rpc, msvc.ImportCuePointsResponse(cue_points=[mres.CuePoint(id="C1"), mres.CuePoint(id="C2")]))
+    req, rpc = take_media(fake, "ImportCuePoints", run)
+    ok(rpc, msvc.ImportCuePointsResponse(cue_points=[mres.CuePoint(id="C3")], errors=[
+        msvc.CuePointImportError(index=1, line=7, entry_id="01HB0000000000000000NOPE00", message="no such entry")]))
+    assert run.result(timeout=5) == 1, "some items were refused"
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"{good}: created 2 cue point(s)"
+    assert out[1] == f"{partial}: created 1 cue point(s), 1 item(s) refused:"
+    assert out[2] == "  item 1, line 7, entry 01HB0000000000000000NOPE00: no such entry"
+
+
+def test_cuepoints_import_of_a_refused_document_exits_2_naming_the_file(fake, capsys, tmp_path):
+    bomb = tmp_path / "bomb.xml"
+    bomb.write_bytes(b'<!DOCTYPE x [<!ENTITY a "aaaa">]><scenes/>')
+    run = run_cli(fake, "cuepoints", "import", str(bomb))
+    _req, rpc = take_media(fake, "ImportCuePoints", run)
+    fail(rpc, grpc.StatusCode.INVALID_ARGUMENT, "xml: line 1: DTDs are not allowed", "INVALID_ARGUMENT",
+         violations=[("xml", "line 1: DTDs are not allowed")])
+    assert run.result(timeout=5) == 2
+    err = capsys.readouterr().err
+    assert f"{bomb}: nothing was imported" in err and "DTDs are not allowed" in err
+
+
+def test_cuepoints_export_one_document_to_stdout_with_filters(fake, capsysbinary):
+    run = run_cli(fake, "cuepoints", "export", "--entry", "E1", "--entry", "E2", "--type", "AD", "--tag", "x",
+                  "--from-ms", "1000", "--to-ms", "2000")
+    req, rpc = take_media(fake, "ExportCuePoints", run)
+    assert list(req.entry_ids) == ["E1", "E2"] and list(req.types) == [mres.CuePoint.AD]
+    assert (list(req.tags), req.start_time_from_ms, req.start_time_to_ms, req.page_size) == (["x"], 1000, 2000, 10000)
+    ok(rpc, msvc.ExportCuePointsResponse(xml=CUES, count=1))
+    assert run.result(timeout=5) == 0
+    assert capsysbinary.readouterr().out == CUES
+
+
+def test_cuepoints_export_needs_a_directory_for_several_pages(fake, capsys, tmp_path):
+    run = run_cli(fake, "cuepoints", "export", "--page-size", "1")
+    _req, rpc = take_media(fake, "ExportCuePoints", run)
+    ok(rpc, msvc.ExportCuePointsResponse(xml=CUES, count=1, next_page_token="p2"))
+    assert run.result(timeout=5) == 2
+    cap = capsys.readouterr()
+    assert cap.out == "" and "--output-dir" in cap.err
+
+    run = run_cli(fake, "cuepoints", "export", "--page-size", "1", "--output-dir", str(tmp_path / "pages"))
+    for token, nxt in (("", "p2"), ("p2", "")):
+        req, rpc = take_media(fake, "ExportCuePoints", run)
+        assert req.page_token == token
+        ok(rpc, msvc.ExportCuePointsResponse(xml=CUES + token.encode(), count=1, next_page_token=nxt))
+    assert run.result(timeout=5) == 0
+    assert sorted(p.name for p in (tmp_path / "pages").iterdir()) == ["cuepoints-0001.xml", "cuepoints-0002.xml"]
+    assert (tmp_path / "pages" / "cuepoints-0002.xml").read_bytes() == CUES + b"p2"
