@@ -104,7 +104,7 @@ from mediajobs.v1 import media_service_pb2 as msvc
 from .errors import invalid_argument
 from .store import Store, WriteTx
 from .store import cue_points as store_cp
-from .store.jobs import decode_token, encode_token, list_fingerprint
+from .store.jobs import decode_token, encode_token, list_fingerprint, page_size
 
 log = logging.getLogger("mediajobs.cue_points")
 
@@ -641,14 +641,6 @@ async def import_cue_points(store: Store, request: msvc.ImportCuePointsRequest) 
 # -- export -----------------------------------------------------------------------------
 
 
-def export_page_size(requested: int) -> int:
-    if requested < 0:
-        raise invalid_argument(
-            [("page_size", f"must not be negative (0 means the default of {DEFAULT_EXPORT_PAGE}, at most {MAX_EXPORT_PAGE})")]
-        )
-    return min(requested or DEFAULT_EXPORT_PAGE, MAX_EXPORT_PAGE)
-
-
 def export_filter(req: msvc.ExportCuePointsRequest) -> store_cp.ExportFilter:
     """Validate the filters of an export request."""
     bad: list[tuple[str, str]] = []
@@ -723,7 +715,7 @@ def _export_page(
 
 async def export_cue_points(store: Store, request: msvc.ExportCuePointsRequest) -> msvc.ExportCuePointsResponse:
     """One page of matching cue points as an importable XML document."""
-    size = export_page_size(request.page_size)
+    size = page_size(request.page_size, default=DEFAULT_EXPORT_PAGE, maximum=MAX_EXPORT_PAGE)
     flt = export_filter(request)
     fingerprint = list_fingerprint(request)
     after = _decode_key(request.page_token, fingerprint) if request.page_token else None

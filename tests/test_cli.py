@@ -6,21 +6,19 @@ from __future__ import annotations
 import json
 import queue
 import threading
-import time
 from concurrent.futures import Future
-from typing import Any, Callable
+from typing import Any
 
 import grpc
 import grpc_testing
 import pytest
-from google.protobuf import any_pb2, struct_pb2, timestamp_pb2
-from google.rpc import error_details_pb2, status_pb2
-from grpc_status import rpc_status
+from google.protobuf import struct_pb2, timestamp_pb2
 
 from mediajobs.client import Backoff, MediaJobsClient, MediaJobsError, RetryInfo, RevisionCompactedError
 from mediajobs.client.cli import main
 from mediajobs.v1 import job_service_pb2 as svc
 from mediajobs.v1 import resources_pb2 as res
+from scripted import fail_stream, fail_unary, ok, rich_status, run_cli, spawn, take
 
 SERVICE = svc.DESCRIPTOR.services_by_name["JobService"]
 Job = res.Job
@@ -34,76 +32,12 @@ def fake() -> Any:
     return grpc_testing.channel([SERVICE], grpc_testing.strict_real_time())
 
 
-def spawn(fn: Callable[..., Any], *args: Any, **kw: Any) -> Future[Any]:
-    """Run fn in a daemon thread (a stuck call fails its test by timeout
-    instead of hanging the test run)."""
-    f: Future[Any] = Future()
-
-    def run() -> None:
-        try:
-            f.set_result(fn(*args, **kw))
-        except BaseException as e:  # noqa: BLE001 - handed to the test
-            f.set_exception(e)
-
-    threading.Thread(target=run, daemon=True).start()
-    return f
-
-
-def run_cli(fake: Any, *argv: str) -> Future[int]:
-    return spawn(main, list(argv), channel=fake)
-
-
-def _take(kind: str, fake: Any, name: str, running: Future[Any], timeout: float = 5.0) -> tuple[Any, Any]:
-    """The next `name` call (request, rpc), failing fast if the code under
-    test finished (or hangs) without making it."""
-    box: queue.Queue[Any] = queue.Queue()
-    take = getattr(fake, f"take_{kind}")
-    threading.Thread(target=lambda: box.put(take(SERVICE.methods_by_name[name])), daemon=True).start()
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            _md, request, rpc = box.get(timeout=0.02)
-            return request, rpc
-        except queue.Empty:
-            pass
-        if running.done():
-            raise AssertionError(f"finished without calling {name}: {running.result()!r}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no {name} call within {timeout}s")
-
-
 def take_unary(fake: Any, name: str, running: Future[Any]) -> tuple[Any, Any]:
-    return _take("unary_unary", fake, name, running)
+    return take("unary_unary", fake, SERVICE, name, running)
 
 
 def take_stream(fake: Any, name: str, running: Future[Any]) -> tuple[Any, Any]:
-    return _take("unary_stream", fake, name, running)
-
-
-def ok(rpc: Any, response: Any) -> None:
-    rpc.terminate(response, (), grpc.StatusCode.OK, "")
-
-
-def rich_status(code: grpc.StatusCode, message: str, reason: str, *, violations: list[tuple[str, str]] = (),
-                metadata: dict[str, str] | None = None) -> grpc.Status:
-    details = [error_details_pb2.ErrorInfo(reason=reason, domain="mediajobs", metadata=metadata or {})]
-    if violations:
-        details.append(error_details_pb2.BadRequest(field_violations=[
-            error_details_pb2.BadRequest.FieldViolation(field=f, description=d) for f, d in violations]))
-    packed = []
-    for d in details:
-        a = any_pb2.Any()
-        a.Pack(d)
-        packed.append(a)
-    return rpc_status.to_status(status_pb2.Status(code=code.value[0], message=message, details=packed))
-
-
-def fail_unary(rpc: Any, st: grpc.Status) -> None:
-    rpc.terminate(None, st.trailing_metadata, st.code, st.details)
-
-
-def fail_stream(rpc: Any, st: grpc.Status) -> None:
-    rpc.terminate(st.trailing_metadata, st.code, st.details)
+    return take("unary_stream", fake, SERVICE, name, running)
 
 
 def job(id: str = ID1, **kw: Any) -> res.Job:

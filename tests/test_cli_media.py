@@ -7,21 +7,17 @@ from __future__ import annotations
 import io
 import json
 import os
-import queue
 import sys
-import threading
-import time
 import types
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import grpc
 import grpc_testing
 import pytest
-from google.protobuf import any_pb2, empty_pb2
-from google.rpc import error_details_pb2, status_pb2
-from grpc_status import rpc_status
+from google.protobuf import empty_pb2
+from google.rpc import status_pb2
 
 from mediajobs.client import Worker, cli, render
 from mediajobs.client.cli import main
@@ -29,6 +25,7 @@ from mediajobs.v1 import job_service_pb2 as svc
 from mediajobs.v1 import media_resources_pb2 as mres
 from mediajobs.v1 import media_service_pb2 as msvc
 from mediajobs.v1 import resources_pb2 as res
+from scripted import fail_unary, ok, rich_status, run_cli, take
 
 JOB_SERVICE = svc.DESCRIPTOR.services_by_name["JobService"]
 MEDIA_SERVICE = msvc.DESCRIPTOR.services_by_name["MediaService"]
@@ -57,72 +54,21 @@ def fake() -> Any:
 # -- scripted server -------------------------------------------------------------
 
 
-def spawn(fn: Callable[..., Any], *args: Any, **kw: Any) -> Future[Any]:
-    """Run fn in a daemon thread (a stuck call fails its test by timeout)."""
-    f: Future[Any] = Future()
-
-    def run() -> None:
-        try:
-            f.set_result(fn(*args, **kw))
-        except BaseException as e:  # noqa: BLE001 - handed to the test
-            f.set_exception(e)
-
-    threading.Thread(target=run, daemon=True).start()
-    return f
-
-
-def run_cli(fake: Any, *argv: str) -> Future[int]:
-    return spawn(main, list(argv), channel=fake)
-
-
-def _take(kind: str, fake: Any, service: Any, name: str, running: Future[Any], timeout: float = 5.0) -> tuple[Any, Any]:
-    """The next `name` call (request, rpc), failing fast if the CLI finished
-    (or hangs) without making it."""
-    box: queue.Queue[Any] = queue.Queue()
-    take = getattr(fake, f"take_{kind}")
-    threading.Thread(target=lambda: box.put(take(service.methods_by_name[name])), daemon=True).start()
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            _md, request, rpc = box.get(timeout=0.02)
-            return request, rpc
-        except queue.Empty:
-            pass
-        if running.done():
-            raise AssertionError(f"finished without calling {name}: {running.result()!r}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no {name} call within {timeout}s")
-
-
 def take_media(fake: Any, name: str, running: Future[Any]) -> tuple[Any, Any]:
-    return _take("unary_unary", fake, MEDIA_SERVICE, name, running)
+    return take("unary_unary", fake, MEDIA_SERVICE, name, running)
 
 
 def take_jobs(fake: Any, name: str, running: Future[Any]) -> tuple[Any, Any]:
-    return _take("unary_unary", fake, JOB_SERVICE, name, running)
+    return take("unary_unary", fake, JOB_SERVICE, name, running)
 
 
 def take_watch(fake: Any, running: Future[Any]) -> tuple[Any, Any]:
-    return _take("unary_stream", fake, JOB_SERVICE, "WatchJobs", running)
-
-
-def ok(rpc: Any, response: Any) -> None:
-    rpc.terminate(response, (), grpc.StatusCode.OK, "")
+    return take("unary_stream", fake, JOB_SERVICE, "WatchJobs", running)
 
 
 def fail(rpc: Any, code: grpc.StatusCode, message: str, reason: str,
          violations: list[tuple[str, str]] | None = None) -> None:
-    details: list[Any] = [error_details_pb2.ErrorInfo(reason=reason, domain="mediajobs")]
-    if violations:
-        details.append(error_details_pb2.BadRequest(field_violations=[
-            error_details_pb2.BadRequest.FieldViolation(field=f, description=d) for f, d in violations]))
-    packed = []
-    for d in details:
-        a = any_pb2.Any()
-        a.Pack(d)
-        packed.append(a)
-    st = rpc_status.to_status(status_pb2.Status(code=code.value[0], message=message, details=packed))
-    rpc.terminate(None, st.trailing_metadata, st.code, st.details)
+    fail_unary(rpc, rich_status(code, message, reason, violations=violations))
 
 
 # -- resources ---------------------------------------------------------------------

@@ -13,12 +13,12 @@ from mediajobs.v1 import resources_pb2 as res
 from ..errors import ServiceError, handle_errors, invalid_argument
 from ..store import Store
 from ..store import jobs as store_jobs
+from ..store import templates as store_templates
 from ..watch import Watcher, WatchHub, frame_progress
 
 Job = res.Job
 TYPE_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 ID_RE = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
-TEMPLATE_ID_RE = re.compile(r"^[a-z][a-z0-9-]{3,62}$")
 MAX_METADATA = 64
 MAX_PARAMS_BYTES = 1 << 20
 MAX_DELETE = 1000
@@ -27,11 +27,19 @@ MAX_SNAPSHOT = 10_000
 SNAPSHOT_CHUNK = 100
 
 
+def check_ulid(value: str, field: str, noun: str) -> None:
+    """A resource id field (jobs, entries, media info): required, a ULID."""
+    if not value:
+        raise invalid_argument([(field, f"required: the {noun} id (a 26-character ULID)")])
+    if not ID_RE.match(value.upper()):
+        article = "an" if noun[0] in "aeiou" else "a"
+        raise invalid_argument(
+            [(field, f"{value!r} is not {article} {noun} id (a 26-character ULID such as 01HA255YE6H6DEETJ5M6595ZDA)")]
+        )
+
+
 def _check_job_id(job_id: str, field: str = "id") -> None:
-    if not job_id:
-        raise invalid_argument([(field, "required: the job id (a 26-character ULID)")])
-    if not ID_RE.match(job_id.upper()):
-        raise invalid_argument([(field, f"{job_id!r} is not a job id (a 26-character ULID such as 01HA255YE6H6DEETJ5M6595ZDA)")])
+    check_ulid(job_id, field, "job")
 
 
 def _check_priority(p: int, field: str = "priority") -> None:
@@ -63,7 +71,7 @@ def validate_create(req: svc.CreateJobRequest) -> None:
         v.append(("params", f"at most {MAX_PARAMS_BYTES} bytes serialized"))
     if len(req.creator) > 128:
         v.append(("creator", "at most 128 characters"))
-    if req.template_id and not TEMPLATE_ID_RE.match(req.template_id):
+    if req.template_id and not store_templates.ID_RE.match(req.template_id):
         v.append(("template_id", f"{req.template_id!r} is not a template id (see MediaService.ListJobTemplates)"))
     if not 0 <= req.max_attempts <= 100:
         v.append(("max_attempts", "must be between 1 and 100 (0 means the default of 3)"))

@@ -19,17 +19,10 @@ from ..store import Store
 from ..store import entries as store_entries
 from ..store import jobs as store_jobs
 from ..store import templates as store_templates
-from .jobs import ID_RE, _check_job_id, _check_request_id
+from .jobs import ID_RE, _check_job_id, _check_request_id, check_ulid
 
 MAX_TAGS = 32
 MAX_LABELS = 64
-
-
-def _check_id(value: str, field: str, what: str) -> None:
-    if not value:
-        raise invalid_argument([(field, f"required: the {what} id (a 26-character ULID)")])
-    if not ID_RE.match(value.upper()):
-        raise invalid_argument([(field, f"{value!r} is not {what} id (a 26-character ULID)")])
 
 
 def validate_entry(e: mres.Entry, priority: int, creator: str) -> None:
@@ -112,7 +105,7 @@ class MediaService(msvc_grpc.MediaServiceServicer):
 
     @handle_errors
     async def GetEntry(self, request: msvc.GetEntryRequest, context: grpc.aio.ServicerContext) -> mres.Entry:
-        _check_id(request.id, "id", "an entry")
+        check_ulid(request.id, "id", "entry")
         return await self.store.read_point(store_entries.load_entry, request.id)
 
     @handle_errors
@@ -126,7 +119,7 @@ class MediaService(msvc_grpc.MediaServiceServicer):
 
     @handle_errors
     async def DeleteEntry(self, request: msvc.DeleteEntryRequest, context: grpc.aio.ServicerContext) -> empty_pb2.Empty:
-        _check_id(request.id, "id", "an entry")
+        check_ulid(request.id, "id", "entry")
         await self.store.write(lambda tx: store_entries.delete_entry(tx, request.id, request.allow_missing))
         return empty_pb2.Empty()
 
@@ -150,14 +143,14 @@ class MediaService(msvc_grpc.MediaServiceServicer):
 
     @handle_errors
     async def GetMediaInfo(self, request: msvc.GetMediaInfoRequest, context: grpc.aio.ServicerContext) -> mres.MediaInfo:
-        _check_id(request.id, "id", "a media info")
+        check_ulid(request.id, "id", "media info")
         return await self.store.read_point(store_entries.get_media_info, request.id)
 
     @handle_errors
     async def ListMediaInfos(
         self, request: msvc.ListMediaInfosRequest, context: grpc.aio.ServicerContext
     ) -> msvc.ListMediaInfosResponse:
-        _check_id(request.entry_id, "entry_id", "an entry")
+        check_ulid(request.entry_id, "entry_id", "entry")
         return await self.store.read(store_entries.list_media_infos, request)
 
     # -- job templates -----------------------------------------------------------------

@@ -205,8 +205,6 @@ def on_job_state(tx: WriteTx, job: Job, etype: int, prev_state: int) -> None:
         return  # a job that names an entry that is gone (or never was)
     tx.flags.add(_IN_HOOK)
     try:
-        if job.id not in entry.job_ids:
-            entry.job_ids.append(job.id)  # a re-run, or a job made by a client
         step = job.metadata.get(STEP_KEY, "")
         if job.state == Job.SUCCEEDED:
             if step == EXTRACT_STEP:
@@ -295,7 +293,8 @@ def _rendered(entry: Entry, job: Job, flavor_asset_id: str) -> None:
 
 def _latest_states(tx: WriteTx, entry: Entry, current: Job) -> dict[str, Job]:
     """The latest job of every step, `current` as it is now. `job_ids` is in
-    creation order (ids made in one millisecond need not sort)."""
+    creation order; `current` joins it when new (a re-run, or a job a client
+    made with the entry's id)."""
     if current.id not in entry.job_ids:
         entry.job_ids.append(current.id)
     order = {job_id: i for i, job_id in enumerate(entry.job_ids)}
@@ -411,18 +410,14 @@ def list_media_infos(db: peewee.Database, project: str, req: msvc.ListMediaInfos
     size = store_jobs.page_size(req.page_size)
     fp = store_jobs.list_fingerprint(req)
     load_entry(db, project, req.entry_id)  # NOT_FOUND for an unknown entry
-    m = models_for(db)
-    where = [(m.MediaInfoRow.project == project), (m.MediaInfoRow.entry_id == req.entry_id)]
+    M = models_for(db).MediaInfoRow
+    cond = (M.project == project) & (M.entry_id == req.entry_id)
     if req.flavor_asset_id:
-        where.append(m.MediaInfoRow.flavor_asset_id == ("" if req.flavor_asset_id == "source" else req.flavor_asset_id))
+        cond &= M.flavor_asset_id == ("" if req.flavor_asset_id == "source" else req.flavor_asset_id)
     if req.page_token:
         (last,) = store_jobs.decode_token(req.page_token, fp)
-        where.append(m.MediaInfoRow.id > last)
-    cond = where[0]
-    for w in where[1:]:
-        cond &= w
-    rows = list(m.MediaInfoRow.select(m.MediaInfoRow.id, m.MediaInfoRow.data).where(cond)
-                .order_by(m.MediaInfoRow.id).limit(size + 1).tuples())
+        cond &= M.id > last
+    rows = list(M.select(M.id, M.data).where(cond).order_by(M.id).limit(size + 1).tuples())
     token = store_jobs.encode_token([rows[size - 1][0]], fp) if len(rows) > size else ""
     return msvc.ListMediaInfosResponse(media_infos=[MediaInfo.FromString(bytes(r[1])) for r in rows[:size]],
                                        next_page_token=token)

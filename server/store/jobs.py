@@ -415,10 +415,11 @@ def parse_order_by(order_by: str) -> list[tuple[str, bool]]:
     return out
 
 
-def page_size(requested: int, field_name: str = "page_size") -> int:
+def page_size(requested: int, field_name: str = "page_size", default: int = DEFAULT_PAGE, maximum: int = MAX_PAGE) -> int:
+    """AIP-158: 0 gives the default, larger than the maximum is coerced, negative is refused."""
     if requested < 0:
-        raise invalid_argument([(field_name, "must not be negative (0 means the default of 100)")])
-    return min(requested or DEFAULT_PAGE, MAX_PAGE)
+        raise invalid_argument([(field_name, f"must not be negative (0 means the default of {default}, at most {maximum})")])
+    return min(requested or default, maximum)
 
 
 def encode_token(values: list[Any], fingerprint: str) -> str:

@@ -15,6 +15,7 @@ from mediajobs.v1 import media_service_pb2 as msvc
 
 from ..convert import set_ts
 from ..errors import ServiceError, invalid_argument
+from .jobs import decode_token, encode_token, page_size
 from .models import models_for
 from .writer import WriteTx
 
@@ -165,8 +166,6 @@ def get_template(db: peewee.Database, project: str, template_id: str) -> JobTemp
 
 
 def list_templates(db: peewee.Database, project: str, req: msvc.ListJobTemplatesRequest) -> msvc.ListJobTemplatesResponse:
-    from .jobs import decode_token, encode_token, page_size
-
     size = page_size(req.page_size)
     # One ordering over both sources: built-ins first (in their order), then
     # the stored ones by id. The token is (phase, last id).
