@@ -21,6 +21,28 @@ from grpc_status import rpc_status
 DOMAIN = "mediajobs"
 log = logging.getLogger("mediajobs.errors")
 
+# What an error may echo of the caller's input, and how large a whole status
+# may get: the status travels in HTTP/2 trailers, and trailers past the
+# peer's header-list limit (8 KiB by default) turn into "Stream removed".
+ECHO_CHARS = 64
+MAX_MESSAGE_CHARS = 1024
+MAX_DETAIL_CHARS = 512
+MAX_VIOLATIONS = 20
+MAX_STATUS_BYTES = 4096  # about 5.5 KiB once base64-encoded into grpc-status-details-bin
+
+
+def clip(value: object, limit: int = ECHO_CHARS) -> str:
+    """repr() of a caller's value for an error message, cut to a short prefix
+    (`'abc…' (5000 characters)`), so an error never echoes a whole payload."""
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}… ({len(text)} characters)"
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
 
 @dataclass
 class ServiceError(Exception):
@@ -36,15 +58,25 @@ class ServiceError(Exception):
         return f"{self.code.name} {self.reason}: {self.message}"
 
     def to_status(self) -> status_pb2.Status:
+        st = self._status(MAX_DETAIL_CHARS, MAX_VIOLATIONS)
+        if st.ByteSize() > MAX_STATUS_BYTES:  # many long parts: keep the first few, shorter
+            st = self._status(96, 3)
+        return st
+
+    def _status(self, part_chars: int, max_violations: int) -> status_pb2.Status:
+        # Every part is cut to a bounded size (a safety net under clip()).
+        metadata = {_cut(k, 64): _cut(v, part_chars) for k, v in list(self.metadata.items())[:16]}
         details: list[Any] = [
-            error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN, metadata=self.metadata)
+            error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN, metadata=metadata)
         ]
         if self.violations:
             details.append(
                 error_details_pb2.BadRequest(
                     field_violations=[
-                        error_details_pb2.BadRequest.FieldViolation(field=f, description=d)
-                        for f, d in self.violations
+                        error_details_pb2.BadRequest.FieldViolation(
+                            field=_cut(f, 256), description=_cut(d, part_chars)
+                        )
+                        for f, d in self.violations[:max_violations]
                     ]
                 )
             )
@@ -52,21 +84,25 @@ class ServiceError(Exception):
             t, s, d = self.precondition
             details.append(
                 error_details_pb2.PreconditionFailure(
-                    violations=[error_details_pb2.PreconditionFailure.Violation(type=t, subject=s, description=d)]
+                    violations=[error_details_pb2.PreconditionFailure.Violation(
+                        type=t, subject=_cut(s, 256), description=_cut(d, part_chars))]
                 )
             )
         if self.resource:
-            details.append(error_details_pb2.ResourceInfo(resource_type=self.resource[0], resource_name=self.resource[1]))
+            details.append(error_details_pb2.ResourceInfo(resource_type=self.resource[0],
+                                                         resource_name=_cut(self.resource[1], 256)))
         packed = []
         for d in details:
             a = any_pb2.Any()
             a.Pack(d)
             packed.append(a)
-        return status_pb2.Status(code=self.code.value[0], message=self.message, details=packed)
+        return status_pb2.Status(code=self.code.value[0], message=_cut(self.message, MAX_MESSAGE_CHARS), details=packed)
 
 
 def invalid_argument(violations: list[tuple[str, str]], reason: str = "INVALID_ARGUMENT") -> ServiceError:
-    msg = "; ".join(f"{f}: {d}" for f, d in violations)
+    msg = "; ".join(f"{f}: {d}" for f, d in violations[:5])
+    if len(violations) > 5:
+        msg += f"; and {len(violations) - 5} more (see the BadRequest details)"
     return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, reason, msg, violations=violations)
 
 
