@@ -110,7 +110,7 @@ def job_not_found(job_id: str) -> ServiceError:
     return ServiceError(
         grpc.StatusCode.NOT_FOUND,
         "JOB_NOT_FOUND",
-        f"job {job_id!r} does not exist (it may have been deleted); list jobs with ListJobs",
+        f"job {clip(job_id)} does not exist (it may have been deleted); list jobs with ListJobs",
         metadata={"job_id": job_id},
         resource=("mediajobs.v1.Job", job_id),
     )
@@ -120,7 +120,7 @@ def illegal_transition(job_id: str, state: str, action: str, reason: str = "ILLE
     return ServiceError(
         grpc.StatusCode.FAILED_PRECONDITION,
         reason,
-        f"cannot {action} job {job_id!r}: it is {state}",
+        f"cannot {action} job {clip(job_id)}: it is {state}",
         metadata={"job_id": job_id, "state": state},
         precondition=("STATE", f"jobs/{job_id}", f"job is {state}"),
     )
