@@ -4,17 +4,19 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from .app import serve
+from .app import StartupError, serve
 from .config import parse_args
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_args(argv)
+    cfg = parse_args(argv)  # exits 2 with one line for a bad flag or environment value
     try:
         asyncio.run(serve(cfg))
-    except OSError as e:
+    except StartupError as e:
         print(f"mediajobs-server: {e}", file=sys.stderr)
-        return 1
+        return 2
+    except KeyboardInterrupt:
+        return 130
     return 0
 
 

@@ -1,10 +1,21 @@
-"""Server configuration from flags and MEDIAJOBS_* environment variables."""
+"""Server configuration from flags and MEDIAJOBS_* environment variables.
+
+Every value is checked before anything starts: a bad flag or environment
+value ends the process with one line that names it and says what to fix,
+and exit status 2 (no traceback).
+"""
 from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
+from typing import Callable, NoReturn
+
+from .store.db import DEFAULT_DURABILITY, DURABILITY_MODES
+from .store.writer import DEFAULT_MAX_QUEUE
 
 
 def default_data_dir() -> Path:
@@ -12,12 +23,19 @@ def default_data_dir() -> Path:
     return Path(base) / "mediajobs"
 
 
+def version() -> str:
+    try:
+        return metadata.version("mediajobs")
+    except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "unknown"
+
+
 @dataclass
 class Config:
     listen: str = "127.0.0.1:50051"
     # A SQLite file path, or a database URL (sqlite:///path, postgresql://...).
     db: str = ""
-    data_dir: Path = default_data_dir()
+    data_dir: Path = field(default_factory=default_data_dir)
     # Change events older than this are compacted away (WatchJobs resumes only
     # from a retained revision).
     event_retention_s: float = 24 * 3600
@@ -32,6 +50,13 @@ class Config:
     # Graceful shutdown: how long in-flight calls may finish.
     shutdown_grace_s: float = 10.0
     project: str = "default"
+    # strict: an ack survives power loss; fast: it survives a server crash.
+    durability: str = DEFAULT_DURABILITY
+    # Overload protection: beyond these, calls fail fast with RESOURCE_EXHAUSTED.
+    max_concurrent_rpcs: int = 512
+    max_write_queue: int = DEFAULT_MAX_QUEUE
+    max_watch_streams: int = 20_000
+    max_parked_acquires: int = 2_000
 
     def db_url(self) -> str:
         return self.db or str(self.data_dir / "mediajobs.db")
@@ -40,43 +65,123 @@ class Config:
         return self.storage_root or self.data_dir / "storage"
 
 
-def parse_args(argv: list[str] | None = None) -> Config:
-    env = os.environ
-    ap = argparse.ArgumentParser(
+class ConfigError(Exception):
+    """A flag or environment value that cannot work; the message names it."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, no usage dump
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+
+def _number(kind: Callable[[str], float], lo: float, hi: float, what: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text[:40]!r} is not {what}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{value:g} is out of range: use {lo:g} to {hi:g}")
+        return value
+
+    return parse
+
+
+# flag -> (environment variable, parser, default, help)
+_SECONDS = float
+_FLAGS: list[tuple[str, str, Callable[[str], object] | None, object, str]] = [
+    ("--listen", "MEDIAJOBS_LISTEN", None, Config.listen, "HOST:PORT to listen on"),
+    ("--db", "MEDIAJOBS_DB", None, "",
+     "SQLite file path or database URL such as postgresql://user@host/db (default DATA_DIR/mediajobs.db)"),
+    ("--data-dir", "MEDIAJOBS_DATA_DIR", None, None,
+     "folder for the default SQLite database and storage root (default $XDG_DATA_HOME/mediajobs or "
+     "~/.local/share/mediajobs)"),
+    ("--storage-root", "MEDIAJOBS_STORAGE_ROOT", None, None,
+     "folder that entries' sources and CheckFileExists are resolved in (default DATA_DIR/storage)"),
+    ("--durability", "MEDIAJOBS_DURABILITY", None, DEFAULT_DURABILITY,
+     "strict: an acknowledged write survives power loss (SQLite synchronous=FULL); "
+     "fast: it survives a server crash (SQLite synchronous=NORMAL, PostgreSQL synchronous_commit=off)"),
+    ("--lease-sweep-interval", "MEDIAJOBS_LEASE_SWEEP_INTERVAL", _number(float, 0.05, 3600, "a number of seconds"),
+     Config.lease_sweep_interval_s, "seconds between recoveries of expired worker leases (0.05-3600)"),
+    ("--event-retention", "MEDIAJOBS_EVENT_RETENTION", _number(float, 60, 365 * 86400, "a number of seconds"),
+     Config.event_retention_s, "seconds of change history kept for WatchJobs resumption (60 s to 365 days)"),
+    ("--shutdown-grace", "MEDIAJOBS_SHUTDOWN_GRACE", _number(float, 0, 3600, "a number of seconds"),
+     Config.shutdown_grace_s, "seconds in-flight calls get to finish on SIGTERM/SIGINT (0-3600)"),
+    ("--max-concurrent-rpcs", "MEDIAJOBS_MAX_CONCURRENT_RPCS", _number(int, 1, 1_000_000, "a whole number"),
+     Config.max_concurrent_rpcs,
+     "unary calls served at once; more fail fast with RESOURCE_EXHAUSTED (health checks are never refused)"),
+    ("--max-write-queue", "MEDIAJOBS_MAX_WRITE_QUEUE", _number(int, 1, 1_000_000, "a whole number"),
+     Config.max_write_queue, "mutations waiting for the database writer; more fail fast with RESOURCE_EXHAUSTED"),
+    ("--max-watch-streams", "MEDIAJOBS_MAX_WATCH_STREAMS", _number(int, 1, 10_000_000, "a whole number"),
+     Config.max_watch_streams, "open WatchJobs streams; more are refused with RESOURCE_EXHAUSTED"),
+    ("--max-parked-acquires", "MEDIAJOBS_MAX_PARKED_ACQUIRES", _number(int, 1, 1_000_000, "a whole number"),
+     Config.max_parked_acquires, "AcquireJobs calls waiting for work at once; more are refused with RESOURCE_EXHAUSTED"),
+    ("--log-level", "MEDIAJOBS_LOG_LEVEL", None, "INFO", "logging level: DEBUG, INFO, WARNING or ERROR"),
+]
+
+
+def _env_default(env: dict[str, str], flag: str, var: str, parse: Callable[[str], object] | None,
+                 default: object) -> object:
+    raw = env.get(var)
+    if raw is None or raw == "":
+        return default
+    if parse is None:
+        return raw
+    try:
+        return parse(raw)
+    except argparse.ArgumentTypeError as e:
+        raise ConfigError(f"environment variable {var} (the {flag} flag): {e}") from None
+
+
+def _check_listen(listen: str) -> None:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"--listen: {listen[:60]!r} is not HOST:PORT (e.g. 127.0.0.1:50051, [::]:50051, 0.0.0.0:0)")
+
+
+def parse_args(argv: list[str] | None = None, env: dict[str, str] | None = None) -> Config:
+    """Flags, then MEDIAJOBS_* variables, then defaults. Exits with status 2
+    and one line on stderr for anything that cannot work."""
+    environ = dict(os.environ if env is None else env)
+    ap = _Parser(
         prog="mediajobs-server",
-        description="Run the mediajobs gRPC server (jobs, watch, health, reflection).",
+        description="Run the mediajobs gRPC server (jobs, workers, media, watch, health, reflection). "
+                    "Every flag can also be set with the MEDIAJOBS_* variable named in its help.",
     )
-    ap.add_argument("--listen", default=env.get("MEDIAJOBS_LISTEN", Config.listen),
-                    help="HOST:PORT to listen on (env MEDIAJOBS_LISTEN; default %(default)s)")
-    ap.add_argument("--db", default=env.get("MEDIAJOBS_DB", ""),
-                    help="SQLite file path or database URL such as postgresql://user@host/db "
-                         "(env MEDIAJOBS_DB; default DATA_DIR/mediajobs.db)")
-    ap.add_argument("--data-dir", default=env.get("MEDIAJOBS_DATA_DIR", str(default_data_dir())),
-                    help="folder for the default SQLite database (env MEDIAJOBS_DATA_DIR; default %(default)s)")
-    ap.add_argument("--storage-root", default=env.get("MEDIAJOBS_STORAGE_ROOT"),
-                    help="folder that CheckFileExists may look into (env MEDIAJOBS_STORAGE_ROOT; "
-                         "default DATA_DIR/storage)")
-    ap.add_argument("--lease-sweep-interval", type=float,
-                    default=float(env.get("MEDIAJOBS_LEASE_SWEEP_INTERVAL", Config.lease_sweep_interval_s)),
-                    help="seconds between recoveries of expired worker leases (default %(default)s)")
-    ap.add_argument("--event-retention", type=float,
-                    default=float(env.get("MEDIAJOBS_EVENT_RETENTION", Config.event_retention_s)),
-                    help="seconds of change history kept for WatchJobs resumption (default %(default)s)")
-    ap.add_argument("--shutdown-grace", type=float,
-                    default=float(env.get("MEDIAJOBS_SHUTDOWN_GRACE", Config.shutdown_grace_s)),
-                    help="seconds in-flight calls get to finish on SIGTERM/SIGINT (default %(default)s)")
-    ap.add_argument("--log-level", default=env.get("MEDIAJOBS_LOG_LEVEL", "INFO"),
-                    help="logging level (default %(default)s)")
-    a = ap.parse_args(argv)
+    ap.add_argument("--version", action="version", version=f"mediajobs {version()}")
+    try:
+        for flag, var, parse, default, text in _FLAGS:
+            value = _env_default(environ, flag, var, parse, default)
+            shown = "; default %(default)s" if value not in (None, "") else ""
+            kw: dict[str, object] = {"default": value, "help": f"{text} (env {var}{shown})"}
+            if parse is not None:
+                kw["type"] = parse
+            if flag == "--durability":
+                kw["choices"] = DURABILITY_MODES
+            ap.add_argument(flag, **kw)  # type: ignore[arg-type]
+        a = ap.parse_args(argv)
+        if a.durability not in DURABILITY_MODES:
+            raise ConfigError(f"--durability / MEDIAJOBS_DURABILITY: {a.durability[:20]!r} is not a mode: use strict or fast")
+        if a.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ConfigError(f"--log-level: {a.log_level[:20]!r} is not a level: use DEBUG, INFO, WARNING or ERROR")
+        _check_listen(a.listen)
+    except ConfigError as e:
+        sys.stderr.write(f"mediajobs-server: {e}\n")
+        raise SystemExit(2) from None
     import logging
 
     logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return Config(
         listen=a.listen,
         db=a.db,
-        data_dir=Path(a.data_dir),
+        data_dir=Path(a.data_dir).expanduser() if a.data_dir else default_data_dir(),
         event_retention_s=a.event_retention,
-        storage_root=Path(a.storage_root) if a.storage_root else None,
+        storage_root=Path(a.storage_root).expanduser() if a.storage_root else None,
         lease_sweep_interval_s=a.lease_sweep_interval,
         shutdown_grace_s=a.shutdown_grace,
+        durability=a.durability,
+        max_concurrent_rpcs=int(a.max_concurrent_rpcs),
+        max_write_queue=int(a.max_write_queue),
+        max_watch_streams=int(a.max_watch_streams),
+        max_parked_acquires=int(a.max_parked_acquires),
     )

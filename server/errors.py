@@ -28,6 +28,7 @@ ECHO_CHARS = 64
 MAX_MESSAGE_CHARS = 1024
 MAX_DETAIL_CHARS = 512
 MAX_VIOLATIONS = 20
+MAX_METADATA_CHARS = 256
 MAX_STATUS_BYTES = 4096  # about 5.5 KiB once base64-encoded into grpc-status-details-bin
 
 
@@ -53,6 +54,8 @@ class ServiceError(Exception):
     violations: list[tuple[str, str]] = field(default_factory=list)
     precondition: tuple[str, str, str] | None = None  # (type, subject, description)
     resource: tuple[str, str] | None = None  # (resource type, name)
+    # How long the caller should wait before retrying (a google.rpc.RetryInfo).
+    retry_delay_s: float | None = None
 
     def __str__(self) -> str:
         return f"{self.code.name} {self.reason}: {self.message}"
@@ -65,7 +68,8 @@ class ServiceError(Exception):
 
     def _status(self, part_chars: int, max_violations: int) -> status_pb2.Status:
         # Every part is cut to a bounded size (a safety net under clip()).
-        metadata = {_cut(k, 64): _cut(v, part_chars) for k, v in list(self.metadata.items())[:16]}
+        metadata = {_cut(k, 64): _cut(v, min(part_chars, MAX_METADATA_CHARS))
+                    for k, v in list(self.metadata.items())[:16]}
         details: list[Any] = [
             error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN, metadata=metadata)
         ]
@@ -91,6 +95,10 @@ class ServiceError(Exception):
         if self.resource:
             details.append(error_details_pb2.ResourceInfo(resource_type=self.resource[0],
                                                          resource_name=_cut(self.resource[1], 256)))
+        if self.retry_delay_s is not None:
+            info = error_details_pb2.RetryInfo()
+            info.retry_delay.FromMilliseconds(int(self.retry_delay_s * 1000))
+            details.append(info)
         packed = []
         for d in details:
             a = any_pb2.Any()
@@ -126,17 +134,39 @@ def illegal_transition(job_id: str, state: str, action: str, reason: str = "ILLE
     )
 
 
+def overloaded(what: str, flag: str, limit: int, retry_delay_s: float = 0.1) -> ServiceError:
+    """The server is at one of its capacity limits: RESOURCE_EXHAUSTED with
+    reason OVERLOADED, the limit's name and value, and a RetryInfo."""
+    return ServiceError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "OVERLOADED",
+        f"the server is at its limit of {limit} {what} ({flag}); nothing was done: "
+        f"retry with exponential back-off starting at {int(retry_delay_s * 1000)} ms, with jitter",
+        metadata={"limit": flag.lstrip("-"), "limit_value": str(limit), "retry_after_ms": str(int(retry_delay_s * 1000))},
+        retry_delay_s=retry_delay_s,
+    )
+
+
 def internal(message: str = "internal error; the server log has details") -> ServiceError:
     return ServiceError(grpc.StatusCode.INTERNAL, "INTERNAL", message)
 
 
-async def _abort(context: grpc.aio.ServicerContext, err: ServiceError) -> None:
-    await context.abort_with_status(rpc_status.to_status(err.to_status()))
+def fail_call(context: grpc.aio.ServicerContext, status: grpc.Status) -> None:
+    """End the call with `status` once the handler returns (its response is
+    discarded). Unlike context.abort(), nothing is raised: an AbortError
+    would be kept by the call's state while its traceback keeps the handler's
+    frames, request included, a reference cycle only the garbage collector
+    frees (measured: 30 refused 5 MiB requests kept ~150 MiB)."""
+    context.set_code(status.code)
+    context.set_details(status.details)
+    context.set_trailing_metadata(status.trailing_metadata)
 
 
 def handle_errors(fn: Callable) -> Callable:
     """Decorate an async servicer method (unary or async generator) so that a
-    ServiceError becomes its rich status, and any other exception INTERNAL."""
+    ServiceError becomes its rich status, and any other exception INTERNAL.
+    Unary calls are admitted through the servicer's `admission` (its
+    concurrent-call limit); streams count against their own limits."""
     if inspect.isasyncgenfunction(fn):
 
         @functools.wraps(fn)
@@ -145,28 +175,50 @@ def handle_errors(fn: Callable) -> Callable:
                 async for item in fn(self, request, context):
                     yield item
             except Exception as e:  # noqa: BLE001
-                await _fail(context, e, fn.__name__)
+                _fail(context, e, fn.__name__)
 
         return gen_wrapper
 
     @functools.wraps(fn)
     async def wrapper(self, request, context):  # type: ignore[no-untyped-def]
+        # Admission first and as cheaply as possible: past the server's
+        # --max-concurrent-rpcs the call fails at once (RESOURCE_EXHAUSTED).
+        admission = self.admission
+        refusal = admission.rpc_refusal()
+        if refusal is not None:
+            fail_call(context, refusal)
+            return None
         try:
             return await fn(self, request, context)
         except Exception as e:  # noqa: BLE001
-            await _fail(context, e, fn.__name__)
+            _fail(context, e, fn.__name__)
+            return None
+        finally:
+            admission.rpc_done()
 
     return wrapper
 
 
-async def _fail(context: grpc.aio.ServicerContext, e: Exception, method: str) -> None:
+def _fail(context: grpc.aio.ServicerContext, e: Exception, method: str) -> None:
     if isinstance(e, ServiceError):
-        await _abort(context, e)
+        err = e
     elif _is_grpc_control(e):
         raise e  # context.abort() raises an internal exception that must propagate
+    elif (failure := _database_failure(e)) is not None:
+        err = failure
     else:
         log.exception("unexpected error in %s", method)
-        await _abort(context, internal())
+        err = internal()
+    fail_call(context, rpc_status.to_status(err.to_status()))
+
+
+def _database_failure(e: BaseException) -> ServiceError | None:
+    """A database that cannot serve (disk full, connection lost) is the
+    caller's RESOURCE_EXHAUSTED / UNAVAILABLE, not INTERNAL."""
+    from .store.failures import classify
+
+    failure = classify(e)
+    return failure.error if failure is not None else None
 
 
 def _is_grpc_control(e: BaseException) -> bool:

@@ -128,8 +128,9 @@ class IdempotencyRow(BaseModel):
 
 
 class MetaRow(BaseModel):
-    """Store-wide counters: `revision` (last committed) and `compact_revision`
-    (everything at or below it has been removed from job_events)."""
+    """Store-wide counters: `revision` (last committed), `compact_revision`
+    (everything at or below it has been removed from job_events) and `probe`
+    (rewritten by the server's health probe, a write that changes nothing)."""
 
     key = peewee.CharField(max_length=64, primary_key=True)
     value = peewee.BigIntegerField()
@@ -284,5 +285,5 @@ def create_schema(db: peewee.Database) -> None:
         db.execute_sql(
             "CREATE INDEX IF NOT EXISTS jobs_acquire ON jobs (project, state, type, priority DESC, id)"
         )
-        for key in ("revision", "compact_revision"):
+        for key in ("revision", "compact_revision", "probe"):
             m.MetaRow.insert(key=key, value=0).on_conflict_ignore().execute()
