@@ -78,9 +78,21 @@ description and partnerData, 1024 for code, 2048 for sourceUrl, and at most
 32 tags of at most 64 characters each.
 
 Export pages hold at most `page_size` cue points (default 500, at most
-10,000) and end early rather than grow past 8 MiB, so every exported page
-can be imported as it is. Characters XML 1.0 cannot hold (import never
-stores them) are exported as U+FFFD.
+10,000) and end early rather than grow past MAX_EXPORT_DOCUMENT_BYTES (4 MiB
+less 64 KiB), so every page fits a client with gRPC's default 4 MiB receive
+limit and can be imported as it is. Characters XML 1.0 cannot hold (import
+never stores them) are exported as U+FFFD.
+
+Replies fit a 4 MiB client
+--------------------------
+
+The import reply repeats every created cue point and lists every refused
+item. When that would pass payloads.MAX_REPLY_BYTES (a document of a few MiB
+of text), each created cue point is returned in short form (id, entryId,
+type, start and end only) and each error message is cut to
+200 characters. A document whose reply would not fit even so (thousands of
+refused items with long messages) is rejected as a whole before anything is
+created.
 """
 from __future__ import annotations
 
@@ -101,7 +113,8 @@ from defusedxml.expatreader import DefusedExpatParser
 from mediajobs.v1 import media_resources_pb2 as mres
 from mediajobs.v1 import media_service_pb2 as msvc
 
-from .errors import invalid_argument
+from . import payloads
+from .errors import clip, invalid_argument
 from .store import Store, WriteTx
 from .store import cue_points as store_cp
 from .store.jobs import decode_token, encode_token, list_fingerprint, page_size
@@ -111,6 +124,11 @@ log = logging.getLogger("mediajobs.cue_points")
 CuePoint = mres.CuePoint
 
 MAX_DOCUMENT_BYTES = 8 * 1024 * 1024
+# An export page is one reply: it must fit a client's default 4 MiB limit.
+MAX_EXPORT_DOCUMENT_BYTES = payloads.MAX_REPLY_BYTES
+# The short form of an import reply (see "Replies fit a 4 MiB client").
+SHORT_ERROR_CHARS = 200
+SHORT_ENTRY_ID_CHARS = 32
 MAX_DEPTH = 16
 MAX_ITEMS = 10_000
 # Largest single markup construct (a start tag with its attributes, a
@@ -181,10 +199,9 @@ def parse_time_ms(value: str) -> int:
         if mi < 60 and sec < 60:
             ms = ((h * 60 + mi) * 60 + sec) * 1000 + int(frac.ljust(3, "0") or 0)
     if ms is None:
-        shown = s if len(s) <= 40 else s[:40] + "..."
-        raise ValueError(f"{shown!r} is not a time: use HH:MM:SS.mmm (e.g. 00:01:05.250) or integer milliseconds")
+        raise ValueError(f"{clip(s, 40)} is not a time: use HH:MM:SS.mmm (e.g. 00:01:05.250) or integer milliseconds")
     if ms > MAX_TIME_MS:
-        raise ValueError(f"{s!r} is too large: at most {MAX_TIME_MS} ms")
+        raise ValueError(f"{clip(s)} is too large: at most {MAX_TIME_MS} ms")
     return ms
 
 
@@ -567,7 +584,7 @@ class DocumentWriter:
     """Builds an export document that stays within `limit` bytes, so that
     every exported page can be imported again."""
 
-    def __init__(self, limit: int = MAX_DOCUMENT_BYTES) -> None:
+    def __init__(self, limit: int = MAX_EXPORT_DOCUMENT_BYTES) -> None:
         self.limit = limit
         self.parts: list[bytes] = [_HEAD]
         self.size = len(_HEAD) + len(_TAIL)
@@ -611,8 +628,60 @@ def _create(tx: WriteTx, items: list[ParsedItem]) -> dict[int, CuePoint]:
     return by_index
 
 
+def _missing_entry(it: ParsedItem) -> str:
+    return f"entry {clip(it.entry_id)} does not exist in this project; create it first (CreateEntry) or fix entryId"
+
+
+def _import_error(it: ParsedItem) -> msvc.CuePointImportError:
+    """Why item `it` was not created (its own problems, else a missing entry)."""
+    return msvc.CuePointImportError(index=it.index, line=it.line, entry_id=it.entry_id,
+                                    message=it.message or _missing_entry(it))
+
+
+def _short_cue_point(cp: CuePoint) -> CuePoint:
+    return CuePoint(id=cp.id, entry_id=cp.entry_id, type=cp.type, start_time_ms=cp.start_time_ms,
+                    end_time_ms=cp.end_time_ms)
+
+
+def _short_error(e: msvc.CuePointImportError) -> msvc.CuePointImportError:
+    return msvc.CuePointImportError(index=e.index, line=e.line, entry_id=payloads.cut(e.entry_id, SHORT_ENTRY_ID_CHARS),
+                                    message=payloads.cut(e.message, SHORT_ERROR_CHARS))
+
+
+def _short_reply_bytes(items: list[ParsedItem]) -> int:
+    """The most the short form of the import reply can take, known before
+    anything is created: a valid item becomes a cue point (of an existing
+    entry, whose id is a 26-character ULID) or, if its entry does not
+    exist, an error."""
+    total = 0
+    for it in items:
+        size = _short_error(_import_error(it)).ByteSize()
+        if it.cue_point is not None:
+            cp = _short_cue_point(it.cue_point)
+            cp.id = cp.entry_id = "0" * 26
+            size = max(size, cp.ByteSize())
+        total += size + payloads.ITEM_FRAMING_BYTES
+    return total
+
+
+def _parse_for_import(data: bytes) -> list[ParsedItem]:
+    """In a worker thread: parse the document and make sure its reply can
+    fit a client with gRPC's default 4 MiB limit."""
+    items = parse_or_reject(data)
+    short = _short_reply_bytes(items)
+    if short > payloads.MAX_REPLY_BYTES:
+        raise invalid_argument(
+            [("xml", f"the reply to this document would take {short} bytes even with every cue point and error in "
+                     f"short form; at most {payloads.MAX_REPLY_BYTES}: split the document, or fix the refused items")],
+            reason="INVALID_CUE_POINT_XML",
+        )
+    return items
+
+
 async def import_cue_points(store: Store, request: msvc.ImportCuePointsRequest) -> msvc.ImportCuePointsResponse:
-    """Create the valid cue points of an XML document; report the others."""
+    """Create the valid cue points of an XML document; report the others.
+    The reply is in short form when the full one would pass
+    payloads.MAX_REPLY_BYTES (see "Replies fit a 4 MiB client")."""
     size = len(request.xml)
     if not size:
         raise invalid_argument([("xml", "required: a <scenes> document of cue points")], reason="INVALID_CUE_POINT_XML")
@@ -621,7 +690,7 @@ async def import_cue_points(store: Store, request: msvc.ImportCuePointsRequest) 
             [("xml", f"the document is {size} bytes; at most {MAX_DOCUMENT_BYTES} (8 MiB): split it into several imports")],
             reason="INVALID_CUE_POINT_XML",
         )
-    items = await asyncio.to_thread(parse_or_reject, request.xml)
+    items = await asyncio.to_thread(_parse_for_import, request.xml)
     created: dict[int, CuePoint] = {}
     if any(it.cue_point is not None for it in items):
         created = await store.write(functools.partial(_create, items=items))
@@ -630,11 +699,13 @@ async def import_cue_points(store: Store, request: msvc.ImportCuePointsRequest) 
         cp = created.get(it.index)
         if cp is not None:
             resp.cue_points.append(cp)
-            continue
-        message = it.message or (
-            f"entry {it.entry_id!r} does not exist in this project; create it first (CreateEntry) or fix entryId"
+        else:
+            resp.errors.append(_import_error(it))
+    if resp.ByteSize() > payloads.MAX_REPLY_BYTES:
+        resp = msvc.ImportCuePointsResponse(
+            cue_points=[_short_cue_point(cp) for cp in resp.cue_points],
+            errors=[_short_error(e) for e in resp.errors],
         )
-        resp.errors.append(msvc.CuePointImportError(index=it.index, line=it.line, entry_id=it.entry_id, message=message))
     return resp
 
 
@@ -691,7 +762,8 @@ def _export_page(
     db: peewee.Database, project: str, flt: store_cp.ExportFilter, after: store_cp.ExportKey | None, size: int, fingerprint: str
 ) -> msvc.ExportCuePointsResponse:
     """In a read thread: one page of the export, rendered. The page ends at
-    `size` cue points or when the next would take the document over 8 MiB,
+    `size` cue points or when the next would take the document over
+    MAX_EXPORT_DOCUMENT_BYTES,
     whichever comes first; rows are read in batches, so a page never holds
     more than a batch beyond what it returns."""
     doc = DocumentWriter()

@@ -1,8 +1,11 @@
 """Registering servicers from the proto descriptors.
 
-Like the generated `add_*Servicer_to_server`, but a method may be marked
-`passthrough`: its handler may then yield already-serialized response bytes
-(WatchJobs frames each event once and fans the bytes out to every watcher).
+Like the generated `add_*Servicer_to_server`, with two differences: a request
+that protobuf cannot parse (nested too deep) reaches the servicer as an
+INVALID_ARGUMENT that names the path instead of failing inside gRPC with
+UNKNOWN; and a method may be marked `passthrough`: its handler may then yield
+already-serialized response bytes (WatchJobs frames each event once and fans
+the bytes out to every watcher).
 """
 from __future__ import annotations
 
@@ -10,6 +13,8 @@ from typing import Any, Callable, Iterable
 
 import grpc
 from google.protobuf import descriptor, message_factory
+
+from .payloads import refuse_undecodable, request_deserializer
 
 _FACTORIES: dict[tuple[bool, bool], Callable[..., grpc.RpcMethodHandler]] = {
     (False, False): grpc.unary_unary_rpc_method_handler,
@@ -36,8 +41,10 @@ def add_service(
         resp = message_factory.GetMessageClass(m.output_type)
         ser = resp.SerializeToString
         handlers[m.name] = _FACTORIES[(m.client_streaming, m.server_streaming)](
-            getattr(servicer, m.name),
-            request_deserializer=req.FromString,
+            # A request nested past what protobuf can parse is answered
+            # INVALID_ARGUMENT (naming the path), not gRPC's bare UNKNOWN.
+            refuse_undecodable(getattr(servicer, m.name)),
+            request_deserializer=request_deserializer(req),
             response_serializer=_passthrough(ser) if m.name in raw else ser,
         )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))

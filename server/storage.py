@@ -10,7 +10,7 @@ from pathlib import Path, PurePosixPath
 
 import grpc
 
-from .errors import ServiceError, invalid_argument
+from .errors import ServiceError, clip, invalid_argument
 
 MAX_LINK_HOPS = 40
 
@@ -19,7 +19,7 @@ def outside_root(path: str) -> ServiceError:
     return ServiceError(
         grpc.StatusCode.PERMISSION_DENIED,
         "PATH_OUTSIDE_STORAGE_ROOT",
-        f"{path!r} leads outside the storage root through a symlink; only files inside the root can be checked",
+        f"{clip(path)} leads outside the storage root through a symlink; only files inside the root can be checked",
         metadata={"path": path},
     )
 
@@ -31,14 +31,14 @@ def check_relative(path: str, field: str = "local_path") -> list[str]:
     if "\x00" in path:
         raise invalid_argument([(field, "must not contain NUL bytes")])
     if path.startswith("/") or path.startswith("\\") or (len(path) > 1 and path[1] == ":"):
-        raise invalid_argument([(field, f"{path!r} is absolute; give a path relative to the storage root")])
+        raise invalid_argument([(field, f"{clip(path)} is absolute; give a path relative to the storage root")])
     if len(path) > 4096:
         raise invalid_argument([(field, "at most 4096 characters")])
     parts = [p for p in PurePosixPath(path).parts if p not in ("", ".")]
     if any(len(p.encode()) > 255 for p in parts):
         raise invalid_argument([(field, "a path component is longer than 255 bytes")])
     if ".." in parts:
-        raise invalid_argument([(field, f"{path!r} contains '..'; paths must stay inside the storage root")])
+        raise invalid_argument([(field, f"{clip(path)} contains '..'; paths must stay inside the storage root")])
     if not parts:
         raise invalid_argument([(field, "must name a file, not the storage root itself")])
     return parts

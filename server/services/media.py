@@ -13,8 +13,9 @@ from mediajobs.v1 import media_service_pb2 as msvc
 from mediajobs.v1 import media_service_pb2_grpc as msvc_grpc
 from mediajobs.v1 import resources_pb2 as res
 
-from .. import cue_points
-from ..errors import handle_errors, invalid_argument
+from .. import cue_points, payloads
+from ..admission import Admission, unlimited
+from ..errors import clip, handle_errors, invalid_argument
 from ..store import Store
 from ..store import entries as store_entries
 from ..store import jobs as store_jobs
@@ -22,7 +23,6 @@ from ..store import templates as store_templates
 from .jobs import ID_RE, _check_job_id, _check_request_id, check_ulid
 
 MAX_TAGS = 32
-MAX_LABELS = 64
 
 
 def validate_entry(e: mres.Entry, priority: int, creator: str) -> None:
@@ -40,10 +40,9 @@ def validate_entry(e: mres.Entry, priority: int, creator: str) -> None:
             v.append((f"entry.tags[{i}]", "tags must be 1-64 characters"))
     if len(e.reference_id) > 256:
         v.append(("entry.reference_id", "at most 256 characters"))
-    if len(e.labels) > MAX_LABELS:
-        v.append(("entry.labels", f"at most {MAX_LABELS} labels"))
+    v += payloads.metadata_violations(e.labels, "entry.labels")  # as many, as long as job metadata
     if e.template_id and not store_templates.ID_RE.match(e.template_id):
-        v.append(("entry.template_id", f"{e.template_id!r} is not a template id (see ListJobTemplates)"))
+        v.append(("entry.template_id", f"{clip(e.template_id)} is not a template id (see ListJobTemplates)"))
     if e.template_id and not e.source_uri:
         v.append(("entry.template_id", "a template needs a source_uri to process"))
     if priority not in res.Job.Priority.values():
@@ -62,9 +61,11 @@ def validate_media_info(mi: mres.MediaInfo) -> None:
     if not mi.entry_id:
         v.append(("media_info.entry_id", "required: the entry the file belongs to"))
     elif not ID_RE.match(mi.entry_id.upper()):
-        v.append(("media_info.entry_id", f"{mi.entry_id!r} is not an entry id"))
+        v.append(("media_info.entry_id", f"{clip(mi.entry_id)} is not an entry id"))
     if mi.id:
         v.append(("media_info.id", "output only; leave it empty"))
+    if mi.ByteSize() > payloads.MAX_MEDIA_INFO_BYTES:
+        v.append(("media_info", f"{mi.ByteSize()} bytes serialized; at most {payloads.MAX_MEDIA_INFO_BYTES}"))
     if len(mi.raw_data) > 65536:
         v.append(("media_info.raw_data", "at most 64 KiB"))
     for f in ("multi_stream_info", "content_streams"):
@@ -83,7 +84,8 @@ def validate_media_info(mi: mres.MediaInfo) -> None:
 
 
 class MediaService(msvc_grpc.MediaServiceServicer):
-    def __init__(self, store: Store, storage_root: Path) -> None:
+    def __init__(self, store: Store, storage_root: Path, admission: Admission | None = None) -> None:
+        self.admission = admission or unlimited()
         self.store = store
         self.storage_root = storage_root
 

@@ -21,8 +21,9 @@ from ulid import ULID
 from mediajobs.v1 import job_service_pb2 as svc
 from mediajobs.v1 import resources_pb2 as res
 
+from .. import payloads
 from ..convert import set_ts, ts_from_us
-from ..errors import ServiceError, illegal_transition, invalid_argument, job_not_found
+from ..errors import ServiceError, clip, illegal_transition, invalid_argument, job_not_found
 from .models import models_for
 from .writer import PendingEvent, WriteTx
 
@@ -161,8 +162,26 @@ def insert_job(tx: WriteTx, job: Job) -> None:
         tx.db.execute_sql(h.insert_meta, (job.id, job.project, k, v))
     key = (id(tx.db), tx.project, job.type)
     if job.type not in BUILT_IN_TYPES and key not in _known_types:
-        tx.db.execute_sql(h.insert_type, (tx.project, job.type))
+        if tx.db.execute_sql(h.insert_type, (tx.project, job.type)).rowcount == 1:
+            _check_custom_type_count(tx)
         tx.after_commit.append(lambda: _known_types.add(key))
+
+
+# Custom job types a project may use: ListJobTypes returns them all in one
+# reply, which must stay readable with gRPC's default 4 MiB limit (10,000
+# names of at most 64 characters are under 1 MiB).
+MAX_CUSTOM_JOB_TYPES = 10_000
+
+
+def _check_custom_type_count(tx: WriteTx) -> None:
+    n = tx.db.execute_sql(f"SELECT COUNT(*) FROM job_types WHERE project = {tx.db.param}", (tx.project,)).fetchone()[0]
+    if n > MAX_CUSTOM_JOB_TYPES:
+        raise ServiceError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_JOB_TYPES",
+            f"the project already uses {MAX_CUSTOM_JOB_TYPES} custom job types, the limit; "
+            "use one of them (see ListJobTypes) or a built-in type",
+            metadata={"limit": str(MAX_CUSTOM_JOB_TYPES)},
+        )
 
 
 def new_job(tx: WriteTx, req: svc.CreateJobRequest, rerun_of: str = "", template_id: str = "") -> Job:
@@ -248,14 +267,14 @@ def delete_jobs(tx: WriteTx, ids: Iterable[str], allow_missing: bool, force: boo
     missing = [i for i in ids if i not in found]
     if missing and not allow_missing:
         err = job_not_found(missing[0])
-        err.message = f"no job with id {', '.join(map(repr, missing[:5]))}; nothing was deleted (set allow_missing to skip unknown ids)"
+        err.message = f"no job with id {', '.join(map(clip, missing[:5]))}; nothing was deleted (set allow_missing to skip unknown ids)"
         raise err
     busy = [j for j in found.values() if j.state in ACTIVE]
     if busy and not force:
         j = busy[0]
         err = illegal_transition(j.id, state_name(j.state), "delete")
         err.reason = "JOB_ACTIVE"
-        err.message = f"job {j.id!r} is {state_name(j.state)}; abort it first or set force; nothing was deleted"
+        err.message = f"job {clip(j.id)} is {state_name(j.state)}; abort it first or set force; nothing was deleted"
         raise err
     deleted = [i for i in ids if i in found]
     if not deleted:
@@ -293,6 +312,7 @@ def add_problem(tx: WriteTx, job_id: str, reason: str, message: str, details: di
         details=json.dumps(details, sort_keys=True), create_time=tx.now,
     ).execute()
     job.problems.append(p)
+    payloads.bound_problems(job)  # the newest MAX_JOB_PROBLEMS; ListJobProblems has them all
     emit(tx, job, res.JobEvent.UPDATED, job.state)
     save_job(tx, job, lease)
     return p
@@ -326,7 +346,7 @@ def idempotent(tx: WriteTx, method: str, req: Any, response_cls: Any, fn: Any) -
             raise ServiceError(
                 grpc.StatusCode.ALREADY_EXISTS,
                 "REQUEST_ID_REUSED",
-                f"request_id {rid!r} was already used for a different {method} request; "
+                f"request_id {clip(rid)} was already used for a different {method} request; "
                 "use a new request_id for a new request",
                 metadata={"request_id": rid, "method": method},
             )
@@ -338,6 +358,12 @@ def idempotent(tx: WriteTx, method: str, req: Any, response_cls: Any, fn: Any) -
         (tx.project, method, rid, h, resp.SerializeToString(), tx.now),
     )
     return resp
+
+
+def probe(tx: WriteTx) -> None:
+    """The health probe: a real write (so a full disk, a read-only file or a
+    lost connection shows) that changes nothing and makes no event."""
+    tx.db.execute_sql(f"UPDATE store_meta SET value = value WHERE key = {tx.db.param}", ("probe",))
 
 
 def expire_request_ids(tx: WriteTx, before_us: int) -> int:
@@ -370,12 +396,12 @@ def check_read_mask(mask: field_mask_pb2.FieldMask, field_name: str = "read_mask
     bad = [p for p in mask.paths if p.split(".")[0] not in JOB_FIELDS]
     if not bad and not mask.IsValidForDescriptor(Job.DESCRIPTOR):
         raise invalid_argument(
-            [(field_name, f"{', '.join(mask.paths)!r} names a sub-field that Job does not have; "
+            [(field_name, f"{clip(', '.join(mask.paths))} names a sub-field that Job does not have; "
                           "use top-level fields such as id,state,progress (or message fields like lease.expire_time)")]
         )
     if bad:
         raise invalid_argument(
-            [(field_name, f"unknown Job field {p!r}; valid fields: {', '.join(sorted(JOB_FIELDS))}") for p in bad]
+            [(field_name, f"unknown Job field {clip(p)}; valid fields: {', '.join(sorted(JOB_FIELDS))}") for p in bad]
         )
 
 
@@ -405,10 +431,10 @@ def parse_order_by(order_by: str) -> list[tuple[str, bool]]:
         name = words[0]
         if name not in ORDER_FIELDS or len(words) > 2 or (len(words) == 2 and words[1].lower() not in ("asc", "desc")):
             raise invalid_argument(
-                [("order_by", f"{part!r} is not `FIELD [asc|desc]` with FIELD one of {', '.join(ORDER_FIELDS)}")]
+                [("order_by", f"{clip(part)} is not `FIELD [asc|desc]` with FIELD one of {', '.join(ORDER_FIELDS)}")]
             )
         if any(n == name for n, _ in out):
-            raise invalid_argument([("order_by", f"{name!r} appears twice")])
+            raise invalid_argument([("order_by", f"{clip(name)} appears twice")])
         out.append((name, len(words) == 2 and words[1].lower() == "desc"))
     if not any(n == "id" for n, _ in out):
         out.append(("id", out[-1][1] if out else False))
@@ -461,6 +487,9 @@ def _time_range(where: list[Any], col: Any, lo: Any, hi: Any) -> None:
             where.append(col > 0)
 
 
+LIST_BATCH_ROWS = 128  # rows read per query while filling a ListJobs page
+
+
 def list_jobs(db: peewee.Database, project: str, req: svc.ListJobsRequest) -> svc.ListJobsResponse:
     m = models_for(db)
     order = parse_order_by(req.order_by)
@@ -495,21 +524,40 @@ def list_jobs(db: peewee.Database, project: str, req: svc.ListJobsRequest) -> sv
             raise invalid_argument([("page_token", "malformed page token; start again without one")])
         page_where.append(_after(cols, [d for _, d in order], values))
 
+    # A page ends at `size` jobs or when the next would take it past the
+    # message budget (payloads.MESSAGE_BUDGET_BYTES), whichever comes first;
+    # the token continues after the last job returned. Rows are read in
+    # batches, so a page of large jobs is never all in memory at once.
+    descending = [d for _, d in order]
+    ordering = [c.desc() if d else c.asc() for c, d in zip(cols, descending)]
+    resp = svc.ListJobsResponse()
+    page = payloads.MessageBudget()
+    last_key: list[Any] = []
+    more = False
     with db.atomic():
         revision = current_revision(db)
-        q = (
-            m.JobRow.select(m.JobRow.data, *cols)
-            .where(*page_where)
-            .order_by(*[c.desc() if d else c.asc() for c, (_, d) in zip(cols, order)])
-            .limit(size + 1)
-        )
-        rows = list(q.tuples())
+        batch_where = page_where
+        while not more:
+            want = min(size + 1 - len(resp.jobs), LIST_BATCH_ROWS)
+            rows = list(m.JobRow.select(m.JobRow.data, *cols).where(*batch_where).order_by(*ordering).limit(want).tuples())
+            for r in rows:
+                if len(resp.jobs) == size:
+                    more = True
+                    break
+                job = shape_job(Job.FromString(bytes(r[0])), req.read_mask, req.include_metadata)
+                if not page.admit(job.ByteSize()):
+                    more = True
+                    break
+                resp.jobs.append(job)
+                last_key = list(r[1:])
+            if len(rows) < want:
+                break
+            batch_where = [*where, _after(cols, descending, last_key)]
         total = m.JobRow.select(peewee.fn.COUNT(m.JobRow.id)).where(*where).scalar()
-    resp = svc.ListJobsResponse(total_size=total, revision=revision)
-    for r in rows[:size]:
-        resp.jobs.append(shape_job(Job.FromString(bytes(r[0])), req.read_mask, req.include_metadata))
-    if len(rows) > size:
-        resp.next_page_token = encode_token(list(rows[size - 1][1:]), fp)
+    resp.total_size = total
+    resp.revision = revision
+    if more:
+        resp.next_page_token = encode_token(last_key, fp)
     return resp
 
 
@@ -571,13 +619,23 @@ def list_problems(db: peewee.Database, project: str, req: svc.ListJobProblemsReq
         .limit(size + 1)
         .dicts()
     )
+    # A page ends at `size` problems or at the message budget; messages and
+    # details are cut to their limits (rows written before the limits may
+    # hold more).
     resp = svc.ListJobProblemsResponse()
-    for r in rows[:size]:
-        p = resp.problems.add(
-            id=r["id"], job_id=r["job_id"], reason=r["reason"], message=r["message"],
-            details=json.loads(r["details"]), resolved=r["resolved"], job_state=r["state"] or 0,
+    page = payloads.MessageBudget()
+    for i, r in enumerate(rows[:size]):
+        p = res.JobProblem(
+            id=r["id"], job_id=r["job_id"], reason=r["reason"],
+            message=payloads.cut(r["message"], payloads.MAX_PROBLEM_MESSAGE_CHARS),
+            details=payloads.bound_problem_details(json.loads(r["details"])),
+            resolved=r["resolved"], job_state=r["state"] or 0,  # type: ignore[arg-type]
         )
         p.create_time.CopyFrom(ts_from_us(r["create_time"]))
+        if not page.admit(p.ByteSize()):
+            resp.next_page_token = encode_token([rows[i - 1]["id"]], fp)
+            return resp
+        resp.problems.append(p)
     if len(rows) > size:
         resp.next_page_token = encode_token([rows[size - 1]["id"]], fp)
     return resp

@@ -17,8 +17,9 @@ from google.rpc import code_pb2, status_pb2
 
 from mediajobs.v1 import resources_pb2 as res
 
+from .. import payloads
 from ..convert import set_ts
-from ..errors import ServiceError, illegal_transition, invalid_argument
+from ..errors import ServiceError, clip, illegal_transition, invalid_argument
 from .db import is_postgres
 from .jobs import LeaseColumns, emit, load_job_for_update, save_job, state_name
 from .models import models_for
@@ -39,7 +40,7 @@ def lease_lost(job_id: str, why: str) -> ServiceError:
     return ServiceError(
         grpc.StatusCode.ABORTED,
         "LEASE_LOST",
-        f"the lease on job {job_id!r} is no longer yours ({why}); nothing was written: acquire the job again",
+        f"the lease on job {clip(job_id)} is no longer yours ({why}); nothing was written: acquire the job again",
         metadata={"job_id": job_id},
     )
 
@@ -74,7 +75,16 @@ def acquire(
     if is_postgres(db):
         sql += " FOR UPDATE SKIP LOCKED"
     rows = db.execute_sql(sql, (tx.project, Job.PENDING, *types, tx.now)).fetchall()
-    return [_lease(tx, Job.FromString(bytes(r[0])), lease_us, lock_key, identity) for r in rows]
+    # The reply holds every leased job: stop before it would pass the
+    # message budget (at least one job; the rest stay PENDING, untouched).
+    reply = payloads.MessageBudget()
+    lease_bytes = len(identity.encode()) + lock_key.ByteSize() + 128  # JobLease, token, expiry
+    leased: list[Leased] = []
+    for (data,) in rows:
+        if not reply.admit(len(data) + lease_bytes):
+            break
+        leased.append(_lease(tx, Job.FromString(bytes(data)), lease_us, lock_key, identity))
+    return leased
 
 
 def lease_job(tx: WriteTx, job_id: str, lease_us: int, lock_key: res.LockKey, identity: str) -> Leased:
@@ -192,7 +202,8 @@ def fail(
         return job
     if retryable and job.attempt_count < job.max_attempts:
         delay = retry_delay_us or backoff_us(job.attempt_count)
-        _requeue(tx, job, tx.now + delay, f"attempt {job.attempt_count} failed, retrying: {error.message}")
+        retrying = f"attempt {job.attempt_count} failed, retrying: {error.message}"
+        _requeue(tx, job, tx.now + delay, payloads.cut(retrying, payloads.MAX_PROGRESS_MESSAGE_CHARS))
         return job
     job.error.CopyFrom(error)
     if not job.error.code:
@@ -214,13 +225,14 @@ def _requeue(tx: WriteTx, job: Job, available_us: int, message: str) -> None:
 def release(tx: WriteTx, job_id: str, token: str, job_type: str, reset_attempts: bool) -> Job:
     job, lease = load_job_for_update(tx, job_id)
     if job_type and job_type != job.type:
-        raise invalid_argument([("job_type", f"job {job_id!r} is of type {job.type!r}, not {job_type!r}")])
+        raise invalid_argument([("job_type", f"job {clip(job_id)} is of type {clip(job.type)}, not {clip(job_type)}")])
     _check_lease(tx, job_id, token, job, lease)
     if job.state == Job.ABORTING:
         _finish(tx, job, Job.ABORTED, lease)
         return job
-    if reset_attempts:
-        job.attempt_count = 0
+    # A graceful release gives the attempt back (see ReleaseJob in
+    # worker_service.proto), so attempt_count never passes max_attempts.
+    job.attempt_count = 0 if reset_attempts else max(job.attempt_count - 1, 0)
     _requeue(tx, job, 0, "released by its worker")
     return job
 
@@ -280,15 +292,17 @@ def recover_expired(tx: WriteTx, limit: int = 500) -> Recovered:
         job, lease = load_job_for_update(tx, job_id)
         worker = owner_of(job.lease) or lease.owner
         last_hb = job.lease.last_heartbeat_time.ToJsonString() if job.lease.HasField("last_heartbeat_time") else ""
-        details = {"worker": worker, "last_heartbeat": last_hb, "cause": "lease expired without a heartbeat",
-                   "attempt": str(job.attempt_count)}
+        details = payloads.bound_problem_details({
+            "worker": worker, "last_heartbeat": last_hb, "cause": "lease expired without a heartbeat",
+            "attempt": str(job.attempt_count),
+        })
         if job.state == Job.ABORTING:
             _finish(tx, job, Job.ABORTED, lease)
             out.aborted.append(job_id)
             continue
         problem = res.JobProblem(
             id=str(ULID()), job_id=job_id, reason="LEASE_EXPIRED",
-            message=f"worker {worker!r} stopped heartbeating (last at {last_hb or 'never'}); lease expired",
+            message=f"worker {clip(worker)} stopped heartbeating (last at {last_hb or 'never'}); lease expired",
             details=details,
         )
         set_ts(problem.create_time, tx.now)
@@ -297,6 +311,7 @@ def recover_expired(tx: WriteTx, limit: int = 500) -> Recovered:
             details=json.dumps(details, sort_keys=True), create_time=tx.now,
         ).execute()
         job.problems.append(problem)
+        payloads.bound_problems(job)  # the newest MAX_JOB_PROBLEMS; ListJobProblems has them all
         if job.attempt_count < job.max_attempts:
             _requeue(tx, job, tx.now + expiry_backoff_us(job.attempt_count), problem.message)
             out.retried.append(job_id)

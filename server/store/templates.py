@@ -13,8 +13,9 @@ from google.protobuf import field_mask_pb2, json_format
 from mediajobs.v1 import media_resources_pb2 as mres
 from mediajobs.v1 import media_service_pb2 as msvc
 
+from .. import payloads
 from ..convert import set_ts
-from ..errors import ServiceError, invalid_argument
+from ..errors import ServiceError, clip, invalid_argument
 from .jobs import decode_token, encode_token, page_size
 from .models import models_for
 from .writer import WriteTx
@@ -65,7 +66,7 @@ BUILT_IN = _built_ins()
 def template_not_found(template_id: str) -> ServiceError:
     return ServiceError(
         grpc.StatusCode.NOT_FOUND, "TEMPLATE_NOT_FOUND",
-        f"job template {template_id!r} does not exist; list them with ListJobTemplates",
+        f"job template {clip(template_id)} does not exist; list them with ListJobTemplates",
         metadata={"template_id": template_id}, resource=("mediajobs.v1.JobTemplate", template_id),
     )
 
@@ -73,7 +74,7 @@ def template_not_found(template_id: str) -> ServiceError:
 def built_in_refused(template_id: str, action: str) -> ServiceError:
     return ServiceError(
         grpc.StatusCode.FAILED_PRECONDITION, "TEMPLATE_BUILT_IN",
-        f"job template {template_id!r} is built in and cannot be {action}; create your own with CreateJobTemplate",
+        f"job template {clip(template_id)} is built in and cannot be {action}; create your own with CreateJobTemplate",
         metadata={"template_id": template_id},
         precondition=("BUILT_IN", f"jobTemplates/{template_id}", "built-in templates are read-only"),
     )
@@ -86,7 +87,7 @@ def check_template_id(template_id: str, field: str) -> None:
     if not template_id:
         raise invalid_argument([(field, "required: a template id such as mp4-h264-720p (see ListJobTemplates)")])
     if not ID_RE.match(template_id):
-        raise invalid_argument([(field, f"{template_id!r} is not a template id: 4-63 lowercase letters, digits "
+        raise invalid_argument([(field, f"{clip(template_id)} is not a template id: 4-63 lowercase letters, digits "
                                         "or '-', starting with a letter")])
 
 
@@ -100,16 +101,16 @@ def validate_outputs(outputs: Any, field: str = "job_template.outputs") -> list[
     for i, o in enumerate(outputs):
         f = f"{field}[{i}]"
         if not NAME_RE.match(o.name):
-            v.append((f"{f}.name", f"{o.name!r} is not an output name: 1-64 letters, digits, '_', '-' or '.'"))
+            v.append((f"{f}.name", f"{clip(o.name)} is not an output name: 1-64 letters, digits, '_', '-' or '.'"))
         elif o.name in names:
-            v.append((f"{f}.name", f"{o.name!r} is used twice; output names must be unique"))
+            v.append((f"{f}.name", f"{clip(o.name)} is used twice; output names must be unique"))
         names.add(o.name)
         if o.container != "mp4":
-            v.append((f"{f}.container", f"{o.container!r} is not supported; use mp4"))
+            v.append((f"{f}.container", f"{clip(o.container)} is not supported; use mp4"))
         if o.video_codec not in ("", "h264"):
-            v.append((f"{f}.video_codec", f"{o.video_codec!r} is not supported; use h264 (or empty for audio only)"))
+            v.append((f"{f}.video_codec", f"{clip(o.video_codec)} is not supported; use h264 (or empty for audio only)"))
         if o.audio_codec not in ("", "aac"):
-            v.append((f"{f}.audio_codec", f"{o.audio_codec!r} is not supported; use aac (or empty for no audio)"))
+            v.append((f"{f}.audio_codec", f"{clip(o.audio_codec)} is not supported; use aac (or empty for no audio)"))
         if not o.video_codec and not o.audio_codec:
             v.append((f, "an output needs a video_codec, an audio_codec or both"))
         for name, val in (("width", o.width), ("height", o.height)):
@@ -128,7 +129,7 @@ def validate_outputs(outputs: Any, field: str = "job_template.outputs") -> list[
         if not 0 <= o.audio_channels <= 2:
             v.append((f"{f}.audio_channels", "must be 0 (the source's), 1 or 2"))
         if o.preset and o.preset not in X264_PRESETS:
-            v.append((f"{f}.preset", f"{o.preset!r} is not an x264 preset; use one of {', '.join(X264_PRESETS)}"))
+            v.append((f"{f}.preset", f"{clip(o.preset)} is not an x264 preset; use one of {', '.join(X264_PRESETS)}"))
         if not 0 <= o.gop_size <= 1000:
             v.append((f"{f}.gop_size", "must be 0 (encoder default) to 1000 frames"))
     return v
@@ -140,8 +141,7 @@ def validate_template(t: JobTemplate, field: str = "job_template") -> list[tuple
         v.append((f"{field}.display_name", "at most 256 characters"))
     if len(t.description) > 4096:
         v.append((f"{field}.description", "at most 4096 characters"))
-    if len(t.labels) > 64:
-        v.append((f"{field}.labels", "at most 64 labels"))
+    v += payloads.metadata_violations(t.labels, f"{field}.labels")
     return v
 
 
@@ -189,8 +189,19 @@ def list_templates(db: peewee.Database, project: str, req: msvc.ListJobTemplates
     )
     more = len(rows) > size - len(out)
     rows = rows[: size - len(out)]
-    out += [JobTemplate.FromString(bytes(r[1])) for r in rows]
-    token = encode_token(["u", rows[-1][0]], "templates") if more and rows else ""
+    # The page also ends at the message budget (labels make templates large).
+    page = payloads.MessageBudget()
+    for t in out:
+        page.admit(t.ByteSize())
+    last_id = last
+    for row_id, data in rows:
+        t = JobTemplate.FromString(bytes(data))
+        if not page.admit(t.ByteSize()):
+            more = True
+            break
+        out.append(t)
+        last_id = row_id
+    token = encode_token(["u", last_id], "templates") if more else ""  # "": from the first stored one
     return msvc.ListJobTemplatesResponse(job_templates=out, next_page_token=token)
 
 
@@ -200,12 +211,12 @@ def list_templates(db: peewee.Database, project: str, req: msvc.ListJobTemplates
 def create_template(tx: WriteTx, template_id: str, t: JobTemplate) -> JobTemplate:
     if template_id in BUILT_IN:
         raise ServiceError(grpc.StatusCode.ALREADY_EXISTS, "TEMPLATE_EXISTS",
-                           f"job template {template_id!r} is built in; choose another id",
+                           f"job template {clip(template_id)} is built in; choose another id",
                            metadata={"template_id": template_id})
     m = models_for(tx.db)
     if m.JobTemplateRow.select().where((m.JobTemplateRow.project == tx.project) & (m.JobTemplateRow.id == template_id)).exists():
         raise ServiceError(grpc.StatusCode.ALREADY_EXISTS, "TEMPLATE_EXISTS",
-                           f"job template {template_id!r} already exists; update it with UpdateJobTemplate or pick another id",
+                           f"job template {clip(template_id)} already exists; update it with UpdateJobTemplate or pick another id",
                            metadata={"template_id": template_id})
     out = JobTemplate()
     out.CopyFrom(t)
