@@ -9,6 +9,19 @@ reaches the hub's revision, then joins live delivery without an await in
 between, so nothing can slip through). A watcher whose queue overflows
 because its client reads slowly is switched back to unsynced and catches up
 from the log: it is never silently skipped.
+
+Several server processes may share one PostgreSQL database. Revisions are
+dense and commit in order across processes (see store/writer.py), so the hub
+tracks completeness by contiguity: `revision` is the highest revision R such
+that every event of this project at or below R has been offered to the synced
+watchers (and, from `buffer[0]` on, is in the buffer). A commit of this
+process that arrives after a gap proves the missing revisions were committed
+by another process: it is held back until the hub has read the gap from the
+log and offered it, so watchers always get events in revision order with no
+hole, and progress bookmarks (which use `revision`) never pass an event a
+watcher has not received. `known` is the newest revision known to be
+committed anywhere; `tail_log` raises it periodically on PostgreSQL so other
+processes' events arrive live too.
 """
 from __future__ import annotations
 
@@ -22,7 +35,8 @@ import grpc
 
 from .errors import ServiceError
 from .store import PendingEvent, Store
-from .store.events import EventFilter, read_events
+from .store.db import is_postgres
+from .store.events import EventFilter, committed_revision, read_events
 
 log = logging.getLogger("mediajobs.watch")
 
@@ -35,7 +49,14 @@ MAX_EVENTS_PER_MESSAGE = 256
 # than adding an event to one, so under load this trades a few ms of latency
 # for a large cut in messages. A stream that was quiet sends at once.
 MIN_MESSAGE_INTERVAL = 0.05
+# A message holds events of at most this many bytes in all, unless a single
+# event is larger (then it goes alone): far below gRPC's default 4 MiB limit.
 MAX_MESSAGE_BYTES = 1 << 20
+# How often tail_log() asks the database for its revision (PostgreSQL).
+TAIL_INTERVAL = 0.25
+# Back-off between failed reads of a revision gap from the log.
+FILL_RETRY_MIN = 0.05
+FILL_RETRY_MAX = 2.0
 
 
 def _varint(n: int) -> bytes:
@@ -68,6 +89,25 @@ def frame_progress(revision: int, snapshot_complete: bool = False) -> bytes:
     """A serialized WatchJobsResponse{revision, progress}."""
     body = b"\x08\x01" if snapshot_complete else b""
     return b"\x08" + _varint(revision) + b"\x1a" + _varint(len(body)) + body
+
+
+def chunk_events(events: list[PendingEvent]) -> list[list[PendingEvent]]:
+    """Consecutive runs of `events` for one message each: at most
+    MAX_EVENTS_PER_MESSAGE events and MAX_MESSAGE_BYTES of event data, or a
+    single event when it is larger by itself."""
+    chunks: list[list[PendingEvent]] = []
+    chunk: list[PendingEvent] = []
+    size = 0
+    for ev in events:
+        n = len(ev.data)
+        if chunk and (len(chunk) >= MAX_EVENTS_PER_MESSAGE or size + n > MAX_MESSAGE_BYTES):
+            chunks.append(chunk)
+            chunk, size = [], 0
+        chunk.append(ev)
+        size += n
+    if chunk:
+        chunks.append(chunk)
+    return chunks
 
 
 @dataclass(eq=False)
@@ -114,7 +154,13 @@ class Watcher:
 class WatchHub:
     def __init__(self, store: Store, revision: int, compact_revision: int) -> None:
         self.store = store
+        # Every event at or below `revision` has been offered (contiguous).
         self.revision = revision
+        # The newest revision known to be committed (by any process).
+        self.known = revision
+        # This process's commits above a gap, by revision, until it is filled.
+        self._pending: dict[int, PendingEvent] = {}
+        self._fill_task: asyncio.Task[None] | None = None
         self.compact_revision = compact_revision
         self.buffer: collections.deque[PendingEvent] = collections.deque(maxlen=BUFFER_SIZE)
         self._by_job: dict[str, set[Watcher]] = {}
@@ -147,14 +193,26 @@ class WatchHub:
     # -- called on the event loop -------------------------------------------
 
     def publish(self, events: list[PendingEvent]) -> None:
+        """This process's committed events (one writer batch, in order)."""
+        if not events:
+            return
         for listener in self.listeners:
             listener(events)
+        first = events[0].revision
+        if first != self.revision + 1 or self._pending or events[-1].revision - first != len(events) - 1:
+            self._hold(events)  # another process committed in between (or a repeat)
+            return
+        self._advance(events)
+
+    def _advance(self, events: list[PendingEvent], upto: int = 0) -> None:
+        """Offer `events` (ascending, all above `revision`, and with no event
+        of this project missing between them) and move `revision` to the
+        last of them, or to `upto` if higher (revisions without an event of
+        this project)."""
         by_job, by_type, everyone = self._by_job, self._by_type, self._all
+        buffer = self.buffer
         for ev in events:
-            if ev.revision <= self.revision:
-                continue
-            self.buffer.append(ev)
-            self.revision = ev.revision
+            buffer.append(ev)
             for w in everyone:
                 if w.synced:
                     w.offer(ev)
@@ -168,6 +226,101 @@ class WatchHub:
                 for w in ws:
                     if w.synced:
                         w.offer(ev)
+        if events:
+            self.revision = events[-1].revision
+        if upto > self.revision:
+            self.revision = upto
+        if self.revision > self.known:
+            self.known = self.revision
+
+    def _hold(self, events: list[PendingEvent]) -> None:
+        """Keep events above a gap until the gap is read from the log; drop
+        those already offered."""
+        pending = self._pending
+        for ev in events:
+            if ev.revision > self.revision:
+                pending[ev.revision] = ev
+                if ev.revision > self.known:
+                    self.known = ev.revision  # and so everything below it is committed
+        self._drain_pending()
+        if self.known > self.revision:
+            self._ensure_fill()
+
+    def _drain_pending(self) -> None:
+        """Offer the held events that now follow `revision` without a gap."""
+        pending = self._pending
+        if not pending:
+            return
+        for r in [r for r in pending if r <= self.revision]:
+            del pending[r]
+        run = []
+        r = self.revision + 1
+        while r in pending:
+            run.append(pending.pop(r))
+            r += 1
+        if run:
+            self._advance(run)
+
+    def observe(self, revision: int) -> None:
+        """`revision` is committed in the database: read whatever this hub
+        has not seen up to it from the log, and offer it."""
+        if revision > self.known:
+            self.known = revision
+            self._ensure_fill()
+
+    async def read_revision(self) -> int:
+        """The newest committed revision, read from the database now (and
+        observed, so the hub catches up to it)."""
+        rev = await self.store.read(committed_revision)
+        self.observe(rev)
+        return max(rev, self.known)
+
+    def _ensure_fill(self) -> None:
+        if self.closing:
+            return
+        t = self._fill_task
+        if t is None or t.done():
+            self._fill_task = asyncio.get_running_loop().create_task(self._fill(), name="mediajobs-watch-fill")
+
+    async def _fill(self) -> None:
+        """Read the revisions between `revision` and the next held event (or
+        `known`) from the log, oldest first, and offer them: a gap is always
+        filled before anything after it reaches a watcher."""
+        delay = FILL_RETRY_MIN
+        while not self.closing:
+            self._drain_pending()
+            lo = self.revision + 1
+            hi = min(self._pending) - 1 if self._pending else self.known
+            if hi < lo:
+                return
+            try:
+                rows, compacted = await self.store.read(read_events, lo, hi, LOG_PAGE)
+            except Exception:
+                if self.closing:
+                    return
+                log.warning("reading revisions %d..%d from the change log failed; retrying in %.2fs",
+                            lo, hi, delay, exc_info=True)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, FILL_RETRY_MAX)
+                continue
+            delay = FILL_RETRY_MIN
+            covered = rows[-1].revision if len(rows) == LOG_PAGE else hi
+            floor = self.revision
+            if compacted >= lo:
+                # Part of the gap was compacted before this hub read it: the
+                # buffer cannot be completed, and a synced watcher may lack
+                # an event. Each watcher goes back to the log on its own
+                # (and gets REVISION_COMPACTED if it needs what is gone).
+                self.set_compact_revision(compacted)
+                self.buffer.clear()
+                for w in self._registered:
+                    if w.synced:
+                        w.queue.clear()
+                        w.synced = False
+                        w.wake()
+                floor = max(floor, compacted)
+            if covered > self.revision:
+                self._advance([ev for ev in rows if ev.revision > floor], covered)
 
     def register(self, w: Watcher) -> None:
         if w.job_ids:
@@ -226,6 +379,8 @@ class WatchHub:
         """End every stream with UNAVAILABLE (server draining); clients resume
         elsewhere or after the restart from their last revision + 1."""
         self.closing = True
+        if self._fill_task is not None:
+            self._fill_task.cancel()
         for w in list(self._registered):
             w.closed = True
             w.wake()
@@ -272,12 +427,16 @@ class WatchHub:
                 batch: list[bytes] = []
                 size = 0
                 q = w.queue
-                while q and len(batch) < MAX_EVENTS_PER_MESSAGE and size < MAX_MESSAGE_BYTES:
-                    ev = q.popleft()
+                while q and len(batch) < MAX_EVENTS_PER_MESSAGE:
+                    ev = q[0]
                     if ev.revision >= w.next_rev:
+                        n = len(ev.data)
+                        if batch and size + n > MAX_MESSAGE_BYTES:
+                            break
                         batch.append(ev.data)
-                        size += len(ev.data)
+                        size += n
                         w.next_rev = ev.revision + 1
+                    q.popleft()
                 if batch:
                     last_sent = last_batch = loop.time()
                     yield frame_events(w.next_rev - 1, batch)
@@ -315,7 +474,8 @@ class WatchHub:
                 w.synced = True  # nothing older to read; live from here
                 return
             if self.buffer and self.buffer[0].revision <= w.next_rev:
-                # The rest is in memory: take it and join live delivery in
+                # The rest is in memory (the buffer holds every event from
+                # its first to `revision`): take it and join live delivery in
                 # the same step (no await), so no publish can fall between.
                 for ev in self.buffer:
                     if ev.revision >= w.next_rev and w.matches(ev):
@@ -329,8 +489,7 @@ class WatchHub:
                 raise self.compacted_error(start)
             batch = [ev for ev in rows if w.matches(ev)]
             w.next_rev = rows[-1].revision + 1 if len(rows) == LOG_PAGE else target + 1
-            for i in range(0, len(batch), MAX_EVENTS_PER_MESSAGE):
-                chunk = batch[i : i + MAX_EVENTS_PER_MESSAGE]
+            for chunk in chunk_events(batch):
                 yield frame_events(chunk[-1].revision, [ev.data for ev in chunk])
 
     def warm(self, events: list[PendingEvent]) -> None:
@@ -339,3 +498,21 @@ class WatchHub:
         for ev in events:
             if ev.revision <= self.revision:
                 self.buffer.append(ev)
+
+
+async def tail_log(hub: WatchHub, interval: float | None = None) -> None:
+    """Deliver the changes other server processes commit to the same
+    PostgreSQL database: every `interval` (default TAIL_INTERVAL) read the
+    database's revision and, when it moved past what this hub has seen,
+    read the new events from the log and publish them. Returns at once on
+    SQLite (one server per file). Runs until cancelled or the hub closes."""
+    if not is_postgres(hub.store.db):
+        return
+    while not hub.closing:
+        await asyncio.sleep(interval if interval is not None else TAIL_INTERVAL)
+        try:
+            rev = await hub.store.read(committed_revision)
+        except Exception as e:  # the database is away: try again next round
+            log.debug("log tail: reading the revision failed: %s", e)
+            continue
+        hub.observe(rev)

@@ -360,3 +360,71 @@ async def test_shutdown_hint_counts_bookmarks(sqlite_path):
             await s.next()
         await stopping
         assert error_info(e.value).metadata["resume_revision"] == str(j.revision + 1)
+
+
+async def test_messages_stay_under_a_mebibyte_of_events(sqlite_path, monkeypatch):
+    """Big events (~700 KB each): from the log and from the live queue, a
+    message carries at most MAX_MESSAGE_BYTES of events, or one event, so
+    every message fits the client's default 4 MiB receive limit."""
+    monkeypatch.setattr(watch, "BUFFER_SIZE", 2)  # a resume reads the log, not the buffer
+    app = await start_app(sqlite_path)
+    blob = "x" * 700_000
+
+    def big(tx):  # one commit: the live watcher gets them all queued at once
+        return [store_jobs.new_job(tx, svc.CreateJobRequest(type="BIG", params={"blob": blob})) for _ in range(6)]
+
+    def check(msgs: list[svc.WatchJobsResponse]) -> list[int]:
+        for m in msgs:
+            sizes = [e.ByteSize() for e in m.events]
+            assert len(sizes) == 1 or sum(sizes) <= watch.MAX_MESSAGE_BYTES, f"{len(sizes)} events, {sum(sizes)} bytes"
+        return [e.revision for m in msgs for e in m.events]
+
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as ch:
+            stub = job_service_pb2_grpc.JobServiceStub(ch)
+            live = Stream(stub, svc.WatchJobsRequest())
+            assert (await live.next()).HasField("progress")
+            await app.hub.wait_for_watchers(1)
+            made = await app.store.write(big)
+            revs = [j.revision for j in made]
+            got: list[svc.WatchJobsResponse] = []
+            while not got or got[-1].revision < revs[-1]:
+                got.append(await live.next())
+            assert check(got) == revs and len(got) == 6
+            await live.close()
+            resumed = Stream(stub, svc.WatchJobsRequest(start_revision=revs[0]))
+            got = []
+            while not got or got[-1].revision < revs[-1]:
+                got.append(await resumed.next())
+            assert check(got) == revs and len(got) == 6
+            await resumed.close()
+    finally:
+        await app.stop(None)
+
+
+async def test_single_server_never_reads_gaps_from_the_log(db_url, monkeypatch):
+    """One server per database: every commit follows the last one, so the
+    hub never holds events back nor reads the log for other processes."""
+    # (A log tail could read the database's revision between one of our own
+    # commits and its publish, and fetch it from the log: harmless, but not
+    # what this test looks at.)
+    monkeypatch.setattr(watch, "TAIL_INTERVAL", 3600.0)
+    app = await start_app(db_url)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as ch:
+            stub = job_service_pb2_grpc.JobServiceStub(ch)
+            s = Stream(stub, svc.WatchJobsRequest(progress_interval=interval(0.1)))
+            start = (await s.next()).revision
+            made = [await create(stub) for _ in range(20)]
+            made += await app.store.write(
+                lambda tx: [store_jobs.new_job(tx, svc.CreateJobRequest(type="B")) for _ in range(30)]
+            )
+            got = await s.events(50)
+            assert [e.revision for e in got] == list(range(start + 1, start + 51))
+            resumed = await _all_events(stub, start + 1, made[-1].revision)
+            assert [e.job.id for e in resumed] == [j.id for j in made]
+            assert app.hub._fill_task is None and not app.hub._pending
+            assert app.hub.known == app.hub.revision == made[-1].revision
+            await s.close()
+    finally:
+        await app.stop(None)

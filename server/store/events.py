@@ -7,7 +7,7 @@ from typing import Sequence
 
 import peewee
 
-from .jobs import compact_revision
+from .jobs import compact_revision, current_revision
 from .models import models_for
 from .writer import PendingEvent, WriteTx
 
@@ -54,6 +54,12 @@ def read_events(
         rows = db.execute_sql(sql, args).fetchall()
         compacted = compact_revision(db)
     return [_row(r) for r in rows], compacted
+
+
+def committed_revision(db: peewee.Database, project: str) -> int:
+    """The newest revision committed to the database, by any process (the
+    watch hub's log tail polls it)."""
+    return current_revision(db)
 
 
 def recent_events(db: peewee.Database, project: str, n: int) -> list[PendingEvent]:
