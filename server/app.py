@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import gc
 import logging
+import os
 import signal
 from dataclasses import dataclass, field
 from typing import Callable
@@ -17,11 +19,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from mediajobs.v1 import job_service_pb2, media_service_pb2, media_service_pb2_grpc, worker_service_pb2, worker_service_pb2_grpc
+from mediajobs.v1 import job_service_pb2, media_service_pb2, worker_service_pb2
 
-from .config import Config
+from .admission import Admission
+from .config import Config, version
 from .convert import now_us
 from .dispatch import Dispatcher
+from .errors import ServiceError
 from .registration import add_service
 from .services.jobs import JobService
 from .services.media import MediaService
@@ -30,7 +34,9 @@ from .store import Store
 from .store import events as store_events
 from .store import jobs as store_jobs
 from .store import leases as store_leases
-from .watch import BUFFER_SIZE, WatchHub
+from .store.db import DatabaseUrlError, durability_summary, is_postgres
+from .store.failures import DatabaseFailure, classify
+from .watch import BUFFER_SIZE, WatchHub, tail_log
 
 log = logging.getLogger("mediajobs.server")
 
@@ -40,6 +46,17 @@ SERVICE_NAMES = [
     media_service_pb2.DESCRIPTOR.services_by_name["MediaService"].full_name,
 ]
 
+# How often the database is probed with a tiny write (health follows it),
+# while it serves and while it does not; and how long a probe may take.
+PROBE_INTERVAL_S = 0.5
+PROBE_INTERVAL_FAILING_S = 0.2
+PROBE_TIMEOUT_S = 2.0
+
+
+class StartupError(Exception):
+    """The server cannot start; the message is one line that says what to fix."""
+
+
 SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
     ("grpc.keepalive_time_ms", 60_000),
@@ -48,6 +65,22 @@ SERVER_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.so_reuseport", 0),
 ]
+
+
+def pending_call_options(cfg: Config) -> list[tuple[str, int]]:
+    """gRPC core's limits on calls that have arrived but that the event loop
+    has not picked up yet. Past them core cancels new calls with a bare
+    CANCELLED (no status details) before any handler runs: with its default
+    of 1,000, a burst of 2,000 calls, or thousands of watch streams
+    re-opening after a restart, lost 5-10 % of calls that way (measured). The
+    server's own limits refuse calls properly instead (RESOURCE_EXHAUSTED
+    with an ErrorInfo), so core must queue at least as many as they admit.
+    A queued call costs about 16 KiB."""
+    admitted = cfg.max_concurrent_rpcs + cfg.max_watch_streams + cfg.max_parked_acquires
+    return [
+        ("grpc.server.max_pending_requests", admitted),
+        ("grpc.server.max_pending_requests_hard_limit", admitted + admitted // 2),
+    ]
 
 
 @dataclass
@@ -61,22 +94,89 @@ class App:
     hub: WatchHub
     dispatcher: Dispatcher
     health: health.aio.HealthServicer
+    admission: Admission
+    worker_service: WorkerService
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    draining: bool = False
+    # Whether health says SERVING (the database takes writes).
+    serving: bool = False
+    _db_changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def start(self) -> None:
         await self.server.start()
+        loop = asyncio.get_running_loop()
+        # The writer thread reports when writes stop or start working; the
+        # database watcher turns that into health at once.
+
+        def db_changed(failure: DatabaseFailure | None) -> None:
+            loop.call_soon_threadsafe(self._db_changed.set)
+
+        self.store.health_listeners.append(db_changed)
         self.tasks.append(asyncio.create_task(self._sweep_forever(), name="mediajobs-sweeper"))
         self.tasks.append(asyncio.create_task(self._recover_leases_forever(), name="mediajobs-lease-sweeper"))
+        # Other servers on the same PostgreSQL: their changes reach this
+        # server's watchers from the log (returns at once on SQLite).
+        self.tasks.append(asyncio.create_task(tail_log(self.hub), name="mediajobs-log-tail"))
+        await self._set_serving(True)
+        self.tasks.append(asyncio.create_task(self._watch_database_forever(), name="mediajobs-db-health"))
+        log.info("mediajobs listening on port %d (db %s)", self.port, self.store.display_url)
+
+    async def _set_serving(self, serving: bool) -> None:
+        if self.draining:
+            return
+        self.serving = serving
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in SERVICE_NAMES + [""]:
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("mediajobs listening on port %d (db %s)", self.port, self.store.url)
+            await self.health.set(name, status)
+
+    async def probe_database(self) -> DatabaseFailure | None:
+        """One tiny write through the writer: None if it committed."""
+        try:
+            await asyncio.wait_for(self.store.write(store_jobs.probe, bounded=False), PROBE_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            return DatabaseFailure(ServiceError(
+                grpc.StatusCode.UNAVAILABLE, "DATABASE_UNAVAILABLE",
+                f"the database did not answer within {PROBE_TIMEOUT_S:g} s"), reconnect=False)
+        except ServiceError as e:
+            return DatabaseFailure(e, reconnect=False)
+        except Exception as e:  # noqa: BLE001
+            return classify(e) or DatabaseFailure(ServiceError(
+                grpc.StatusCode.UNAVAILABLE, "DATABASE_UNAVAILABLE", str(e)[:200]), reconnect=False)
+        return None
+
+    async def _watch_database_forever(self) -> None:
+        """Health follows the database: NOT_SERVING as soon as writes fail
+        (disk full, read-only, connection lost), SERVING again as soon as a
+        probe write commits. Probes run every PROBE_INTERVAL_S, faster while
+        failing."""
+        while True:
+            interval = PROBE_INTERVAL_S if self.serving else PROBE_INTERVAL_FAILING_S
+            try:
+                await asyncio.wait_for(self._db_changed.wait(), interval)
+            except asyncio.TimeoutError:
+                pass
+            self._db_changed.clear()
+            if self.draining:
+                return
+            failure = self.store.failure
+            if failure is None or not self.serving:
+                failure = await self.probe_database()
+            if (failure is None) != self.serving:
+                if failure is None:
+                    log.warning("database serves writes again: health SERVING")
+                else:
+                    log.warning("database cannot take writes (%s: %s): health NOT_SERVING",
+                                failure.error.reason, failure.error.message)
+                await self._set_serving(failure is None)
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: health NOT_SERVING, let calls finish, stop sweeps, close the store."""
+        self.draining = True
         await self.health.enter_graceful_shutdown()
         self.hub.close()  # watch streams end at once with UNAVAILABLE; unary calls get `grace`
         self.dispatcher.close()  # waiting AcquireJobs calls return (empty) at once
         await self.server.stop(grace)
+        await self.worker_service.give_backs_done()  # jobs whose AcquireJobs reply was lost go back first
         for t in self.tasks:
             t.cancel()
         for t in self.tasks:
@@ -93,15 +193,15 @@ class App:
         ttl_us = int(self.cfg.request_id_ttl_s * 1_000_000)
         more = True
         while more:  # bounded steps, so other writes interleave
-            rev, more = await self.store.write(lambda tx: store_events.compact(tx, now - retention_us))
+            rev, more = await self.store.write(lambda tx: store_events.compact(tx, now - retention_us), bounded=False)
             self.hub.set_compact_revision(rev)
-        await self.store.write(lambda tx: store_jobs.expire_request_ids(tx, now - ttl_us))
+        await self.store.write(lambda tx: store_jobs.expire_request_ids(tx, now - ttl_us), bounded=False)
 
     async def recover_leases_once(self) -> store_leases.Recovered:
         """Recover every job whose lease expired (the server's own cleanExclusiveJobs)."""
         total = store_leases.Recovered([], [], [])
         while True:
-            out = await self.store.write(store_leases.recover_expired)
+            out = await self.store.write(store_leases.recover_expired, bounded=False)
             total.retried += out.retried
             total.failed += out.failed
             total.aborted += out.aborted
@@ -113,22 +213,47 @@ class App:
             await asyncio.sleep(self.cfg.lease_sweep_interval_s)
             try:
                 await self.recover_leases_once()
-            except Exception:
-                log.exception("lease recovery failed")
+            except Exception as e:
+                _log_background_failure("lease recovery", e)
 
     async def _sweep_forever(self) -> None:
         while True:
             await asyncio.sleep(self.cfg.sweep_interval_s)
             try:
                 await self.sweep_once()
-            except Exception:  # keep sweeping; the next round may succeed
-                log.exception("sweep failed")
+            except Exception as e:  # keep sweeping; the next round may succeed
+                _log_background_failure("retention sweep", e)
+
+
+def _log_background_failure(what: str, e: Exception) -> None:
+    if isinstance(e, ServiceError):  # the database cannot serve: health says so already
+        log.warning("%s skipped: %s", what, e.message)
+    else:
+        log.exception("%s failed", what)
+
+
+def open_store(cfg: Config, clock: Callable[[], int] = now_us) -> Store:
+    """Open (and create) the database, or raise StartupError saying why not."""
+    url = cfg.db_url()
+    try:
+        store = Store(url, project=cfg.project, clock=clock, durability=cfg.durability,
+                      max_write_queue=cfg.max_write_queue)
+    except DatabaseUrlError as e:
+        raise StartupError(f"--db: {e}") from None
+    try:
+        return store.open()
+    except Exception as e:  # noqa: BLE001 - any way the database cannot be opened
+        store.close()
+        cause = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        hint = ("is the database server running and reachable, and does the database exist?"
+                if is_postgres(store.db) else "is the folder writable and the file a mediajobs database?")
+        raise StartupError(f"--db: cannot open {store.display_url}: {cause}; {hint}") from None
 
 
 async def build_server(cfg: Config, clock: Callable[[], int] = now_us) -> App:
     """Open the store and assemble the server on cfg.listen (port 0 = any free port).
     Must be awaited inside the event loop the server will run on."""
-    store = Store(cfg.db_url(), project=cfg.project, clock=clock).open()
+    store = open_store(cfg, clock)
     rev = store.read_sync(lambda db, p: store_jobs.current_revision(db))
     compact = store.read_sync(lambda db, p: store_jobs.compact_revision(db))
     hub = WatchHub(store, rev, compact)
@@ -137,13 +262,20 @@ async def build_server(cfg: Config, clock: Callable[[], int] = now_us) -> App:
     dispatcher = Dispatcher(clock)
     hub.listeners.append(dispatcher.on_publish)
     storage_root = cfg.storage_dir()
-    storage_root.mkdir(parents=True, exist_ok=True)
+    try:
+        storage_root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        store.close()
+        raise StartupError(f"--storage-root: cannot create {storage_root}: {e.strerror}") from None
+    admission = Admission(cfg.max_concurrent_rpcs, cfg.max_watch_streams, cfg.max_parked_acquires)
 
-    server = grpc.aio.server(options=SERVER_OPTIONS)
-    add_service(server, job_service_pb2.DESCRIPTOR.services_by_name["JobService"], JobService(store, hub),
+    server = grpc.aio.server(options=SERVER_OPTIONS + pending_call_options(cfg))
+    add_service(server, job_service_pb2.DESCRIPTOR.services_by_name["JobService"], JobService(store, hub, admission),
                 passthrough=["WatchJobs"])
-    worker_service_pb2_grpc.add_WorkerServiceServicer_to_server(WorkerService(store, dispatcher, storage_root), server)
-    media_service_pb2_grpc.add_MediaServiceServicer_to_server(MediaService(store, storage_root), server)
+    worker_service = WorkerService(store, dispatcher, storage_root, admission)
+    add_service(server, worker_service_pb2.DESCRIPTOR.services_by_name["WorkerService"], worker_service)
+    add_service(server, media_service_pb2.DESCRIPTOR.services_by_name["MediaService"],
+                MediaService(store, storage_root, admission))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -155,24 +287,99 @@ async def build_server(cfg: Config, clock: Callable[[], int] = now_us) -> App:
         port = 0
     if port == 0:
         store.close()
-        raise OSError(f"cannot listen on {cfg.listen}: the address is in use or invalid; pick another with --listen HOST:PORT")
-    return App(cfg, server, port, store, hub, dispatcher, health_servicer)
+        raise StartupError(f"--listen: cannot listen on {cfg.listen}: the address is in use or not this machine's; "
+                           "pick another with --listen HOST:PORT")
+    return App(cfg, server, port, store, hub, dispatcher, health_servicer, admission, worker_service)
+
+
+# Garbage collection while serving. Start-up objects never die: they are
+# frozen out of every collection. The young generation is collected every
+# GC_GEN0_THRESHOLD allocations instead of 700: with thousands of open watch
+# streams each collection is long, and fewer of them keep watch p99 down
+# (measured by scripts/bench_watch.py). The threshold is bounded so garbage in
+# reference cycles (a refused request's traceback holds the request) is still
+# freed soon; scripts/bench_memory.py measures what refused requests leave.
+GC_GEN0_THRESHOLD = 10_000
+# Allocations of at least this size get their own mapping from glibc and go
+# back to the system when freed. By default glibc raises this threshold to
+# the largest block freed so far (up to 32 MiB), after which large request
+# buffers live in the heap, where freed memory stays with the process
+# (measured: +110 MiB after 30 refused 5 MiB requests, +6 MiB with this).
+MMAP_THRESHOLD_BYTES = 256 * 1024
+
+
+# Many large requests at once are received in gRPC's smaller buffers, which
+# leave free memory scattered through glibc's heaps; when the server's
+# resident size has grown this much since the last look, free pages are given
+# back (malloc_trim). Measured: 30 concurrent refused 5 MiB requests left
+# +74 MiB before, a few MiB after.
+TRIM_GROWTH_BYTES = 32 * 1024 * 1024
+TRIM_CHECK_INTERVAL_S = 2.0
+
+
+def _libc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt  # noqa: B018 - glibc only
+        libc.malloc_trim  # noqa: B018
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+def tune_allocator() -> None:
+    """Fix glibc's mmap threshold (no-op where there is no glibc)."""
+    libc = _libc()
+    if libc is not None:
+        m_mmap_threshold = -3  # from malloc.h
+        libc.mallopt(m_mmap_threshold, MMAP_THRESHOLD_BYTES)
+
+
+def resident_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * PAGE_SIZE
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+async def trim_memory_forever() -> None:
+    """Give free heap pages back to the system after bursts of large
+    requests (see TRIM_GROWTH_BYTES)."""
+    libc = _libc()
+    if libc is None or not resident_bytes():
+        return
+    floor = resident_bytes()
+    while True:
+        await asyncio.sleep(TRIM_CHECK_INTERVAL_S)
+        rss = resident_bytes()
+        if rss - floor >= TRIM_GROWTH_BYTES:
+            await asyncio.to_thread(libc.malloc_trim, 0)
+            floor = resident_bytes()
+        else:
+            floor = min(floor, rss)
 
 
 async def serve(cfg: Config) -> None:
+    tune_allocator()
     app = await build_server(cfg)
     await app.start()
-    # Start-up objects never die: keep them out of every collection, and
-    # collect the young generation less often (thousands of open watch
-    # streams make each collection long; fewer, batched ones keep p99 down).
     gc.collect()
     gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
+    gc.set_threshold(GC_GEN0_THRESHOLD, 20, 100)
+    app.tasks.append(asyncio.create_task(trim_memory_forever(), name="mediajobs-trim-memory"))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    print(f"mediajobs-server listening on {cfg.listen.rsplit(':', 1)[0]}:{app.port} (database: {app.store.url})",
+    log.info("mediajobs %s: durability %s", version(), durability_summary(cfg.durability, is_postgres(app.store.db)))
+    print(f"mediajobs-server {version()} listening on {cfg.listen.rsplit(':', 1)[0]}:{app.port}\n"
+          f"  database:     {app.store.display_url}\n"
+          f"  durability:   {durability_summary(cfg.durability, is_postgres(app.store.db))}\n"
+          f"  storage root: {cfg.storage_dir()}",
           flush=True)
     await stop.wait()
     log.info("draining (grace %.1fs)", cfg.shutdown_grace_s)

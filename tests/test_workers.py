@@ -251,7 +251,7 @@ async def test_expiry_uses_up_attempts_then_fails(stubs, clock, wapp: App):
     assert "attempt 2 of 2" in job.error.message
 
 
-async def test_release_with_and_without_reset(stubs):
+async def test_release_with_and_without_reset(stubs, clock):
     jobs, workers = stubs
     j = await jobs.CreateJob(svc.CreateJobRequest(type="T"))
     lj = (await acquire(workers)).jobs[0]
@@ -259,12 +259,41 @@ async def test_release_with_and_without_reset(stubs):
         await workers.ReleaseJob(wsvc.ReleaseJobRequest(job_id=j.id, lease_token=lj.lease_token, job_type="OTHER"))
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     back = await workers.ReleaseJob(wsvc.ReleaseJobRequest(job_id=j.id, lease_token=lj.lease_token, job_type="T"))
-    assert back.state == Job.PENDING and back.attempt_count == 1
+    # A graceful release gives the attempt back.
+    assert back.state == Job.PENDING and back.attempt_count == 0
+    lj = (await acquire(workers)).jobs[0]
+    assert lj.job.attempt_count == 1
+    await workers.FailJob(wsvc.FailJobRequest(job_id=j.id, lease_token=lj.lease_token, retryable=True,
+                                              error=status_pb2.Status(message="flaky")))
+    clock.advance(600)  # past the retry backoff
     lj = (await acquire(workers)).jobs[0]
     assert lj.job.attempt_count == 2
     back = await workers.ReleaseJob(wsvc.ReleaseJobRequest(job_id=j.id, lease_token=lj.lease_token,
                                                            reset_execution_attempts=True))
     assert back.attempt_count == 0
+
+
+async def test_releases_never_push_attempt_count_past_max_attempts(stubs, clock):
+    """Leasing and releasing without a reset, many times over: the job stays
+    leasable and attempt_count stays within max_attempts (the soak that once
+    leased jobs 312 times past their limit)."""
+    jobs, workers = stubs
+    j = await jobs.CreateJob(svc.CreateJobRequest(type="T", max_attempts=2))
+    seen = []
+    for _ in range(10):
+        lj = (await acquire(workers)).jobs[0]
+        seen.append(lj.job.attempt_count)
+        back = await workers.ReleaseJob(wsvc.ReleaseJobRequest(job_id=j.id, lease_token=lj.lease_token))
+        seen.append(back.attempt_count)
+    assert max(seen) <= 2 and seen[-2:] == [1, 0]
+    # Two real failures use the two attempts up: the second is final.
+    for attempt in (1, 2):
+        lj = (await acquire(workers)).jobs[0]
+        assert lj.job.attempt_count == attempt
+        out = await workers.FailJob(wsvc.FailJobRequest(job_id=j.id, lease_token=lj.lease_token, retryable=True,
+                                                        error=status_pb2.Status(message="boom")))
+        clock.advance(600)
+    assert out.state == Job.FAILED and out.attempt_count == 2 == out.max_attempts
 
 
 async def test_complete_jobs_in_batches_reports_each_item(stubs):

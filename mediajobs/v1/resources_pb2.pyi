@@ -178,7 +178,11 @@ class Job(_message.Message):
     progress_message: _builtins.str
     """Output only. Last progress message a worker reported."""
     attempt_count: _builtins.int
-    """Output only. How many times a worker has leased this job."""
+    """Output only. How many attempts the job has used: a lease counts once it
+    ends by completion, failure or expiry, or while it runs. A lease given
+    back with ReleaseJob, or whose AcquireJobs reply never reached its
+    worker, does not count. Never more than `max_attempts`.
+    """
     max_attempts: _builtins.int
     """Output only. How many leases the job may use before it fails (default 3)."""
     revision: _builtins.int

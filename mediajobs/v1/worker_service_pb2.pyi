@@ -385,7 +385,7 @@ class ReleaseJobRequest(_message.Message):
     """Optional. When set, must equal the job's type (Kaltura `jobType`)."""
     reset_execution_attempts: _builtins.bool
     """Optional. Reset the job's attempt count to 0 (Kaltura
-    `resetExecutionAttempts`).
+    `resetExecutionAttempts`): the job gets all of `max_attempts` again.
     """
     def __init__(
         self,

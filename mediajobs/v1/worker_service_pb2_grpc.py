@@ -128,7 +128,11 @@ class WorkerServiceServicer:
 
     def ReleaseJob(self, request, context):
         """Gives a leased job back to the queue (Kaltura `freeExclusiveJob`),
-        optionally resetting its attempt count. An ABORTING job becomes ABORTED.
+        optionally resetting its attempt count. A graceful release does not use
+        up an attempt: the lease that is given back is taken off
+        `attempt_count`, so `attempt_count` never exceeds `max_attempts` and
+        counts only attempts that ended by success, failure or an expired lease.
+        An ABORTING job becomes ABORTED.
         Errors: ABORTED (LEASE_LOST), NOT_FOUND, INVALID_ARGUMENT (job_type
         given and different from the job's).
         """

@@ -67,7 +67,11 @@ class WorkerServiceStub:
     """
     ReleaseJob: _grpc.UnaryUnaryMultiCallable[_worker_service_pb2.ReleaseJobRequest, _resources_pb2.Job]
     """Gives a leased job back to the queue (Kaltura `freeExclusiveJob`),
-    optionally resetting its attempt count. An ABORTING job becomes ABORTED.
+    optionally resetting its attempt count. A graceful release does not use
+    up an attempt: the lease that is given back is taken off
+    `attempt_count`, so `attempt_count` never exceeds `max_attempts` and
+    counts only attempts that ended by success, failure or an expired lease.
+    An ABORTING job becomes ABORTED.
     Errors: ABORTED (LEASE_LOST), NOT_FOUND, INVALID_ARGUMENT (job_type
     given and different from the job's).
     """
@@ -117,7 +121,11 @@ class WorkerServiceAsyncStub(WorkerServiceStub):
     """
     ReleaseJob: _aio.UnaryUnaryMultiCallable[_worker_service_pb2.ReleaseJobRequest, _resources_pb2.Job]  # type: ignore[assignment]
     """Gives a leased job back to the queue (Kaltura `freeExclusiveJob`),
-    optionally resetting its attempt count. An ABORTING job becomes ABORTED.
+    optionally resetting its attempt count. A graceful release does not use
+    up an attempt: the lease that is given back is taken off
+    `attempt_count`, so `attempt_count` never exceeds `max_attempts` and
+    counts only attempts that ended by success, failure or an expired lease.
+    An ABORTING job becomes ABORTED.
     Errors: ABORTED (LEASE_LOST), NOT_FOUND, INVALID_ARGUMENT (job_type
     given and different from the job's).
     """
@@ -200,7 +208,11 @@ class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_resources_pb2.Job, _abc.Awaitable[_resources_pb2.Job]]:
         """Gives a leased job back to the queue (Kaltura `freeExclusiveJob`),
-        optionally resetting its attempt count. An ABORTING job becomes ABORTED.
+        optionally resetting its attempt count. A graceful release does not use
+        up an attempt: the lease that is given back is taken off
+        `attempt_count`, so `attempt_count` never exceeds `max_attempts` and
+        counts only attempts that ended by success, failure or an expired lease.
+        An ABORTING job becomes ABORTED.
         Errors: ABORTED (LEASE_LOST), NOT_FOUND, INVALID_ARGUMENT (job_type
         given and different from the job's).
         """

@@ -10,7 +10,9 @@ from mediajobs.v1 import job_service_pb2 as svc
 from mediajobs.v1 import job_service_pb2_grpc as svc_grpc
 from mediajobs.v1 import resources_pb2 as res
 
-from ..errors import ServiceError, handle_errors, invalid_argument
+from ..admission import Admission, unlimited
+from .. import payloads
+from ..errors import ServiceError, clip, handle_errors, invalid_argument
 from ..store import Store
 from ..store import jobs as store_jobs
 from ..store import templates as store_templates
@@ -19,8 +21,6 @@ from ..watch import Watcher, WatchHub, frame_progress
 Job = res.Job
 TYPE_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 ID_RE = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
-MAX_METADATA = 64
-MAX_PARAMS_BYTES = 1 << 20
 MAX_DELETE = 1000
 MAX_BATCH_CREATE = 1000
 MAX_SNAPSHOT = 10_000
@@ -34,7 +34,7 @@ def check_ulid(value: str, field: str, noun: str) -> None:
     if not ID_RE.match(value.upper()):
         article = "an" if noun[0] in "aeiou" else "a"
         raise invalid_argument(
-            [(field, f"{value!r} is not {article} {noun} id (a 26-character ULID such as 01HA255YE6H6DEETJ5M6595ZDA)")]
+            [(field, f"{clip(value)} is not {article} {noun} id (a 26-character ULID such as 01HA255YE6H6DEETJ5M6595ZDA)")]
         )
 
 
@@ -53,26 +53,22 @@ def _check_request_id(rid: str) -> None:
 
 
 def validate_create(req: svc.CreateJobRequest) -> None:
+    """What CreateJob (and each item of BatchCreateJobs) checks before the
+    store; metadata and params go through server/payloads.py."""
     v: list[tuple[str, str]] = []
     if not req.type:
         v.append(("type", "required: a job type such as TRANSCODE (see ListJobTypes) or a custom one"))
     elif not TYPE_RE.match(req.type):
-        v.append(("type", f"{req.type!r} is not a job type: use 1-64 letters, digits, '_', '-' or '.'"))
+        v.append(("type", f"{clip(req.type)} is not a job type: use 1-64 letters, digits, '_', '-' or '.'"))
     if req.priority not in Job.Priority.values():
         v.append(("priority", f"unknown priority {req.priority}; use LOWEST, LOW, MEDIUM, HIGH or HIGHEST"))
-    if len(req.metadata) > MAX_METADATA:
-        v.append(("metadata", f"at most {MAX_METADATA} entries, got {len(req.metadata)}"))
-    for k, val in req.metadata.items():
-        if not k or len(k) > 128:
-            v.append((f"metadata[{k!r}]", "keys must be 1-128 characters"))
-        if len(val) > 4096:
-            v.append((f"metadata[{k!r}]", "values must be at most 4096 characters"))
-    if req.HasField("params") and req.params.ByteSize() > MAX_PARAMS_BYTES:
-        v.append(("params", f"at most {MAX_PARAMS_BYTES} bytes serialized"))
+    v += payloads.metadata_violations(req.metadata)
+    if req.HasField("params"):
+        v += payloads.struct_violations(req.params, "params", payloads.MAX_PARAMS_BYTES)
     if len(req.creator) > 128:
         v.append(("creator", "at most 128 characters"))
     if req.template_id and not store_templates.ID_RE.match(req.template_id):
-        v.append(("template_id", f"{req.template_id!r} is not a template id (see MediaService.ListJobTemplates)"))
+        v.append(("template_id", f"{clip(req.template_id)} is not a template id (see MediaService.ListJobTemplates)"))
     if not 0 <= req.max_attempts <= 100:
         v.append(("max_attempts", "must be between 1 and 100 (0 means the default of 3)"))
     if v:
@@ -80,10 +76,19 @@ def validate_create(req: svc.CreateJobRequest) -> None:
     _check_request_id(req.request_id)
 
 
+def _batch_reply_too_large(count: int, reply_bytes: int, limit: int) -> ServiceError:
+    return invalid_argument([(
+        "requests",
+        f"the {count} jobs would make a reply of about {reply_bytes} bytes; at most {limit} so that a client "
+        f"with gRPC's default 4 MiB receive limit can read it: send fewer (or smaller) jobs per call",
+    )])
+
+
 class JobService(svc_grpc.JobServiceServicer):
-    def __init__(self, store: Store, hub: WatchHub) -> None:
+    def __init__(self, store: Store, hub: WatchHub, admission: Admission | None = None) -> None:
         self.store = store
         self.hub = hub
+        self.admission = admission or unlimited()
 
     @handle_errors
     async def CreateJob(self, request: svc.CreateJobRequest, context: grpc.aio.ServicerContext) -> Job:
@@ -109,11 +114,22 @@ class JobService(svc_grpc.JobServiceServicer):
                 violations += [(f"requests[{i}].{f}", d) for f, d in e.violations]
         if violations:
             raise invalid_argument(violations)
+        # The reply echoes every job: refuse a batch whose reply a client with
+        # gRPC's default 4 MiB limit could not read.
+        reply_bytes = sum(r.ByteSize() + payloads.JOB_CREATED_FIELDS_BYTES for r in reqs)
+        if reply_bytes > payloads.MESSAGE_BUDGET_BYTES:
+            raise _batch_reply_too_large(len(reqs), reply_bytes, payloads.MESSAGE_BUDGET_BYTES)
 
         def create_all(tx):  # type: ignore[no-untyped-def]
-            return [
+            jobs = [
                 store_jobs.idempotent(tx, "CreateJob", r, Job, lambda t, r=r: store_jobs.new_job(t, r)) for r in reqs
             ]
+            # Templates add params.outputs: measure the real reply as well
+            # (raising here rolls the whole batch back).
+            size = sum(j.ByteSize() + payloads.ITEM_FRAMING_BYTES for j in jobs)
+            if size > payloads.MAX_REPLY_BYTES:
+                raise _batch_reply_too_large(len(reqs), size, payloads.MAX_REPLY_BYTES)
+            return jobs
 
         return svc.BatchCreateJobsResponse(jobs=await self.store.write(create_all))
 
@@ -136,7 +152,7 @@ class JobService(svc_grpc.JobServiceServicer):
             raise invalid_argument([("update_mask", "required: name the fields to change, e.g. `priority`")])
         bad = [p for p in paths if p != "priority"]
         if bad:
-            raise invalid_argument([("update_mask", f"{bad[0]!r} cannot be updated; only `priority` can")])
+            raise invalid_argument([("update_mask", f"{clip(bad[0])} cannot be updated; only `priority` can")])
         if request.job.priority == Job.PRIORITY_UNSPECIFIED:
             raise invalid_argument([("job.priority", "required with update_mask `priority`: LOWEST..HIGHEST")])
         _check_priority(request.job.priority, "job.priority")
@@ -147,8 +163,7 @@ class JobService(svc_grpc.JobServiceServicer):
     async def AbortJob(self, request: svc.AbortJobRequest, context: grpc.aio.ServicerContext) -> Job:
         _check_job_id(request.id)
         _check_request_id(request.request_id)
-        if len(request.reason) > 1024:
-            raise invalid_argument([("reason", "at most 1024 characters")])
+        payloads.refuse(payloads.text_violations(request.reason, "reason", payloads.MAX_ABORT_REASON_CHARS))
         return await self.store.write(
             lambda tx: store_jobs.idempotent(
                 tx, "AbortJob", request, Job,
@@ -213,7 +228,7 @@ class JobService(svc_grpc.JobServiceServicer):
                 v.append(("states", f"unknown state {s}"))
         for i, job_id in enumerate(request.job_ids):
             if not ID_RE.match(job_id.upper()):
-                v.append((f"job_ids[{i}]", f"{job_id!r} is not a job id"))
+                v.append((f"job_ids[{i}]", f"{clip(job_id)} is not a job id"))
         interval = 10.0
         if request.HasField("progress_interval"):
             interval = request.progress_interval.ToMicroseconds() / 1e6
@@ -226,14 +241,18 @@ class JobService(svc_grpc.JobServiceServicer):
         start = request.start_revision
         if start and start <= hub.compact_revision:
             raise hub.compacted_error(start)
-        if start > hub.revision + 1:
-            raise ServiceError(
-                grpc.StatusCode.OUT_OF_RANGE,
-                "REVISION_IN_FUTURE",
-                f"start_revision {start} is beyond the store's current revision {hub.revision}; "
-                f"the database may have been reset or restored: re-list with ListJobs and watch from its revision + 1",
-                metadata={"current_revision": str(hub.revision), "start_revision": str(start)},
-            )
+        if start > hub.known + 1:
+            # Another server on the same database may have committed it:
+            # ask the database (the hub then reads up to there from the log).
+            current = await hub.read_revision()
+            if start > current + 1:
+                raise ServiceError(
+                    grpc.StatusCode.OUT_OF_RANGE,
+                    "REVISION_IN_FUTURE",
+                    f"start_revision {start} is beyond the store's current revision {current}; "
+                    f"the database may have been reset or restored: re-list with ListJobs and watch from its revision + 1",
+                    metadata={"current_revision": str(current), "start_revision": str(start)},
+                )
         w = Watcher(
             job_ids=frozenset(request.job_ids),
             types=frozenset(request.types),
@@ -241,6 +260,7 @@ class JobService(svc_grpc.JobServiceServicer):
             next_rev=start or hub.revision + 1,
             synced=not start,
         )
+        self.admission.open_watch()  # RESOURCE_EXHAUSTED past --max-watch-streams
         hub.register(w)
         try:
             if request.send_initial_snapshot:
@@ -253,8 +273,8 @@ class JobService(svc_grpc.JobServiceServicer):
                         f"more than {MAX_SNAPSHOT} jobs match; narrow the filter, or page with ListJobs and "
                         "watch from its revision + 1",
                     )
-                for i in range(0, len(jobs), SNAPSHOT_CHUNK):
-                    chunk = jobs[i : i + SNAPSHOT_CHUNK]
+                # At most SNAPSHOT_CHUNK jobs and MESSAGE_BUDGET_BYTES per message.
+                for chunk in payloads.pack(jobs, Job.ByteSize, SNAPSHOT_CHUNK):
                     yield svc.WatchJobsResponse(
                         revision=max(j.revision for j in chunk),
                         events=[
@@ -275,3 +295,4 @@ class JobService(svc_grpc.JobServiceServicer):
                 yield msg
         finally:
             hub.unregister(w)
+            self.admission.close_watch()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import stat
 from pathlib import Path
+from typing import Any, Callable
 
 import grpc
 from google.protobuf import duration_pb2
@@ -16,7 +17,9 @@ from mediajobs.v1 import worker_service_pb2_grpc as wsvc_grpc
 
 from ..convert import set_ts
 from ..dispatch import Dispatcher
-from ..errors import ServiceError, handle_errors, invalid_argument
+from .. import payloads
+from ..admission import Admission, unlimited
+from ..errors import ServiceError, clip, handle_errors, invalid_argument
 from ..storage import resolve_inside
 from ..store import Store
 from ..store import leases
@@ -29,7 +32,12 @@ MAX_LEASE_S = 600.0
 MAX_WAIT_S = 60.0
 MAX_JOBS = 100
 MAX_COMPLETIONS = 500
+MAX_LOCK_KEY_CHARS = 256
 DEADLINE_MARGIN_S = 0.5
+# Leases are handed out only while at least this much of the caller's
+# deadline is left: a reply sent later would likely arrive after the caller
+# gave up, leaving the jobs leased to nobody until the lease ran out.
+REPLY_MARGIN_S = 0.05
 
 
 def _seconds(d: duration_pb2.Duration) -> float:
@@ -60,12 +68,38 @@ def _check_token(token: str) -> None:
         raise invalid_argument([("lease_token", "not a lease token (at most 64 characters)")])
 
 
+def _completions_reply(outcomes: list[Job | ServiceError]) -> wsvc.CompleteJobsResponse:
+    """One result per completion. Jobs come without params, metadata and
+    progress_details (payloads.COMPLETION_OMITS: the worker has them, GetJob
+    returns them), so the reply holds little more than the results the
+    worker just sent. Should it still pass payloads.MAX_REPLY_BYTES (hundreds
+    of large results), every job comes as payloads.summary_view (id, type,
+    state, counters, times): the completions happened either way."""
+
+    def reply(view: Callable[[Job], Job]) -> wsvc.CompleteJobsResponse:
+        resp = wsvc.CompleteJobsResponse()
+        for out in outcomes:
+            if isinstance(out, ServiceError):
+                resp.results.add(error=out.to_status())
+            else:
+                resp.results.add(job=view(out))
+        return resp
+
+    resp = reply(payloads.completion_view)
+    if resp.ByteSize() > payloads.MAX_REPLY_BYTES:
+        resp = reply(payloads.summary_view)
+    return resp
+
+
 class WorkerService(wsvc_grpc.WorkerServiceServicer):
-    def __init__(self, store: Store, dispatcher: Dispatcher, storage_root: Path) -> None:
+    def __init__(
+        self, store: Store, dispatcher: Dispatcher, storage_root: Path, admission: Admission | None = None
+    ) -> None:
+        self.admission = admission or unlimited()
         self.store = store
         self.dispatcher = dispatcher
         self.storage_root = storage_root
-        self._background: set[asyncio.Future[None]] = set()
+        self._background: set[asyncio.Future[Any]] = set()
 
     @handle_errors
     async def AcquireJobs(self, request: wsvc.AcquireJobsRequest, context: grpc.aio.ServicerContext) -> wsvc.AcquireJobsResponse:
@@ -75,13 +109,16 @@ class WorkerService(wsvc_grpc.WorkerServiceServicer):
             v.append(("job_types", "required: the job types this worker runs, e.g. TRANSCODE"))
         for i, t in enumerate(types):
             if not TYPE_RE.match(t):
-                v.append((f"job_types[{i}]", f"{t!r} is not a job type"))
+                v.append((f"job_types[{i}]", f"{clip(t)} is not a job type: use 1-64 letters, digits, '_', '-' or '.'"))
         if len(types) > 64:
             v.append(("job_types", "at most 64 types"))
         if not 0 <= request.max_jobs <= MAX_JOBS:
             v.append(("max_jobs", f"must be between 1 and {MAX_JOBS} (0 means 1)"))
         if len(request.identity) > 200:
             v.append(("identity", "at most 200 characters"))
+        for f in ("scheduler_id", "worker_id"):  # stored in Job.lease and in problems
+            if len(getattr(request.lock_key, f)) > MAX_LOCK_KEY_CHARS:
+                v.append((f"lock_key.{f}", f"at most {MAX_LOCK_KEY_CHARS} characters"))
         if v:
             raise invalid_argument(v)
         lease_s = _lease_seconds(request.lease_duration, request.HasField("lease_duration"), "lease_duration")
@@ -108,12 +145,45 @@ class WorkerService(wsvc_grpc.WorkerServiceServicer):
             left = deadline - loop.time()
             if left <= 0:
                 break
-            await self.dispatcher.wait(types, left)
+            self.admission.park()  # RESOURCE_EXHAUSTED past --max-parked-acquires
+            try:
+                await self.dispatcher.wait(types, left)
+            finally:
+                self.admission.unpark()
+        if got:
+            remaining = context.time_remaining()
+            if context.done() or (remaining is not None and remaining < REPLY_MARGIN_S):
+                # The caller is gone, or its deadline passes before the reply
+                # could reach it: the jobs go straight back to PENDING.
+                self._give_back(got)
+                got = []
+            else:
+                # If the call still ends without delivering (deadline or
+                # cancel while the reply is on its way), give them back then.
+                leased = got
+
+                def give_back_unless_delivered(ctx: grpc.aio.ServicerContext) -> None:
+                    if ctx.cancelled():
+                        self._give_back(leased)
+
+                context.add_done_callback(give_back_unless_delivered)  # type: ignore[arg-type]  # stub wants a class
         resp = wsvc.AcquireJobsResponse(lease_duration=_duration(lease_s))
         for item in got:
             lj = resp.jobs.add(job=item.job, lease_token=item.token)
             set_ts(lj.lease_expire_time, item.expire_time)
         return resp
+
+    async def give_backs_done(self) -> None:
+        """Wait until every job given back so far is PENDING again (drain, tests)."""
+        while self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
+
+    def _give_back(self, leased: list[leases.Leased]) -> None:
+        """Unclaim jobs whose AcquireJobs reply never reached the worker (the
+        attempt is not counted), in the background."""
+        task = asyncio.ensure_future(self.store.write(lambda tx: leases.unclaim(tx, leased), bounded=False))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _acquire_once(
         self, types: list[str], max_jobs: int, lease_us: int, lock_key: res.LockKey, identity: str
@@ -124,16 +194,15 @@ class WorkerService(wsvc_grpc.WorkerServiceServicer):
         except asyncio.CancelledError:
             # The caller went away (deadline, cancel) while the leases were
             # being committed: once they are, give the jobs straight back.
+            self._background.add(fut)
+            fut.add_done_callback(self._background.discard)
             fut.add_done_callback(self._unclaim_later)
             raise
 
     def _unclaim_later(self, fut: "asyncio.Future[list[leases.Leased]]") -> None:
         if fut.cancelled() or fut.exception() is not None or not fut.result():
             return
-        leased = fut.result()
-        task = asyncio.ensure_future(self.store.write(lambda tx: leases.unclaim(tx, leased)))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._give_back(fut.result())
 
     @handle_errors
     async def Heartbeat(self, request: wsvc.HeartbeatRequest, context: grpc.aio.ServicerContext) -> wsvc.HeartbeatResponse:
@@ -141,8 +210,10 @@ class WorkerService(wsvc_grpc.WorkerServiceServicer):
         _check_token(request.lease_token)
         if not 0 <= request.progress <= 100:
             raise invalid_argument([("progress", "must be between 0 and 100")])
-        if len(request.message) > 1024:
-            raise invalid_argument([("message", "at most 1024 characters")])
+        v = payloads.text_violations(request.message, "message", payloads.MAX_PROGRESS_MESSAGE_CHARS)
+        if request.HasField("details"):
+            v += payloads.struct_violations(request.details, "details", payloads.MAX_PROGRESS_DETAILS_BYTES)
+        payloads.refuse(v)
         lease_s = 0.0  # the granted length
         if request.HasField("lease_duration") and _seconds(request.lease_duration):
             lease_s = _lease_seconds(request.lease_duration, True, "lease_duration")
@@ -163,6 +234,8 @@ class WorkerService(wsvc_grpc.WorkerServiceServicer):
         _check_job_id(request.job_id, "job_id")
         _check_token(request.lease_token)
         result = request.result if request.HasField("result") else None
+        if result is not None:
+            payloads.refuse(payloads.struct_violations(result, "result", payloads.MAX_RESULT_BYTES))
         return await self.store.write(lambda tx: leases.complete(tx, request.job_id, request.lease_token, result))
 
     @handle_errors
@@ -172,21 +245,19 @@ class WorkerService(wsvc_grpc.WorkerServiceServicer):
             raise invalid_argument([("completions", "required: at least one completion")])
         if len(items) > MAX_COMPLETIONS:
             raise invalid_argument([("completions", f"at most {MAX_COMPLETIONS} per call, got {len(items)}")])
+        violations: list[tuple[str, str]] = []
         for i, c in enumerate(items):
             try:
                 _check_job_id(c.job_id, "job_id")
                 _check_token(c.lease_token)
             except ServiceError as e:
                 raise invalid_argument([(f"completions[{i}].{f}", d) for f, d in e.violations])
+            if c.HasField("result"):
+                violations += payloads.struct_violations(c.result, f"completions[{i}].result", payloads.MAX_RESULT_BYTES)
+        payloads.refuse(violations)
         work = [(c.job_id, c.lease_token, c.result if c.HasField("result") else None) for c in items]
         outcomes = await self.store.write(lambda tx: leases.complete_many(tx, work))
-        resp = wsvc.CompleteJobsResponse()
-        for out in outcomes:
-            if isinstance(out, ServiceError):
-                resp.results.add(error=out.to_status())
-            else:
-                resp.results.add(job=out)
-        return resp
+        return _completions_reply(outcomes)
 
     @handle_errors
     async def FailJob(self, request: wsvc.FailJobRequest, context: grpc.aio.ServicerContext) -> Job:
@@ -194,8 +265,7 @@ class WorkerService(wsvc_grpc.WorkerServiceServicer):
         _check_token(request.lease_token)
         if not request.HasField("error") or not request.error.message:
             raise invalid_argument([("error", "required: a google.rpc.Status with at least a message")])
-        if request.error.ByteSize() > 64 * 1024:
-            raise invalid_argument([("error", "at most 64 KiB serialized")])
+        payloads.refuse(payloads.status_violations(request.error, "error", payloads.MAX_ERROR_BYTES))
         delay_us = 0
         if request.HasField("retry_delay"):
             if _seconds(request.retry_delay) < 0:
