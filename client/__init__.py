@@ -3,7 +3,8 @@
     from mediajobs.client import MediaJobsClient
 
     with MediaJobsClient("127.0.0.1:50051") as client:
-        job = client.create_job("TRANSCODE", priority="HIGH", params={"input": "a.mov"})
+        job = client.create_job("TRANSCODE", priority="HIGH", template_id="mp4-h264-360p",
+                                params={"source": "incoming/a.mov"})
         for msg in client.watch_jobs(job_ids=[job.id], include_progress=False):
             print(msg.revision, msg.events[0].job.state if msg.events else 'progress')
 
@@ -11,10 +12,10 @@
 
     worker = Worker("127.0.0.1:50051", concurrency=8)
 
-    @worker.handler("TRANSCODE")
-    def transcode(ctx):
-        ctx.report_progress(50, "encoding")
-        return {"output": ctx.params["input"] + ".mp4"}
+    @worker.handler("CHECKSUM")
+    def checksum(ctx):
+        ctx.report_progress(50, "hashing")
+        return {"sha256": hashlib.sha256(open(ctx.params["path"], "rb").read()).hexdigest()}
 
     worker.run_sync()  # until SIGTERM/SIGINT
 """

@@ -1,13 +1,14 @@
 """`mediajobs`: the command line of the mediajobs control plane.
 
-    mediajobs jobs create --type TRANSCODE --priority HIGH --meta src=a.mov --params '{"input": "a.mov"}'
+    mediajobs jobs create --type TRANSCODE --template mp4-h264-360p --params '{"source": "incoming/a.mov"}'
     mediajobs jobs list --state PENDING RUNNING --order-by "priority desc"
+    mediajobs jobs wait 01HA255YE6H6DEETJ5M6595ZDA    # until it has finished; exit 0 if it SUCCEEDED
     mediajobs jobs watch --json
     mediajobs worker myhandlers --concurrency 16      # run job handlers from myhandlers.py
-    mediajobs entries add /srv/media/incoming/clip.mov --template mp4-h264-720p   # ingest and follow
+    mediajobs entries add incoming/clip.mov --template mp4-h264-720p   # a path under the storage root
     mediajobs mediainfo 01HA255YE6H6DEETJ5M6595ZDA
     mediajobs templates list
-    mediajobs worker --media --storage-root /srv/media # run the reference media worker
+    mediajobs worker --media                          # the reference media worker, default storage root
 
 Global options (--server, --json) may come before or after the subcommand.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import importlib
+import importlib.metadata
 import importlib.util
 import json
 import logging
@@ -23,6 +25,7 @@ import os
 import pathlib
 import shutil
 import sys
+import threading
 import traceback
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -42,11 +45,36 @@ from .worker import Worker
 
 ENV_SERVER = "MEDIAJOBS_SERVER"
 ENV_STORAGE_ROOT = "MEDIAJOBS_STORAGE_ROOT"
+ENV_DATA_DIR = "MEDIAJOBS_DATA_DIR"
 PRIORITIES = "LOWEST, LOW, MEDIUM, HIGH, HIGHEST"
 STATES = "PENDING, RUNNING, ABORTING, SUCCEEDED, FAILED, ABORTED"
 ENTRY_STATES = "PENDING, PROCESSING, READY, ERROR"
 
 Handler = Callable[[argparse.Namespace, MediaJobsClient], int]
+
+
+def version_text() -> str:
+    """`mediajobs <version>`, as `mediajobs --version` prints it (and
+    `mediajobs-server --version`)."""
+    try:
+        return f"mediajobs {importlib.metadata.version('mediajobs')}"
+    except importlib.metadata.PackageNotFoundError:  # a bare checkout, not installed
+        return "mediajobs unknown"
+
+
+def default_storage_root() -> Path:
+    """The storage root the server uses when it is given none, on this machine
+    and with this environment: $MEDIAJOBS_STORAGE_ROOT, else DATA_DIR/storage
+    with DATA_DIR = $MEDIAJOBS_DATA_DIR, else $XDG_DATA_HOME/mediajobs, else
+    ~/.local/share/mediajobs (server/config.py; tests check they agree)."""
+    root = os.environ.get(ENV_STORAGE_ROOT)
+    if root:
+        return Path(root).expanduser()
+    data_dir = os.environ.get(ENV_DATA_DIR)
+    if not data_dir:
+        base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+        data_dir = str(Path(base) / "mediajobs")
+    return Path(data_dir).expanduser() / "storage"
 
 
 # -- argument types --------------------------------------------------------------
@@ -194,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_FMT,
     )
     _add_globals(ap, sub=False)
+    ap.add_argument("--version", action="version", version=version_text(), help="print the version and exit")
     groups = ap.add_subparsers(dest="group", metavar="COMMAND", required=True)
     jobs = groups.add_parser("jobs", help="create, inspect, change and watch jobs",
                              description="Create, inspect, change and watch jobs.", formatter_class=_FMT)
@@ -204,8 +233,13 @@ def build_parser() -> argparse.ArgumentParser:
         return _leaf(actions, name, handler, help, description)
 
     p = leaf("create", cmd_create, "create a job",
-             "Create a PENDING job and print it. Custom job types are allowed (see `mediajobs jobs types`).")
+             "Create a PENDING job and print it. Custom job types are allowed (see `mediajobs jobs types`).\n\n"
+             "  mediajobs jobs create --type TRANSCODE --template mp4-h264-360p --params '{\"source\": \"incoming/a.mov\"}'\n"
+             "  JOB=$(mediajobs jobs create --type CHECKSUM --params '{\"path\": \"a.mov\"}' -q)   # just the id")
     p.add_argument("--type", required=True, help="job type, e.g. TRANSCODE or a custom type")
+    p.add_argument("--template", default="", metavar="ID",
+                   help="job template whose outputs the server copies into params.outputs "
+                        "(see `mediajobs templates list`)")
     p.add_argument("--priority", type=_priority, metavar="PRIORITY",
                    help=f"one of {PRIORITIES} (default MEDIUM)")
     p.add_argument("--meta", type=_key_value, nargs="+", action="extend", default=[], metavar="KEY=VALUE",
@@ -217,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how many leases the job may use, 1-100 (default 3)")
     p.add_argument("--request-id", default="", metavar="ID",
                    help="idempotency key: repeating the command with the same ID returns the same job")
+    _add_quiet(p, "job")
 
     p = leaf("get", cmd_get, "show one job", "Show one job.")
     p.add_argument("id", help="job id")
@@ -266,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--priority", type=_priority, metavar="PRIORITY",
                    help=f"priority of the new job, one of {PRIORITIES} (default: the old job's)")
     p.add_argument("--request-id", default="", metavar="ID", help="idempotency key")
+    _add_quiet(p, "new job")
 
     p = leaf("delete", cmd_delete, "delete jobs",
              "Delete jobs with their metadata and problems, all or nothing.")
@@ -273,6 +309,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-missing", action="store_true", help="ignore ids that do not exist")
     p.add_argument("--force", action="store_true", help="also delete RUNNING and ABORTING jobs")
     p.add_argument("--request-id", default="", metavar="ID", help="idempotency key")
+
+    p = leaf("wait", cmd_wait, "wait until jobs have finished",
+             "Wait until every job ID has finished (SUCCEEDED, FAILED or ABORTED), then print\n"
+             "them: state, result or error. It follows the jobs on one WatchJobs stream (a\n"
+             "snapshot first, so a job that has already finished ends the wait at once) and\n"
+             "resumes by itself after a lost connection.\n"
+             "Exit status: 0 when every job SUCCEEDED, 1 when one did not (or was deleted, or\n"
+             "--timeout passed first), 2 for usage errors.\n\n"
+             "  mediajobs jobs wait 01HA255YE6H6DEETJ5M6595ZDA --timeout 600\n"
+             "  mediajobs jobs wait $JOB1 $JOB2 --json        # one document: {jobs}")
+    p.add_argument("ids", nargs="+", metavar="ID", help="job ids")
+    p.add_argument("--timeout", type=float, metavar="SECONDS", help="give up after SECONDS (exit 1)")
 
     leaf("types", cmd_types, "list job types", "List built-in job types, then custom types in use.")
 
@@ -319,12 +367,15 @@ Create a media entry from FILE and follow its processing until the entry is
 READY or ERROR: an EXTRACT_MEDIA job probes the source, then one TRANSCODE job
 per output of the template encodes a flavor asset (a rendition).
 
-FILE must be a file under the server's storage root: nothing is uploaded, the
-server reads it where it is. It is sent as a file:// URL of its absolute path
-(a relative FILE is taken from the current directory; symlinks are kept as
-given). The server refuses a file outside its storage root (INVALID_ARGUMENT,
-exit 2; PERMISSION_DENIED through a symlink, exit 1) and a missing one
-(NOT_FOUND, exit 1).
+FILE must be a file under the server's storage root (the server's
+--storage-root, default ~/.local/share/mediajobs/storage): nothing is
+uploaded, the server reads it where it is. A relative FILE is a path
+relative to the storage root (`incoming/clip.mov`), wherever you run the
+command; an absolute FILE is sent as a file:// URL (symlinks kept as given),
+and must lie under the storage root as the server sees it. The server refuses
+a file outside its storage root (INVALID_ARGUMENT, exit 2; PERMISSION_DENIED
+through a symlink, exit 1) and a missing one (NOT_FOUND, exit 1), naming the
+storage root it looked in.
 
 While following, stderr shows a progress bar (on a terminal) or a progress
 line per step and per 10%. The overall progress is the mean over the steps
@@ -336,6 +387,7 @@ With --json, stdout gets one JSON object per line:
   {"entry_id": ID, "state": "PROCESSING", "progress": 42, "step": "TRANSCODE 720p",
    "job_id": ID, "job_state": "RUNNING"}
 and the last line is the final entry ({"id": ID, "state": "READY", "flavor_assets": [...], ...}).
+With -q, nothing but the entry's id is printed (at the end; errors still go to stderr).
 
 Ctrl-C stops following (exit 130); the entry keeps processing on the server.
 Exit status: 0 when the entry is READY (with --no-follow: once it is created),
@@ -343,25 +395,29 @@ Exit status: 0 when the entry is READY (with --no-follow: once it is created),
 usage errors and INVALID_ARGUMENT.
 
 Examples:
-  mediajobs entries add /srv/media/incoming/clip.mov
-  cd /srv/media && mediajobs entries add incoming/clip.mov --name "Launch clip" \\
+  mediajobs entries add incoming/clip.mov
+  mediajobs entries add incoming/clip.mov --name "Launch clip" \\
       --template mp4-h264-720p --tag launch --tag 2024 --reference-id cms-4711
-  mediajobs entries add /srv/media/incoming/clip.mov --json | tail -n 1 | jq .flavor_assets
-  mediajobs entries add /srv/media/incoming/clip.mov --no-follow"""
+  mediajobs entries add /srv/media/incoming/clip.mov     # server started with --storage-root /srv/media
+  ENTRY=$(mediajobs entries add incoming/clip.mov -q)    # just the id, once it is READY
+  mediajobs entries add incoming/clip.mov --json | tail -n 1    # the final entry as JSON
+  mediajobs entries add incoming/clip.mov --no-follow"""
 
 
 def _add_entries_parser(groups: Any) -> None:
     actions = _group(groups, "entries", "add, inspect and delete media entries",
                      "Media entries: a source file under the server's storage root and the flavor assets\n"
                      "(renditions) its processing makes of it.\n\n"
-                     "  mediajobs entries add /srv/media/incoming/clip.mov     # create and follow to READY\n"
+                     "  mediajobs entries add incoming/clip.mov     # create and follow to READY\n"
                      "  mediajobs entries list --state ERROR\n"
                      "  mediajobs entries get 01HA255YE6H6DEETJ5M6595ZDA\n"
                      "  mediajobs entries delete 01HA255YE6H6DEETJ5M6595ZDA")
 
     p = _leaf(actions, "add", cmd_entries_add, "create an entry from a file and follow its processing",
               ENTRIES_ADD_DESCRIPTION)
-    p.add_argument("file", metavar="FILE", help="the source file, under the server's storage root")
+    p.add_argument("file", metavar="FILE",
+                   help="the source file: a path relative to the server's storage root, or an absolute path "
+                        "under it")
     p.add_argument("--name", help="display name (default: FILE's base name)")
     p.add_argument("--template", default="", metavar="ID",
                    help="job template to transcode to (default: the server's, mp4-h264-720p); "
@@ -374,6 +430,7 @@ def _add_entries_parser(groups: Any) -> None:
     p.add_argument("--request-id", default="", metavar="ID",
                    help="idempotency key: repeating the command with the same ID returns the same entry")
     p.add_argument("--no-follow", action="store_true", help="print the created entry and exit at once")
+    _add_quiet(p, "entry")
 
     p = _leaf(actions, "get", cmd_entries_get, "show one entry",
               "Show one entry with its flavor assets.\n\n  mediajobs entries get 01HA255YE6H6DEETJ5M6595ZDA --json")
@@ -500,13 +557,17 @@ run them (at most --concurrency at a time) and report the outcome, until
 SIGTERM or Ctrl-C. Give exactly one of MODULE or --media.
 
 --media runs the reference media worker instead of a MODULE: EXTRACT_MEDIA
-(probe a source, store its media info) and TRANSCODE (encode the flavor assets)
-with the FFmpeg libraries bundled in PyAV. It reads and writes files under
---storage-root, which must be the directory the server uses as its storage
-root (the same path, or the same files mounted elsewhere).
+(probe a source, store its media info) and TRANSCODE (encode the flavor assets
+of entries, and plain TRANSCODE jobs: params.source and params.outputs, or a
+job template) with the FFmpeg libraries bundled in PyAV. It reads and writes
+files under the storage root, which must be the directory the server uses as
+its storage root (the same path, or the same files mounted elsewhere). By
+default it is the server's default on this machine: $MEDIAJOBS_STORAGE_ROOT,
+else $MEDIAJOBS_DATA_DIR/storage, else ~/.local/share/mediajobs/storage
+($XDG_DATA_HOME/mediajobs/storage when XDG_DATA_HOME is set).
 
-  mediajobs worker --media --storage-root /srv/media --concurrency 4
-  MEDIAJOBS_STORAGE_ROOT=/srv/media mediajobs worker --media --types TRANSCODE
+  mediajobs worker --media --concurrency 4
+  mediajobs worker --media --storage-root /srv/media --types TRANSCODE
 
 MODULE is a dotted module name importable from the current directory (or a
 path to a .py file). The handlers are taken from, in this order:
@@ -514,10 +575,11 @@ path to a .py file). The handlers are taken from, in this order:
   MODULE           its Worker instance named `worker`, else its dict HANDLERS
 
   # handlers.py: run with `mediajobs worker handlers`
-  def transcode(ctx):                      # ctx: mediajobs.client.JobContext
-      ctx.report_progress(50, "encoding")
-      return {"output": ctx.params["input"] + ".mp4"}   # -> SUCCEEDED with this result
-  HANDLERS = {"TRANSCODE": transcode}
+  def checksum(ctx):                       # ctx: mediajobs.client.JobContext
+      ctx.report_progress(50, "hashing")
+      data = open(ctx.params["path"], "rb").read()
+      return {"sha256": hashlib.sha256(data).hexdigest()}   # -> SUCCEEDED with this result
+  HANDLERS = {"CHECKSUM": checksum}
 
 A handler returns a dict (or None) to succeed, raises
 mediajobs.client.RetryableError to be retried, raises anything else to fail
@@ -542,7 +604,8 @@ def _add_worker_parser(groups: Any) -> None:
     p.add_argument("--media", action="store_true",
                    help="run the reference media worker (EXTRACT_MEDIA, TRANSCODE) instead of a MODULE")
     p.add_argument("--storage-root", metavar="DIR",
-                   help=f"with --media: the server's storage root (default: env {ENV_STORAGE_ROOT}); required")
+                   help=f"with --media: the server's storage root (default: env {ENV_STORAGE_ROOT}, else the "
+                        "server's default on this machine, DATA_DIR/storage)")
     p.add_argument("--types", action=_ExtendCsv, nargs=1, default=[], metavar="T1,T2",
                    help="serve only these of the module's job types (default: all it has handlers for)")
     p.add_argument("--concurrency", type=_positive, metavar="N",
@@ -573,8 +636,15 @@ def _note(text: str) -> None:
     sys.stderr.flush()
 
 
+def _add_quiet(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help=f"print only the {what}'s id (for scripts: ID=$(mediajobs ... -q))")
+
+
 def _print_job(args: argparse.Namespace, job: Any, fields: Sequence[str] | None = None) -> int:
-    if args.json:
+    if getattr(args, "quiet", False):
+        _out(job.id)
+    elif args.json:
         _out(render.dumps(render.message_to_dict(job)))
     else:
         _out(render.job_details(job, fields))
@@ -593,6 +663,7 @@ def cmd_create(args: argparse.Namespace, c: MediaJobsClient) -> int:
         creator=args.creator,
         max_attempts=args.max_attempts,
         request_id=args.request_id,
+        template_id=args.template,
     )
     return _print_job(args, job)
 
@@ -673,6 +744,63 @@ def cmd_delete(args: argparse.Namespace, c: MediaJobsClient) -> int:
     else:
         _out(f"deleted {len(deleted)} job{'' if len(deleted) == 1 else 's'}" + "".join(f"\n{i}" for i in deleted))
     return 0
+
+
+def cmd_wait(args: argparse.Namespace, c: MediaJobsClient) -> int:
+    if args.timeout is not None and args.timeout <= 0:
+        args.parser.error("--timeout must be positive")
+    ids = list(dict.fromkeys(args.ids))
+    jobs = {job_id: c.get_job(job_id) for job_id in ids}  # NOT_FOUND (exit 1) for a wrong id
+    pending = {job_id for job_id, job in jobs.items() if job.state not in _TERMINAL_JOB_STATES}
+    deleted: set[str] = set()
+    if pending:
+        # A snapshot first: a job that finished since it was read ends the wait at once.
+        watch = c.watch_jobs(job_ids=sorted(pending), send_initial_snapshot=True, include_progress=False)
+        timer = threading.Timer(args.timeout, watch.cancel) if args.timeout is not None else None
+        if timer is not None:
+            timer.daemon = True
+            timer.start()
+        try:
+            for msg in watch:
+                for ev in msg.events:
+                    job_id = ev.job.id
+                    if job_id not in pending:
+                        continue
+                    if ev.type == res.JobEvent.DELETED:
+                        deleted.add(job_id)
+                        pending.discard(job_id)
+                    elif ev.job.state in _TERMINAL_JOB_STATES:
+                        pending.discard(job_id)
+                if not pending:
+                    break
+        except KeyboardInterrupt:
+            return 130
+        finally:
+            if timer is not None:
+                timer.cancel()
+            watch.close()
+        for job_id in ids:
+            if job_id not in deleted and jobs[job_id].state not in _TERMINAL_JOB_STATES:
+                jobs[job_id] = c.get_job(job_id)  # the whole job, result and error included
+    if pending:
+        _note(f"mediajobs: jobs wait: --timeout {args.timeout:g} s passed; not finished: {', '.join(sorted(pending))}")
+        return 1
+    done = [jobs[job_id] for job_id in ids if job_id not in deleted]
+    if args.json:
+        _out(render.dumps({"jobs": [render.message_to_dict(j) for j in done]}))
+    else:
+        _out("\n\n".join(render.job_details(j) for j in done))
+    status = 0
+    for job_id in ids:
+        if job_id in deleted:
+            _note(f"mediajobs: job {job_id} was deleted before it finished")
+            status = 1
+        elif jobs[job_id].state != res.Job.SUCCEEDED:
+            job = jobs[job_id]
+            why = f": {render.status_text(job.error)}" if job.HasField("error") else ""
+            _note(f"mediajobs: job {job_id} is {render.state_name(job.state)}{why}")
+            status = 1
+    return status
 
 
 def cmd_types(args: argparse.Namespace, c: MediaJobsClient) -> int:
@@ -883,16 +1011,17 @@ class EntryProgressDisplay:
     reaches a state it had not shown yet, and per 10% of overall progress
     (not per progress report: parallel transcodes would interleave)."""
 
-    def __init__(self, json_lines: bool) -> None:
-        self.json_lines = json_lines
-        self.tty = not json_lines and _isatty(sys.stderr)
+    def __init__(self, json_lines: bool, quiet: bool = False) -> None:
+        self.json_lines = json_lines and not quiet
+        self.quiet = quiet
+        self.tty = not json_lines and not quiet and _isatty(sys.stderr)
         self._last: dict[str, Any] | None = None
         self._last_line: tuple[str, int] | None = None  # (entry state, progress // 10) of the last plain line
         self._job_states_shown: set[tuple[str, str]] = set()
         self._bar_len = 0  # characters of the bar on the terminal now
 
     def show(self, rec: dict[str, Any]) -> None:
-        if rec == self._last:
+        if rec == self._last or self.quiet:
             return
         self._last = rec
         if self.json_lines:
@@ -926,6 +1055,11 @@ class EntryProgressDisplay:
     def note(self, text: str) -> None:
         self.end_line()
         _note(text)
+
+    def info(self, text: str) -> None:
+        """A note that -q leaves out."""
+        if not self.quiet:
+            self.note(text)
 
 
 def follow_entry(c: MediaJobsClient, entry: mres.Entry, display: EntryProgressDisplay) -> mres.Entry:
@@ -986,16 +1120,28 @@ def _follow_watch(c: MediaJobsClient, watch: JobWatch, progress: EntryProgress,
                 return
 
 
-_SOURCE_HINT = ("  FILE must be a file under the server's storage root (nothing is uploaded); "
-                "it was sent as {uri}")
+_SOURCE_HINT = ("  FILE must be a file under the server's storage root (nothing is uploaded): a path relative "
+                "to the storage root, or an absolute path under it; it was sent as {uri}")
+_LOCAL_HINT = ("  {file} exists in the current directory, but a relative FILE is relative to the server's "
+               "storage root: give its absolute path if it is under the storage root, or move it there")
+
+
+def source_uri_of(file: str) -> str:
+    """What `entries add FILE` sends as the source: a relative FILE as it is
+    (the server resolves it under its storage root), an absolute one (or
+    `~/...`) as a file:// URL, percent-encoded ('%', '#', spaces survive)."""
+    expanded = os.path.expanduser(file)
+    if not os.path.isabs(expanded):
+        return file
+    # No realpath: the server judges symlinks itself.
+    return pathlib.Path(os.path.normpath(expanded)).as_uri()
 
 
 def cmd_entries_add(args: argparse.Namespace, c: MediaJobsClient) -> int:
-    path = os.path.abspath(args.file)  # no realpath: the server judges symlinks itself
-    source_uri = pathlib.Path(path).as_uri()  # percent-encoded: '%', '#', spaces survive
+    source_uri = source_uri_of(args.file)
     try:
         entry = c.create_entry(
-            args.name if args.name is not None else os.path.basename(path),
+            args.name if args.name is not None else os.path.basename(os.path.normpath(args.file)),
             source_uri=source_uri,
             template_id=args.template,
             description=args.description,
@@ -1011,12 +1157,14 @@ def cmd_entries_add(args: argparse.Namespace, c: MediaJobsClient) -> int:
         _note(render.error_text(e, c.target))
         if e.code != grpc.StatusCode.NOT_FOUND or e.reason == "SOURCE_NOT_FOUND":
             _note(_SOURCE_HINT.format(uri=source_uri))
+            if source_uri == args.file and os.path.isfile(args.file):
+                _note(_LOCAL_HINT.format(file=args.file))
         return 2 if e.code == grpc.StatusCode.INVALID_ARGUMENT else 1
     if args.no_follow:
         return _print_entry(args, entry)
-    display = EntryProgressDisplay(args.json)
+    display = EntryProgressDisplay(args.json, quiet=args.quiet)
     if not entry.HasField("error") and entry.state not in _DONE_ENTRY_STATES:
-        display.note(f"mediajobs: created entry {entry.id} ({entry.name}); following its processing "
+        display.info(f"mediajobs: created entry {entry.id} ({entry.name}); following its processing "
                      "(Ctrl-C stops following, not the processing)")
         try:
             entry = follow_entry(c, entry, display)
@@ -1025,7 +1173,9 @@ def cmd_entries_add(args: argparse.Namespace, c: MediaJobsClient) -> int:
                          f"(`mediajobs entries get {entry.id}` shows it)")
             return 130
     display.end_line()
-    if args.json:
+    if args.quiet:
+        _out(entry.id)
+    elif args.json:
         _out(render.dumps_line(render.message_to_dict(entry)))
     else:
         _out(render.entry_summary(entry))
@@ -1037,7 +1187,9 @@ def cmd_entries_add(args: argparse.Namespace, c: MediaJobsClient) -> int:
 
 
 def _print_entry(args: argparse.Namespace, entry: mres.Entry) -> int:
-    if args.json:
+    if getattr(args, "quiet", False):
+        _out(entry.id)
+    elif args.json:
         _out(render.dumps(render.message_to_dict(entry)))
     else:
         _out(render.entry_details(entry))
@@ -1293,12 +1445,17 @@ def load_worker(spec: str) -> Worker:
 def _media_worker(args: argparse.Namespace, c: MediaJobsClient) -> Worker | None:
     """The reference media worker for `worker --media` (None: it failed to
     import, which has been reported)."""
-    root_text = args.storage_root or os.environ.get(ENV_STORAGE_ROOT, "")
-    if not root_text:
-        args.parser.error(f"--media needs --storage-root DIR (or env {ENV_STORAGE_ROOT}): the server's storage root")
-    root = Path(root_text).expanduser().absolute()
-    if not root.is_dir():
-        args.parser.error(f"--storage-root {root_text}: not a directory")
+    if args.storage_root:
+        root = Path(args.storage_root).expanduser().absolute()
+        if not root.is_dir():
+            args.parser.error(f"--storage-root {args.storage_root}: not a directory")
+    else:
+        root = default_storage_root().absolute()
+        if not root.is_dir():
+            args.parser.error(
+                f"the default storage root {root} is not a directory: start the server on this machine first "
+                f"(it creates it), or give the server's storage root with --storage-root DIR (or env "
+                f"{ENV_STORAGE_ROOT})")
     try:
         # Imported here, so the rest of the CLI works without PyAV.
         from .media_worker import build_media_worker  # type: ignore[import-not-found,unused-ignore]
@@ -1359,8 +1516,10 @@ def cmd_worker(args: argparse.Namespace, c: MediaJobsClient) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("mediajobs.worker").setLevel(logging.DEBUG if args.verbose >= 2 else logging.INFO)
     logging.getLogger("mediajobs.worker.jobs").setLevel(logging.INFO if args.verbose else logging.WARNING)
+    root = getattr(worker, "storage_root", None) if args.media else None
     _note(f"mediajobs worker: running {', '.join(types)} from {worker.target} (concurrency {worker.concurrency}, "
-          f"lease {worker.lease_duration:g}s); SIGTERM or Ctrl-C stops, a second one at once")
+          f"lease {worker.lease_duration:g}s{f', storage root {root}' if root else ''}); "
+          "SIGTERM or Ctrl-C stops, a second one at once")
     worker.run_sync(types=types)
     busy = worker.busy_threads
     _note(f"mediajobs worker: stopped ({worker.stats['completed']} completed, {worker.stats['failed']} failed, "

@@ -3,7 +3,8 @@
     from mediajobs.client import MediaJobsClient
 
     with MediaJobsClient("127.0.0.1:50051") as c:
-        job = c.create_job("TRANSCODE", priority="HIGH", params={"input": "a.mov"})
+        job = c.create_job("TRANSCODE", priority="HIGH", template_id="mp4-h264-360p",
+                           params={"source": "incoming/clip.mov"})
         for msg in c.watch_jobs(job_ids=[job.id]):
             ...
         entry = c.create_entry("clip", source_uri="incoming/clip.mov")
@@ -169,8 +170,11 @@ class MediaJobsClient:
         creator: str = "",
         max_attempts: int = 0,
         request_id: str = "",
+        template_id: str = "",
     ) -> res.Job:
-        """Create a PENDING job (idempotent on request_id)."""
+        """Create a PENDING job (idempotent on request_id). With a
+        `template_id`, the server copies the template's outputs into
+        `params.outputs`."""
         req = svc.CreateJobRequest(
             type=type,
             priority=parse_priority(priority),
@@ -178,6 +182,7 @@ class MediaJobsClient:
             creator=creator,
             max_attempts=max_attempts,
             request_id=request_id,
+            template_id=template_id,
         )
         if params is not None:
             req.params.CopyFrom(to_struct(params))

@@ -929,3 +929,34 @@ def synthesize_clip(path: Path, seconds: float, width: int, height: int, fps: in
         out.close()
         _unlink(part)
         raise
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m mediajobs.client.media FILE`: write a short test clip (the
+    README's examples use one)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(
+        prog="python -m mediajobs.client.media",
+        description="Write a synthetic H.264/AAC MP4 test clip (FFmpeg's testsrc2 pattern and a 440 Hz tone) to "
+                    "FILE, creating its folder.",
+    )
+    ap.add_argument("file", metavar="FILE", help="where to write the clip")
+    ap.add_argument("--seconds", type=float, default=2.0, help="duration (default %(default)s)")
+    ap.add_argument("--size", default="320x240", metavar="WxH", help="frame size (default %(default)s)")
+    ap.add_argument("--fps", type=int, default=25, help="frame rate (default %(default)s)")
+    ap.add_argument("--no-audio", action="store_true", help="video only")
+    args = ap.parse_args(argv)
+    m = re.fullmatch(r"(\d+)x(\d+)", args.size)
+    if not m or not 16 <= int(m[1]) <= 7680 or not 16 <= int(m[2]) <= 4320:
+        ap.error(f"--size {args.size}: give WIDTHxHEIGHT, e.g. 320x240")
+    if not 0 < args.seconds <= 3600 or not 1 <= args.fps <= 120:
+        ap.error("--seconds must be in (0, 3600] and --fps in [1, 120]")
+    path = Path(args.file).expanduser()
+    synthesize_clip(path, args.seconds, int(m[1]), int(m[2]), fps=args.fps, audio=not args.no_audio)
+    print(f"wrote {path} ({args.seconds:g} s, {args.size}, {args.fps} fps{', no audio' if args.no_audio else ''})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

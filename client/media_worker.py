@@ -6,7 +6,10 @@ storage root shared with the server.
 
     build_media_worker("127.0.0.1:50051", Path("/srv/media"), concurrency=2).run_sync()
 
-Job params and results (snake_case keys):
+Job params and results (snake_case keys). `source` is a path relative to the
+storage root or a file:// URL of a path under it; `input` is accepted as an
+alias of `source` (the name generic job scripts, e.g. Bytescale- or
+Vidispine-style ones, tend to use).
 
 - EXTRACT_MEDIA `{"source": "<path under the root>", "entry_id": "<optional>"}`
   -> `{"media_info_id", "duration_ms", "media_info": {...MediaInfo}}`; with an
@@ -14,11 +17,16 @@ Job params and results (snake_case keys):
   (request_id `<job_id>:<attempt>:source`: a retried call of one attempt
   stores it once; a new attempt, which may probe a re-encoded file, adds a
   new record).
-- TRANSCODE `{"source", "entry_id", "outputs": [{<OutputSpec fields>, "path",
-  "flavor_asset_id"}]}` -> `{"outputs": [{"name", "flavor_asset_id", "path",
-  "size_bytes", "media_info_id", "media_info": {...}}]}`; an output without a
-  path goes to `transcodes/<job_id>/<name>.mp4`; with an entry_id, each
-  output with a flavor_asset_id gets its media info stored (request_id
+- TRANSCODE `{"source", "entry_id", "output_dir", "outputs": [{<OutputSpec
+  fields>, "path", "flavor_asset_id"}]}` -> `{"source", "outputs": [{"name",
+  "flavor_asset_id", "path", "size_bytes", "media_info_id", "media_info":
+  {...}}]}`. Entries' jobs name every output's path and flavor asset. A plain
+  job (CreateJob with params.source and params.outputs, or with a template_id,
+  whose outputs the server copies into params.outputs) needs neither: an
+  output without a path goes to `<output_dir>/<name>.mp4`, output_dir
+  defaulting to `transcodes/<job_id>`, and its path relative to the storage
+  root comes back in the result. With an entry_id, each output with a
+  flavor_asset_id gets its media info stored (request_id
   `<job_id>:<attempt>:<flavor_asset_id>`).
 
 Unusable input (missing or corrupt source, a path outside the root, no or
@@ -109,9 +117,14 @@ class MediaWorker(Worker):
         return os.path.relpath(path, self.storage_root)
 
     def _source(self, ctx: JobContext) -> tuple[str, Path]:
-        source = ctx.params.get("source")
+        source, alias = ctx.params.get("source"), ctx.params.get("input")
+        if source is None or source == "":
+            source = alias
+        elif alias not in (None, "", source):
+            raise JobParamsError("params.source and params.input (an alias of source) differ; give only source")
         if not isinstance(source, str) or not source:
-            raise JobParamsError("params.source is required: the source's path relative to the storage root")
+            raise JobParamsError("params.source is required: the source's path relative to the storage root, "
+                                 "or a file:// URL under it (params.input is taken as an alias)")
         return source, media.resolve_in_root(self.storage_root, source)
 
     @staticmethod
@@ -166,7 +179,11 @@ class MediaWorker(Worker):
         """(spec, resolved path, relative path, flavor_asset_id) per params output."""
         raw = ctx.params.get("outputs")
         if not isinstance(raw, list) or not raw:
-            raise JobParamsError("params.outputs is required: a non-empty list of output specifications")
+            raise JobParamsError("params.outputs is required: a non-empty list of output specifications "
+                                 "(or create the job with a template_id)")
+        output_dir = ctx.params.get("output_dir") or f"transcodes/{ctx.job_id}"
+        if not isinstance(output_dir, str):
+            raise JobParamsError("params.output_dir must be a path relative to the storage root")
         outs: list[tuple[mres.OutputSpec, Path, str, str]] = []
         for i, item in enumerate(raw):
             if not isinstance(item, dict):
@@ -187,8 +204,11 @@ class MediaWorker(Worker):
                                      "'_', '-' or '.'")
             media.check_output_spec(spec)
             if not rel:
-                rel = f"transcodes/{ctx.job_id}/{spec.name}.mp4"
+                rel = f"{output_dir.rstrip('/')}/{spec.name}.mp4"
             path = media.resolve_in_root(self.storage_root, rel)
+            if any(path == other for _, other, _, _ in outs):
+                raise JobParamsError(f"params.outputs[{i}] would overwrite another output ({self._relative(path)}); "
+                                     "give the outputs different names or paths")
             outs.append((spec, path, self._relative(path), flavor_asset_id))
         return outs
 
@@ -225,7 +245,7 @@ class MediaWorker(Worker):
                 "media_info_id": media_info_id,
                 "media_info": _message_dict(info),
             })
-        return {"outputs": results}
+        return {"source": source, "outputs": results}
 
 
 def build_media_worker(target: str, storage_root: Path, *, concurrency: int = 2, **worker_kwargs: Any) -> Worker:

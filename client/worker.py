@@ -4,13 +4,13 @@
 
     worker = Worker("127.0.0.1:50051", concurrency=8)
 
-    @worker.handler("TRANSCODE")
-    def transcode(ctx):
+    @worker.handler("WATERMARK")            # a custom job type (TRANSCODE is the media worker's)
+    def watermark(ctx):
         for pct in range(0, 100, 10):
             ctx.check_cancelled()           # raises JobCancelled after an abort
             ...                             # do a slice of the work
-            ctx.report_progress(pct, "encoding")
-        return {"output": ctx.params["input"] + ".mp4"}
+            ctx.report_progress(pct, "stamping")
+        return {"output": ctx.params["source"] + ".marked.mp4"}
 
     worker.run_sync()                       # until SIGTERM/SIGINT or worker.stop()
 
@@ -60,6 +60,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from mediajobs.v1 import resources_pb2 as res
 from mediajobs.v1 import worker_service_pb2 as wsvc
+from mediajobs.server import payloads  # the server's own payload rules, checked before sending
 from mediajobs.v1 import worker_service_pb2_grpc as wsvc_grpc
 
 from .client import DEFAULT_CHANNEL_OPTIONS, DEFAULT_TARGET
@@ -193,6 +194,7 @@ class JobContext:
         if details is not None:
             st = struct_pb2.Struct()
             st.update(dict(details))
+            _check_payload(st, "details", payloads.MAX_PROGRESS_DETAILS_BYTES)
         with self._lock:
             self._pending = (pct, message[:1024], st)
             wake = not self._wake_armed
@@ -331,7 +333,21 @@ def _to_result(value: Any) -> struct_pb2.Struct | None:
         raise TypeError(f"a handler must return a dict or None, not {type(value).__name__}")
     st = struct_pb2.Struct()
     st.update(dict(value))
+    _check_payload(st, "result", payloads.MAX_RESULT_BYTES)
     return st
+
+
+class PayloadError(ValueError):
+    """A result or progress details the server would refuse (nested too
+    deep, NaN or infinite numbers, too large): raised in the handler, so the
+    job fails with this message instead of its completion being refused."""
+
+
+def _check_payload(st: struct_pb2.Struct, field: str, max_bytes: int) -> None:
+    # The server's own validator, so the SDK and the server never disagree.
+    found = payloads.struct_violations(st, field, max_bytes)
+    if found:
+        raise PayloadError("; ".join(f"{f}: {d}" for f, d in found[:3]))
 
 
 def _outcome_of_exception(ctx: JobContext, e: BaseException) -> _Outcome:
@@ -440,7 +456,7 @@ class Worker:
     # -- registration ---------------------------------------------------------------
 
     def handler(self, job_type: str) -> Callable[[_F], _F]:
-        """Decorator: `@worker.handler("TRANSCODE")` registers the function."""
+        """Decorator: `@worker.handler("WATERMARK")` registers the function."""
 
         def deco(fn: _F) -> _F:
             self.register(job_type, fn)

@@ -1,23 +1,35 @@
 """The `mediajobs` CLI and the sync client against a scripted channel
 (grpcio-testing): the CLI runs in a thread, the test thread plays the server,
-checks each request and answers it."""
+checks each request and answers it. At the end, commands whose point is the
+server's answer (jobs wait, -q, --template) against a real server."""
 from __future__ import annotations
 
+import asyncio
+import importlib.metadata
 import json
 import queue
+import re
+import subprocess
+import sys
 import threading
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Any
 
 import grpc
 import grpc_testing
 import pytest
-from google.protobuf import struct_pb2, timestamp_pb2
+from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
+from google.rpc import status_pb2
 
 from mediajobs.client import Backoff, MediaJobsClient, MediaJobsError, RetryInfo, RevisionCompactedError
 from mediajobs.client.cli import main
+from mediajobs.server.app import App
 from mediajobs.v1 import job_service_pb2 as svc
 from mediajobs.v1 import resources_pb2 as res
+from mediajobs.v1 import worker_service_pb2 as wsvc
+from mediajobs.v1 import worker_service_pb2_grpc
+from conftest import start_app
 from scripted import fail_stream, fail_unary, ok, rich_status, run_cli, spawn, take
 
 SERVICE = svc.DESCRIPTOR.services_by_name["JobService"]
@@ -548,3 +560,103 @@ def test_backoff_is_exponential_with_full_jitter():
     assert [b.delay(n, rand=lambda: 1.0) for n in range(8)] == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5, 5])
     assert b.delay(3, rand=lambda: 0.5) == pytest.approx(0.4)
     assert b.delay(10_000, rand=lambda: 1.0) == 5.0
+
+
+# -- against a real server: --version, -q, --template, jobs wait --------------------------
+
+
+def test_version_prints_the_installed_distribution_version(capsys) -> None:
+    assert main(["--version"]) == 0
+    expected = f"mediajobs {importlib.metadata.version('mediajobs')}\n"
+    assert capsys.readouterr().out == expected
+    script = Path(sys.executable).parent / "mediajobs"  # the console script, as installed
+    done = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (0, expected), done.stderr
+
+
+class Live:
+    """A real server plus the CLI run in a thread (its calls go over a real
+    channel to the server on this test's event loop)."""
+
+    def __init__(self, app: App, ch: grpc.aio.Channel) -> None:
+        self.target = f"127.0.0.1:{app.port}"
+        self.workers = worker_service_pb2_grpc.WorkerServiceStub(ch)
+
+    async def cli(self, *argv: str) -> int:
+        # A daemon thread (not asyncio.to_thread): a CLI left waiting by a
+        # failed test must not keep the event loop's executor from closing.
+        return await asyncio.wrap_future(spawn(main, ["--server", self.target, *argv]))
+
+    async def lease(self, job_type: str) -> wsvc.LeasedJob:
+        resp = await self.workers.AcquireJobs(wsvc.AcquireJobsRequest(
+            job_types=[job_type], max_jobs=1, lease_duration=duration_pb2.Duration(seconds=30),
+            identity="test", no_wait=True))
+        assert len(resp.jobs) == 1
+        return resp.jobs[0]
+
+
+@pytest.fixture
+async def live(tmp_path: Path) -> Any:
+    app = await start_app(str(tmp_path / "mediajobs.db"), storage_root=tmp_path / "storage",
+                          lease_sweep_interval_s=3600)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as ch:
+            yield Live(app, ch)
+    finally:
+        await app.stop(None)
+
+
+async def test_create_quiet_prints_only_the_id_and_template_fills_the_outputs(live: Live, capsys) -> None:
+    assert await live.cli("jobs", "create", "--type", "TRANSCODE", "--template", "mp4-h264-360p",
+                          "--params", '{"source": "incoming/a.mov"}', "-q") == 0
+    job_id = capsys.readouterr().out.strip()
+    assert len(job_id) == 26 and job_id.isalnum()
+    assert await live.cli("jobs", "get", job_id, "--json") == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["template_id"] == "mp4-h264-360p"
+    assert [o["name"] for o in got["params"]["outputs"]] == ["360p"] and got["params"]["source"] == "incoming/a.mov"
+    assert await live.cli("jobs", "rerun", job_id, "-q") == 0
+    rerun = capsys.readouterr().out.strip()
+    assert len(rerun) == 26 and rerun != job_id
+
+
+async def test_wait_returns_when_the_job_succeeds_and_prints_its_result(live: Live, capsys) -> None:
+    assert await live.cli("jobs", "create", "--type", "CHECKSUM", "-q") == 0
+    job_id = capsys.readouterr().out.strip()
+    waiting = asyncio.ensure_future(live.cli("jobs", "wait", job_id, "--json", "--timeout", "60"))
+    leased = await live.lease("CHECKSUM")
+    result = struct_pb2.Struct()
+    result.update({"sha256": "abc"})
+    await live.workers.CompleteJob(wsvc.CompleteJobRequest(job_id=job_id, lease_token=leased.lease_token,
+                                                           result=result))
+    async with asyncio.timeout(30):
+        assert await waiting == 0
+    (done,) = json.loads(capsys.readouterr().out)["jobs"]
+    assert (done["id"], done["state"], done["result"]) == (job_id, "SUCCEEDED", {"sha256": "abc"})
+    # A job that has already finished: at once, the same answer.
+    assert await live.cli("jobs", "wait", job_id) == 0
+    assert re.search(r"^state:\s+SUCCEEDED$", capsys.readouterr().out, re.M)
+
+
+async def test_wait_exits_1_for_a_failed_an_aborted_or_an_unfinished_job(live: Live, capsys) -> None:
+    ids = []
+    for _ in range(3):
+        assert await live.cli("jobs", "create", "--type", "CHECKSUM", "--max-attempts", "1", "-q") == 0
+        ids.append(capsys.readouterr().out.strip())
+    failing, aborted, pending = ids
+    waiting = asyncio.ensure_future(live.cli("jobs", "wait", failing, aborted, "--timeout", "60"))
+    leased = await live.lease("CHECKSUM")
+    assert leased.job.id == failing
+    await live.workers.FailJob(wsvc.FailJobRequest(job_id=failing, lease_token=leased.lease_token,
+                                                   error=status_pb2.Status(code=3, message="bad input")))
+    assert await live.cli("jobs", "abort", aborted, "--json") == 0
+    async with asyncio.timeout(30):
+        assert await waiting == 1
+    cap = capsys.readouterr()
+    assert [ln.split()[-1] for ln in cap.out.splitlines() if ln.startswith("state:")] == ["FAILED", "ABORTED"]
+    assert f"mediajobs: job {failing} is FAILED: " in cap.err and "bad input" in cap.err
+    assert f"mediajobs: job {aborted} is ABORTED" in cap.err
+    assert await live.cli("jobs", "wait", pending, "--timeout", "0.3") == 1
+    assert f"not finished: {pending}" in capsys.readouterr().err
+    assert await live.cli("jobs", "wait", "01HA255YE6H6DEETJ5M6595ZDX") == 1
+    assert "NOT_FOUND" in capsys.readouterr().err

@@ -4,9 +4,11 @@ in a thread, the test thread plays the server, checks each request and
 answers it, as in test_cli.py."""
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
+import subprocess
 import sys
 import types
 from concurrent.futures import Future
@@ -25,7 +27,8 @@ from mediajobs.v1 import job_service_pb2 as svc
 from mediajobs.v1 import media_resources_pb2 as mres
 from mediajobs.v1 import media_service_pb2 as msvc
 from mediajobs.v1 import resources_pb2 as res
-from scripted import fail_unary, ok, rich_status, run_cli, take
+from conftest import start_app
+from scripted import fail_unary, ok, rich_status, run_cli, spawn, take
 
 JOB_SERVICE = svc.DESCRIPTOR.services_by_name["JobService"]
 MEDIA_SERVICE = msvc.DESCRIPTOR.services_by_name["MediaService"]
@@ -153,11 +156,11 @@ def test_entries_add_json_follows_one_watch_to_ready(fake, capsys, tmp_path, mon
     monkeypatch.chdir(tmp_path)
     queued = [flavor(FA720, "720p"), flavor(FA480, "480p")]
     run, req, watch = start_add(
-        fake, "media/clip.mov", "--template", "web", "--tag", "launch", "--tag", "2024",
+        fake, str(tmp_path / "media" / "clip.mov"), "--template", "web", "--tag", "launch", "--tag", "2024",
         "--reference-id", "cms-1", "--priority", "high", "--json",
         created=entry(flavors=queued), extract_revision=40)
     assert req.entry.source_uri == "file://" + os.path.join(os.getcwd(), "media", "clip.mov"), \
-        "an absolute file:// URL, the symlinked directory kept as given"
+        "an absolute path goes as a file:// URL, the symlinked directory kept as given"
     assert (req.entry.name, req.entry.template_id, req.entry.reference_id) == ("clip.mov", "web", "cms-1")
     assert list(req.entry.tags) == ["launch", "2024"]
     assert req.priority == Job.HIGH
@@ -572,11 +575,15 @@ def test_templates_create_refuses_what_is_not_a_template(fake, capsys):
     (["worker"], "give MODULE (a module with job handlers) or --media"),
     (["worker", "handlers", "--media", "--storage-root", "."], "give either MODULE or --media, not both"),
     (["worker", "handlers", "--storage-root", "."], "--storage-root goes with --media"),
-    (["worker", "--media"], "--media needs --storage-root DIR"),
+    (["worker", "--media"], "the default storage root {tmp}/share/mediajobs/storage is not a directory: "
+                            "start the server on this machine first"),
     (["worker", "--media", "--storage-root", "/nonexistent/media/root"], "not a directory"),
 ])
-def test_worker_needs_exactly_one_of_module_or_media(fake, capsys, monkeypatch, argv, message):
-    monkeypatch.delenv("MEDIAJOBS_STORAGE_ROOT", raising=False)
+def test_worker_needs_exactly_one_of_module_or_media(fake, capsys, monkeypatch, tmp_path, argv, message):
+    for name in ("MEDIAJOBS_STORAGE_ROOT", "MEDIAJOBS_DATA_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "share"))  # no server has made its storage root there
+    message = message.format(tmp=tmp_path)
     monkeypatch.setitem(sys.modules, "mediajobs.client.media_worker", None)  # never reached
     assert main(argv, channel=fake) == 2
     err = capsys.readouterr().err
@@ -694,3 +701,72 @@ def test_cuepoints_export_needs_a_directory_for_several_pages(fake, capsys, tmp_
     assert run.result(timeout=5) == 0
     assert sorted(p.name for p in (tmp_path / "pages").iterdir()) == ["cuepoints-0001.xml", "cuepoints-0002.xml"]
     assert (tmp_path / "pages" / "cuepoints-0002.xml").read_bytes() == CUES + b"p2"
+
+
+# -- where the source and the storage root are --------------------------------------------
+
+
+def test_source_uri_of_a_relative_file_is_relative_to_the_storage_root(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert cli.source_uri_of("incoming/clip.mov") == "incoming/clip.mov", "the server resolves it under its root"
+    assert cli.source_uri_of("/srv/media/a b/#1.mov") == "file:///srv/media/a%20b/%231.mov"
+    assert cli.source_uri_of("/srv/media/x/../clip.mov") == "file:///srv/media/clip.mov"
+    assert cli.source_uri_of("~/media/clip.mov") == (tmp_path / "media" / "clip.mov").as_uri()
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({}, "home/.local/share/mediajobs/storage"),
+    ({"XDG_DATA_HOME": "{tmp}/xdg"}, "xdg/mediajobs/storage"),
+    ({"XDG_DATA_HOME": "{tmp}/xdg", "MEDIAJOBS_DATA_DIR": "{tmp}/data"}, "data/storage"),
+    ({"MEDIAJOBS_DATA_DIR": "{tmp}/data", "MEDIAJOBS_STORAGE_ROOT": "{tmp}/root"}, "root"),
+])
+def test_the_media_workers_default_storage_root_is_the_servers(tmp_path, env, expected):
+    """`worker --media` without --storage-root finds the storage root the
+    server uses with the same environment (each computed in a fresh process,
+    as `mediajobs-server` and `mediajobs` start)."""
+    environ = {k: v for k, v in os.environ.items()
+               if k not in ("XDG_DATA_HOME", "MEDIAJOBS_DATA_DIR", "MEDIAJOBS_STORAGE_ROOT")}
+    environ["HOME"] = str(tmp_path / "home")
+    environ.update({name: value.format(tmp=tmp_path) for name, value in env.items()})
+    code = ("import logging; logging.basicConfig = lambda **kw: None\n"
+            "from mediajobs.server.config import parse_args\n"
+            "from mediajobs.client.cli import default_storage_root\n"
+            "print(parse_args([]).storage_dir()); print(default_storage_root())")
+    done = subprocess.run([sys.executable, "-c", code], env=environ, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    server_root, worker_root = done.stdout.splitlines()
+    assert worker_root == server_root == str(tmp_path / expected)
+
+
+async def test_entries_add_resolves_a_relative_file_under_the_servers_storage_root(tmp_path, monkeypatch, capsys):
+    """A real server: `entries add incoming/clip.mov` from a folder that is not
+    the storage root registers the file under the root; a missing one is
+    refused naming the storage root the server looked in."""
+    root = tmp_path / "storage"
+    app = await start_app(str(tmp_path / "mediajobs.db"), storage_root=root, lease_sweep_interval_s=3600)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    (root / "incoming").mkdir(parents=True)
+    (root / "incoming" / "clip.mov").write_bytes(b"not a movie; nobody probes it here")
+
+    async def cli_main(*argv: str) -> int:
+        return await asyncio.wrap_future(spawn(main, ["--server", f"127.0.0.1:{app.port}", *argv]))
+
+    try:
+        assert await cli_main("entries", "add", "incoming/clip.mov", "--no-follow", "--json") == 0
+        made = json.loads(capsys.readouterr().out)
+        assert (made["source_uri"], made["name"], made["state"]) == ("incoming/clip.mov", "clip.mov", "PENDING")
+        assert await cli_main("entries", "add", str(root / "incoming" / "clip.mov"), "--no-follow", "-q") == 0
+        assert len(capsys.readouterr().out.strip()) == 26, "an absolute path under the root works too"
+
+        (elsewhere / "incoming").mkdir()
+        (elsewhere / "incoming" / "other.mov").write_bytes(b"here, not under the storage root")
+        assert await cli_main("entries", "add", "incoming/other.mov", "--no-follow") == 1
+        err = capsys.readouterr().err
+        assert (f"mediajobs: NOT_FOUND: source 'incoming/other.mov' does not exist under the storage root {root}\n"
+                in err)
+        assert "it was sent as incoming/other.mov" in err
+        assert "incoming/other.mov exists in the current directory" in err, "the hint for a local file"
+    finally:
+        await app.stop(None)

@@ -161,6 +161,46 @@ async def test_file_url_inside_the_root_is_stored_relative(s: Stubs) -> None:
     assert e.template_id == "mp4-h264-720p" and [fa.output_name for fa in e.flavor_assets] == ["720p"]
 
 
+async def test_source_errors_name_the_storage_root_and_echo_only_a_prefix(s: Stubs, tmp_path: Path) -> None:
+    root = os.path.abspath(s.root)
+    deep = "/".join(["a" * 9] * 40) + "/missing.mov"  # 411 characters, each part short: NOT_FOUND
+    outside = "file://" + "/x" * 300 + "/clip.mov"
+    cases = [
+        ("incoming/clip.mov", grpc.StatusCode.NOT_FOUND,
+         f"source 'incoming/clip.mov' does not exist under the storage root {root}"),
+        (deep, grpc.StatusCode.NOT_FOUND, f"({len(deep)} characters) does not exist under the storage root {root}"),
+        (outside, grpc.StatusCode.INVALID_ARGUMENT, f"is outside the server's storage root {root}"),
+        ("ftp://" + "h" * 500, grpc.StatusCode.INVALID_ARGUMENT, "only paths relative to the storage root"),
+        ((s.root / "clip.mov").as_uri() + "#t=1", grpc.StatusCode.INVALID_ARGUMENT, "has a query or fragment"),
+    ]
+    for source, code, text in cases:
+        with pytest.raises(grpc.aio.AioRpcError) as ei:
+            await s.media.CreateEntry(msvc.CreateEntryRequest(entry=Entry(name="x", source_uri=source)))
+        details = ei.value.details() or ""
+        assert ei.value.code() == code and text in details, (source[:40], details)
+        assert len(details) < 400, f"the error echoes the whole input: {details}"
+    info = error_info(await _refusal(s, "incoming/clip.mov"))
+    assert info.metadata["storage_root"] == root and info.metadata["source"] == "incoming/clip.mov"
+
+
+async def _refusal(s: Stubs, source: str) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as ei:
+        await s.media.CreateEntry(msvc.CreateEntryRequest(entry=Entry(name="x", source_uri=source)))
+    return ei.value
+
+
+async def test_a_relative_source_resolves_under_the_storage_root_whatever_the_cwd(
+        s: Stubs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # not the storage root
+    (tmp_path / "incoming").mkdir()
+    (tmp_path / "incoming" / "here.mov").write_bytes(b"in the server's cwd, not under its root")
+    rel = source_file(s)
+    e = await s.media.CreateEntry(msvc.CreateEntryRequest(entry=Entry(name="x", source_uri=rel)))
+    assert e.source_uri == "incoming/clip.mov" and e.job_ids
+    err = await _refusal(s, "incoming/here.mov")
+    assert err.code() == grpc.StatusCode.NOT_FOUND and error_info(err).reason == "SOURCE_NOT_FOUND"
+
+
 # -- processing ------------------------------------------------------------------
 
 
@@ -472,3 +512,53 @@ async def test_allow_upscale_and_the_smallest_output_when_all_are_too_large(s: S
     e = await _extract_with_size(s, [_video("p1080", 0, 1080), _video("p720", 0, 720)], 320, 240)
     states = {fa.output_name: fa.state for fa in e.flavor_assets}
     assert states == {"p1080": mres.FlavorAsset.NOT_APPLICABLE, "p720": mres.FlavorAsset.QUEUED}
+
+
+# -- everything stays readable by a client with gRPC's default 4 MiB limit ----------------------
+
+
+async def test_media_info_pages_stop_at_the_message_budget_for_4_mib_clients(s: Stubs) -> None:
+    e = await s.media.CreateEntry(msvc.CreateEntryRequest(entry=Entry(name="big infos")))
+    ids = []
+    for i in range(25):  # 25 x 180 KB: more than one 4 MiB message
+        mi = mres.MediaInfo(entry_id=e.id, raw_data="r" * 60_000, multi_stream_info="m" * 60_000,
+                            content_streams="c" * 60_000)
+        ids.append((await s.media.AddMediaInfo(msvc.AddMediaInfoRequest(media_info=mi))).id)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{s.app.port}") as ch:  # default 4 MiB receive limit
+        media = media_service_pb2_grpc.MediaServiceStub(ch)
+        got: list[str] = []
+        token = ""
+        pages = 0
+        while True:
+            page = await media.ListMediaInfos(msvc.ListMediaInfosRequest(entry_id=e.id, page_size=1000,
+                                                                         page_token=token))
+            assert page.ByteSize() < 4 * 1024 * 1024
+            got += [m.id for m in page.media_infos]
+            pages += 1
+            token = page.next_page_token
+            if not token:
+                break
+    assert got == ids and pages >= 2
+
+
+async def test_an_entry_rerun_many_times_keeps_its_latest_jobs_and_a_bounded_job_list(s: Stubs) -> None:
+    from mediajobs.server.store import entries as store_entries
+
+    e = await s.media.CreateEntry(msvc.CreateEntryRequest(entry=Entry(name="x", source_uri=source_file(s))))
+    extract = await s.lease("EXTRACT_MEDIA")
+    await s.complete(extract, {"duration_ms": 1000})
+    t = await s.lease("TRANSCODE")
+    await s.workers.FailJob(wsvc.FailJobRequest(job_id=t.job.id, lease_token=t.lease_token,
+                                                error=status_pb2.Status(message="boom")))
+    last = t.job
+    for _ in range(store_entries.MAX_ENTRY_JOB_IDS + 20):
+        last = await s.jobs.RerunJob(svc.RerunJobRequest(id=last.id))
+        await s.jobs.AbortJob(svc.AbortJobRequest(id=last.id))
+    entry = await s.entry(e.id)
+    assert len(entry.job_ids) <= store_entries.MAX_ENTRY_JOB_IDS
+    assert entry.job_ids[0] == extract.job.id and entry.job_ids[-1] == last.id  # the latest of every step
+    rerun = await s.jobs.RerunJob(svc.RerunJobRequest(id=last.id))
+    t2 = await s.lease("TRANSCODE")
+    assert t2.job.id == rerun.id
+    await s.complete(t2, {"outputs": []})
+    assert (await s.entry(e.id)).state == Entry.READY

@@ -318,3 +318,18 @@ def test_resolve_in_root(tmp_path: Path) -> None:
         with pytest.raises(OutsideStorageRoot):
             resolve_in_root(root, bad)
     assert issubclass(OutsideStorageRoot, ValueError)
+
+
+def test_module_main_writes_the_readme_test_clip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`python -m mediajobs.client.media FILE` (the README's first command)."""
+    from mediajobs.client.media import main
+
+    target = tmp_path / "storage" / "incoming" / "clip.mov"
+    assert main([str(target), "--seconds", "1", "--size", "96x64", "--fps", "10"]) == 0
+    assert capsys.readouterr().out == f"wrote {target} (1 s, 96x64, 10 fps)\n"
+    info = probe(target)
+    assert (info.video_width, info.video_height, info.audio_format) == (96, 64, "aac")
+    assert abs(info.container_duration_ms - 1000) <= 100
+    with pytest.raises(SystemExit) as ei:
+        main([str(tmp_path / "x.mov"), "--size", "big"])
+    assert ei.value.code == 2 and not (tmp_path / "x.mov").exists()

@@ -3,7 +3,8 @@ what `mediajobs worker --media` runs) and media made by the test itself.
 
 entry -> EXTRACT_MEDIA -> TRANSCODE x2 -> READY, watched through WatchJobs;
 a corrupt source ends in ERROR; an abort mid-transcode stops the encoder and
-leaves no partial output."""
+leaves no partial output; plain TRANSCODE jobs (CreateJob with a template or
+outputs, no entry) write their outputs under the storage root."""
 from __future__ import annotations
 
 import asyncio
@@ -12,7 +13,7 @@ from typing import AsyncIterator, Callable
 
 import av
 import grpc
-from google.protobuf import struct_pb2
+from google.protobuf import json_format, struct_pb2
 import pytest
 
 from mediajobs.client.media import synthesize_clip
@@ -230,3 +231,64 @@ async def test_the_worker_refuses_paths_outside_its_storage_root(env: Env, tmp_p
         assert got.state == Job.FAILED and got.attempt_count == 1, got
         assert got.error.message.startswith("OutsideStorageRoot: "), got.error.message
     assert not (tmp_path / "escaped.mp4").exists()
+
+
+async def test_plain_transcode_jobs_by_template_or_outputs_write_under_the_root(env: Env) -> None:
+    """TRANSCODE jobs made with CreateJob, not by an entry: the README's
+    example shape (`input`, an alias of `source`, and a template_id), and
+    explicit outputs with an output_dir; bad params fail at once."""
+    synthesize_clip(env.root / "in" / "clip.mp4", 2.0, 320, 240, fps=25)
+    await env.media.CreateJobTemplate(msvc.CreateJobTemplateRequest(job_template=TWO_OUTPUTS,
+                                                                     job_template_id="tiny-two"))
+
+    def params(**kw: object) -> struct_pb2.Struct:
+        st = struct_pb2.Struct()
+        st.update(kw)
+        return st
+
+    small = {"name": "web", "container": "mp4", "video_codec": "h264", "width": 160, "height": 120,
+             "audio_codec": "aac"}
+    by_template = await env.jobs.CreateJob(svc.CreateJobRequest(
+        type="TRANSCODE", template_id="tiny-two", params=params(input="in/clip.mp4")))
+    by_outputs = await env.jobs.CreateJob(svc.CreateJobRequest(
+        type="TRANSCODE", params=params(source="in/clip.mp4", output_dir="out/web", outputs=[small])))
+    conflicting = await env.jobs.CreateJob(svc.CreateJobRequest(
+        type="TRANSCODE", params=params(source="in/clip.mp4", input="in/other.mp4", outputs=[small])))
+    no_outputs = await env.jobs.CreateJob(svc.CreateJobRequest(type="TRANSCODE", params=params(input="in/clip.mp4")))
+    made = [by_template, by_outputs, conflicting, no_outputs]
+    ids = {j.id for j in made}
+
+    def finished() -> bool:
+        last = {ev.job.id: ev.job for ev in env.events if ev.job.id in ids}
+        return len(last) == len(ids) and all(j.state in TERMINAL for j in last.values())
+
+    await env.until(finished)
+    got = {j.id: await env.jobs.GetJob(svc.GetJobRequest(id=j.id)) for j in made}
+
+    done = got[by_template.id]
+    assert done.state == Job.SUCCEEDED, done.error.message
+    result = json_format.MessageToDict(done.result, preserving_proto_field_name=True)
+    assert result["source"] == "in/clip.mp4"
+    assert [(o["name"], o["path"]) for o in result["outputs"]] == [
+        ("small", f"transcodes/{done.id}/small.mp4"), ("audio", f"transcodes/{done.id}/audio.mp4")]
+    for out in result["outputs"]:
+        path = env.root / out["path"]
+        assert path.is_file() and path.stat().st_size == int(out["size_bytes"])
+        assert out["flavor_asset_id"] == "" and out["media_info_id"] == "", "no entry: nothing stored"
+        assert abs(int(out["media_info"]["container_duration_ms"]) - 2000) <= 150
+    video, audio = decoded_frames(env.root / result["outputs"][0]["path"])
+    assert 45 <= video <= 55 and audio > 0
+    assert decoded_frames(env.root / result["outputs"][1]["path"])[0] == 0, "the audio-only output"
+
+    done = got[by_outputs.id]
+    assert done.state == Job.SUCCEEDED, done.error.message
+    (out,) = json_format.MessageToDict(done.result, preserving_proto_field_name=True)["outputs"]
+    assert out["path"] == "out/web/web.mp4" and (env.root / "out" / "web" / "web.mp4").is_file()
+    info = out["media_info"]
+    assert (info["video_width"], info["video_height"]) == (160, 120)
+
+    for job, text in ((conflicting, "params.source and params.input (an alias of source) differ"),
+                      (no_outputs, "params.outputs is required")):
+        failed = got[job.id]
+        assert failed.state == Job.FAILED and failed.attempt_count == 1, failed
+        assert text in failed.error.message

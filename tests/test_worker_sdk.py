@@ -349,8 +349,8 @@ async def test_stop_releases_a_job_still_running_so_another_worker_takes_it_at_o
     assert taken_after < 2, "released, not left to expire (the lease is 30 s)"
     states = [e.state for e in evs]
     assert states == [Job.RUNNING, Job.PENDING, Job.RUNNING, Job.SUCCEEDED], states
-    assert evs[1].attempt_count == 1 and evs[1].progress_message == "released by its worker"
-    assert evs[-1].result["by"] == "w2" and evs[-1].result["attempt"] == 2
+    assert evs[1].attempt_count == 0 and evs[1].progress_message == "released by its worker"
+    assert evs[-1].result["by"] == "w2" and evs[-1].result["attempt"] == 1  # the release gave the attempt back
     assert w1.stats["released"] == 1
     assert await asyncio.to_thread(returned.wait, TIMEOUT)
     assert first == {"cancelled": True, "reason": "worker stopping"}
@@ -398,7 +398,7 @@ async def test_cancelling_run_releases_held_jobs(wapp: App, jobs: Any) -> None:
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, TIMEOUT)
     evs = (await history(jobs, rev, {job.id}, until=lambda j: j.state == Job.PENDING))[job.id]
-    assert [e.state for e in evs] == [Job.RUNNING, Job.PENDING] and evs[-1].attempt_count == 1
+    assert [e.state for e in evs] == [Job.RUNNING, Job.PENDING] and evs[-1].attempt_count == 0
 
 
 # -- server restart -----------------------------------------------------------------------------------
@@ -579,7 +579,7 @@ async def test_cli_worker_second_signal_releases_running_jobs_at_once(wapp: App,
             proc.kill()
             await proc.wait()
     assert proc.returncode == 0, "".join(lines) + err.decode()
-    assert evs[-1].state == Job.PENDING and evs[-1].attempt_count == 1
+    assert evs[-1].state == Job.PENDING and evs[-1].attempt_count == 0
     assert elapsed < 5, "the second signal did not wait for the drain timeout"
 
 
@@ -626,3 +626,41 @@ def test_cli_worker_finds_a_worker_attribute_and_reports_bad_modules(
         assert message in capsys.readouterr().err, argv
     for name in ("sdk_mod_a", "sdk_mod_empty"):
         sys.modules.pop(name, None)
+
+
+async def test_a_result_the_server_would_refuse_fails_its_job_and_spares_the_others(wapp: App, jobs: Any) -> None:
+    """A handler that returns NaN, or nests too deep, or reports such
+    progress details: its job fails at once with the reason (the SDK checks
+    with the server's rules), and the batch of completions it would have
+    joined goes through."""
+    w = Worker(target(wapp), concurrency=4, lease_duration=30)
+
+    @w.handler("SDK_PAYLOAD")
+    def handle(ctx: JobContext) -> dict[str, Any]:
+        kind = ctx.params["kind"]
+        if kind == "nan":
+            return {"ratio": float("nan")}
+        if kind == "deep":
+            deep: dict[str, Any] = {}
+            for _ in range(40):
+                deep = {"x": deep}
+            return deep
+        if kind == "details":
+            ctx.report_progress(50, "half", details={"inf": float("inf")})
+        return {"ok": True}
+
+    rev = await revision(jobs)
+    made = await create(jobs, *[req("SDK_PAYLOAD", kind=k) for k in ("nan", "deep", "details", "fine", "fine")])
+    async with running(w):
+        seen = await history(jobs, rev, {j.id for j in made})
+    final = {j.id: evs[-1] for j, evs in ((j, seen[j.id]) for j in made)}
+    kinds = {j.id: j.params["kind"] for j in made}
+    for job_id, job in final.items():
+        if kinds[job_id] == "fine":
+            assert job.state == Job.SUCCEEDED and job.result["ok"] is True
+        else:
+            assert job.state == Job.FAILED and job.attempt_count == 1, job
+            assert job.error.message.startswith("PayloadError: "), job.error.message
+    assert "result.ratio: nan is not a finite number" in final[made[0].id].error.message
+    assert "nested 21 levels deep; at most 20" in final[made[1].id].error.message
+    assert "details.inf: inf is not a finite number" in final[made[2].id].error.message

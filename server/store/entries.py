@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
+from urllib.parse import unquote, urlsplit
 
 import grpc
 import peewee
@@ -33,8 +33,9 @@ from mediajobs.v1 import media_resources_pb2 as mres
 from mediajobs.v1 import media_service_pb2 as msvc
 from mediajobs.v1 import resources_pb2 as res
 
+from .. import payloads
 from ..convert import set_ts
-from ..errors import ServiceError, invalid_argument
+from ..errors import ServiceError, clip, invalid_argument
 from ..storage import resolve_inside
 from . import jobs as store_jobs
 from .models import models_for
@@ -51,12 +52,18 @@ STEP_KEY = "entry_step"
 EXTRACT_STEP = "extract"
 FLAVOR_STEP = "flavor:"
 _IN_HOOK = "entries.hook"
+# Entry.job_ids keeps the latest job of every step and the newest others, up
+# to this many (re-runs would otherwise grow an entry without end).
+MAX_ENTRY_JOB_IDS = 256
+# Rows read per query while filling a page (list pages stop at the message
+# budget, so they are read a batch at a time).
+PAGE_BATCH = 64
 
 
 def entry_not_found(entry_id: str) -> ServiceError:
     return ServiceError(
         grpc.StatusCode.NOT_FOUND, "ENTRY_NOT_FOUND",
-        f"entry {entry_id!r} does not exist (it may have been deleted); list entries with ListEntries",
+        f"entry {clip(entry_id)} does not exist (it may have been deleted); list entries with ListEntries",
         metadata={"entry_id": entry_id}, resource=("mediajobs.v1.Entry", entry_id),
     )
 
@@ -64,16 +71,29 @@ def entry_not_found(entry_id: str) -> ServiceError:
 # -- the source file ---------------------------------------------------------------
 
 
+def _root_text(storage_root: Path) -> str:
+    """The storage root as an error names it: absolute, as configured."""
+    return os.path.abspath(storage_root)
+
+
 def source_relative_path(storage_root: Path, uri: str, field: str = "entry.source_uri") -> str:
     """The source as a path relative to the storage root; refuses anything
-    outside it, and files that do not exist. Touches nothing outside the root."""
+    outside it, and files that do not exist. Touches nothing outside the root.
+
+    `uri` is a path relative to the storage root (`incoming/clip.mov`) or a
+    file:// URL of an absolute local path inside it. Errors name the storage
+    root they looked in, and echo at most a short prefix of `uri`."""
+    root_text = _root_text(storage_root)
     if uri.startswith("file:"):
-        parsed = urlparse(uri)
+        parsed = urlsplit(uri)
         if parsed.netloc not in ("", "localhost"):
-            raise invalid_argument([(field, f"{uri!r} names another host; give a file:// URL of a local path")])
+            raise invalid_argument([(field, f"{clip(uri)} names another host; give a file:// URL of a local path")])
+        if parsed.query or parsed.fragment:
+            raise invalid_argument([(field, f"{clip(uri)} has a query or fragment; percent-encode '?' and '#' in "
+                                            "file names")])
         path = unquote(parsed.path)
         if not os.path.isabs(path):
-            raise invalid_argument([(field, f"{uri!r} is not an absolute file:// URL")])
+            raise invalid_argument([(field, f"{clip(uri)} is not an absolute file:// URL")])
         norm = os.path.normpath(path)
         for root in dict.fromkeys((os.path.abspath(storage_root), os.path.realpath(storage_root))):
             if norm == root or norm.startswith(root.rstrip("/") + "/"):
@@ -81,22 +101,25 @@ def source_relative_path(storage_root: Path, uri: str, field: str = "entry.sourc
                 break
         else:
             raise invalid_argument(
-                [(field, f"{path!r} is outside the server's storage root; put the file under the storage root "
-                         "(the server's --storage-root) and register it from there")],
+                [(field, f"{clip(path)} is outside the server's storage root {root_text}; put the file under "
+                         "the storage root (the server's --storage-root) and register it from there, or give "
+                         "its path relative to the storage root")],
                 reason="PATH_OUTSIDE_STORAGE_ROOT",
             )
     elif "://" in uri:
-        raise invalid_argument([(field, f"{uri!r}: only paths relative to the storage root and file:// URLs are supported")])
+        raise invalid_argument([(field, f"{clip(uri)}: only paths relative to the storage root and file:// URLs "
+                                        "are supported")])
     else:
         rel = uri
     found, st = resolve_inside(storage_root, rel, field)
     if found is None or st is None:
         raise ServiceError(
             grpc.StatusCode.NOT_FOUND, "SOURCE_NOT_FOUND",
-            f"source {rel!r} does not exist under the storage root", metadata={"source": rel},
+            f"source {clip(rel)} does not exist under the storage root {root_text}",
+            metadata={"source": rel, "storage_root": root_text},
         )
     if not found.is_file():
-        raise invalid_argument([(field, f"{rel!r} is not a regular file")])
+        raise invalid_argument([(field, f"{clip(rel)} is not a regular file (under the storage root {root_text})")])
     return str(Path(found).relative_to(os.path.realpath(storage_root)))
 
 
@@ -310,6 +333,13 @@ def _latest_states(tx: WriteTx, entry: Entry, current: Job) -> dict[str, Job]:
         step = j.metadata.get(STEP_KEY, "")
         if step:
             latest[step] = j
+    if len(entry.job_ids) > MAX_ENTRY_JOB_IDS:
+        # Re-runs add up: keep the latest job of every step and the newest
+        # others, so an entry (and every page of them) stays readable.
+        keep = {j.id for j in latest.values()} | set(entry.job_ids[-(MAX_ENTRY_JOB_IDS // 2):])
+        kept = [i for i in entry.job_ids if i in keep]
+        del entry.job_ids[:]
+        entry.job_ids.extend(kept)
     return latest
 
 
@@ -352,7 +382,7 @@ def check_entry_is_done(tx: WriteTx, job_id: str) -> msvc.CheckEntryIsDoneRespon
     if not entry_id:
         raise ServiceError(
             grpc.StatusCode.FAILED_PRECONDITION, "JOB_HAS_NO_ENTRY",
-            f"job {job_id!r} is not a processing job of an entry (it has no `entry_id` metadata)",
+            f"job {clip(job_id)} is not a processing job of an entry (it has no `entry_id` metadata)",
             metadata={"job_id": job_id},
             precondition=("ENTRY", f"jobs/{job_id}", "the job has no entry_id metadata"),
         )
@@ -374,7 +404,7 @@ def add_media_info(tx: WriteTx, req: msvc.AddMediaInfoRequest) -> MediaInfo:
     if mi.flavor_asset_id and not any(fa.id == mi.flavor_asset_id for fa in entry.flavor_assets):
         raise ServiceError(
             grpc.StatusCode.NOT_FOUND, "FLAVOR_ASSET_NOT_FOUND",
-            f"entry {entry.id!r} has no flavor asset {mi.flavor_asset_id!r}; see GetEntry for its flavor_assets",
+            f"entry {clip(entry.id)} has no flavor asset {clip(mi.flavor_asset_id)}; see GetEntry for its flavor_assets",
             metadata={"entry_id": entry.id, "flavor_asset_id": mi.flavor_asset_id},
         )
     mi.id = str(ULID())
@@ -400,10 +430,35 @@ def get_media_info(db: peewee.Database, project: str, media_info_id: str) -> Med
     if row is None:
         raise ServiceError(
             grpc.StatusCode.NOT_FOUND, "MEDIA_INFO_NOT_FOUND",
-            f"media info {media_info_id!r} does not exist; list an entry's with ListMediaInfos",
+            f"media info {clip(media_info_id)} does not exist; list an entry's with ListMediaInfos",
             metadata={"media_info_id": media_info_id}, resource=("mediajobs.v1.MediaInfo", media_info_id),
         )
     return MediaInfo.FromString(bytes(row[0]))
+
+
+def _budget_page(select: Any, id_col: Any, cond: Any, size: int, descending: bool) -> tuple[list[bytes], Any]:
+    """Up to `size` rows' data by id (keyset), read in small batches and
+    stopping at the message budget, so that a page of large rows neither
+    passes a 4 MiB client's limit nor sits in memory whole. Returns the
+    page and the last id when more rows follow (else None)."""
+    page: list[bytes] = []
+    budget = payloads.MessageBudget()
+    last: Any = None
+    while len(page) < size:
+        want = min(PAGE_BATCH, size - len(page)) + 1
+        after = cond if last is None else cond & ((id_col < last) if descending else (id_col > last))
+        rows = list(select.where(after).order_by(id_col.desc() if descending else id_col).limit(want).tuples())
+        for row_id, data in rows[: want - 1]:
+            data = bytes(data)
+            if not budget.admit(len(data)):
+                return page, last
+            page.append(data)
+            last = row_id
+        if len(rows) < want:
+            return page, None
+        if len(page) == size:
+            return page, last
+    return page, last
 
 
 def list_media_infos(db: peewee.Database, project: str, req: msvc.ListMediaInfosRequest) -> msvc.ListMediaInfosResponse:
@@ -417,10 +472,9 @@ def list_media_infos(db: peewee.Database, project: str, req: msvc.ListMediaInfos
     if req.page_token:
         (last,) = store_jobs.decode_token(req.page_token, fp)
         cond &= M.id > last
-    rows = list(M.select(M.id, M.data).where(cond).order_by(M.id).limit(size + 1).tuples())
-    token = store_jobs.encode_token([rows[size - 1][0]], fp) if len(rows) > size else ""
-    return msvc.ListMediaInfosResponse(media_infos=[MediaInfo.FromString(bytes(r[1])) for r in rows[:size]],
-                                       next_page_token=token)
+    page, more_after = _budget_page(M.select(M.id, M.data), M.id, cond, size, descending=False)
+    token = store_jobs.encode_token([more_after], fp) if more_after is not None else ""
+    return msvc.ListMediaInfosResponse(media_infos=[MediaInfo.FromString(d) for d in page], next_page_token=token)
 
 
 # -- entry reads ----------------------------------------------------------------------
@@ -444,9 +498,9 @@ def list_entries(db: peewee.Database, project: str, req: msvc.ListEntriesRequest
     if req.page_token:
         (last,) = store_jobs.decode_token(req.page_token, fp)
         cond &= E.id < last
-    rows = list(E.select(E.id, E.data).where(cond).order_by(E.id.desc()).limit(size + 1).tuples())
-    token = store_jobs.encode_token([rows[size - 1][0]], fp) if len(rows) > size else ""
-    return msvc.ListEntriesResponse(entries=[Entry.FromString(bytes(r[1])) for r in rows[:size]], next_page_token=token)
+    page, more_after = _budget_page(E.select(E.id, E.data), E.id, cond, size, descending=True)
+    token = store_jobs.encode_token([more_after], fp) if more_after is not None else ""
+    return msvc.ListEntriesResponse(entries=[Entry.FromString(d) for d in page], next_page_token=token)
 
 
 store_jobs.STATE_HOOKS.append(on_job_state)
