@@ -4,7 +4,8 @@ The server gives every committed change a dense, strictly increasing store
 revision, and every message it streams (events and progress bookmarks)
 carries one. `JobWatch` remembers the last revision it received and, when the
 stream breaks, re-opens it with `start_revision = last + 1` after a jittered
-exponential back-off, so the caller sees every change exactly once and in
+exponential back-off (never shorter than a RetryInfo delay the server sent
+with the failure), so the caller sees every change exactly once and in
 order, across any number of reconnects.
 """
 from __future__ import annotations
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 from typing import Callable, Generator, Iterator, Sequence
 
 import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from mediajobs.v1 import job_service_pb2 as svc
 from mediajobs.v1 import job_service_pb2_grpc as svc_grpc
@@ -23,7 +26,9 @@ from mediajobs.v1 import resources_pb2 as res
 
 from .errors import MediaJobsError
 
-# Codes after which the stream is re-opened from the last revision.
+# Codes after which the stream is re-opened from the last revision. CANCELLED
+# includes calls gRPC core refuses before the server sees them (its queue of
+# calls not yet picked up by the server is full: a bare CANCELLED).
 RETRYABLE_CODES = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.RESOURCE_EXHAUSTED}
 )
@@ -49,6 +54,27 @@ def is_retryable(err: grpc.RpcError) -> bool:
     if e.code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
         return not e.reason and bool(_TRANSPORT_RESET.search(e.message))
     return False
+
+
+# A server's RetryInfo is honoured up to this many seconds.
+MAX_RETRY_INFO_DELAY = 300.0
+
+
+def retry_info_delay(err: grpc.RpcError) -> float | None:
+    """The retry delay (seconds) of a RetryInfo in the call's rich status, if
+    any (an overloaded or draining server says how long to stay away)."""
+    try:
+        st = rpc_status.from_call(err)  # type: ignore[arg-type]
+    except (ValueError, AttributeError, NotImplementedError):
+        return None
+    if st is None:
+        return None
+    for detail in st.details:
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info = error_details_pb2.RetryInfo()
+            detail.Unpack(info)
+            return min(MAX_RETRY_INFO_DELAY, max(0.0, info.retry_delay.ToMicroseconds() / 1e6))
+    return None
 
 
 @dataclass(frozen=True)
@@ -92,6 +118,9 @@ class JobWatch(Iterator[svc.WatchJobsResponse]):
 
     Resumption: after a retryable failure the stream is re-opened with
     start_revision = `last_revision` + 1, so no change is skipped or repeated.
+    The wait before a re-open is the jittered back-off, but at least the
+    RetryInfo delay the failure carried (plus up to half of it again, so
+    refused clients do not all return at the same moment).
     A watch "from now" (start_revision 0, no snapshot) learns its starting
     revision from the progress message the server sends first; if the
     connection is lost before even that arrives, it starts from "now" again. With `send_initial_snapshot`, if the
@@ -227,6 +256,7 @@ class JobWatch(Iterator[svc.WatchJobsResponse]):
         attempt = 0
         while not self._stop.is_set():
             error: MediaJobsError | None = None
+            hint: float | None = None
             try:
                 stream = self._stream(self._request())
                 try:
@@ -247,9 +277,12 @@ class JobWatch(Iterator[svc.WatchJobsResponse]):
                 if not is_retryable(e):
                     raise MediaJobsError.from_rpc_error(e) from None
                 error = MediaJobsError.from_rpc_error(e)
+                hint = retry_info_delay(e)
             if self._stop.is_set():
                 return
             delay = self.backoff.delay(attempt)
+            if hint is not None:
+                delay = max(delay, hint * (1.0 + 0.5 * random.random()))
             self.reconnects += 1
             if self.on_retry is not None:
                 self.on_retry(RetryInfo(error, delay, self.next_revision, attempt))

@@ -6,8 +6,13 @@ only and every loop is bounded.
 
 - `ServerProc`: run `python -m mediajobs.server` as a separate process on a
   given SQLite file, parse its "listening on" line, read its CPU time and RSS
-  from /proc, stop it with SIGTERM.
+  from /proc, stop it with SIGTERM. Its log (default: next to the database)
+  and data dir go into the caller's temporary folder.
 - `ProcCpu` / `proc_cpu_seconds` / `proc_rss_bytes`: /proc readers.
+- `OtherLoad` / `other_load_note` / `wait_for_quiet`: how busy other
+  processes kept the machine (ours: this process and all its descendants).
+- `cleanup_tmp`: remove a run's temporary folder (unless --keep), after a
+  failure printing the end of the logs in it first.
 - `PySpy`: optional sampling profile of the server process (py-spy record,
   raw collapsed stacks) and a short "where does the time go" summary.
 - `pct`, `table`, `target_line`: reporting.
@@ -17,6 +22,7 @@ from __future__ import annotations
 import atexit
 import collections
 import contextlib
+import math
 import os
 import re
 import shutil
@@ -30,7 +36,8 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
-LISTEN_RE = re.compile(r"mediajobs-server listening on 127\.0\.0\.1:(\d+)")
+# "mediajobs-server listening on HOST:PORT", with or without a version after the name.
+LISTEN_RE = re.compile(r"mediajobs-server(?: [^ \n]+)? listening on 127\.0\.0\.1:(\d+)")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # Separate channels must not share one TCP connection (grpc shares
@@ -62,25 +69,68 @@ def system_busy_seconds() -> float:
     return (v[0] + v[1] + v[2] + v[5] + v[6] + (v[7] if len(v) > 7 else 0)) / CLK_TCK
 
 
-class OtherLoad:
-    """Cores used by processes other than the given ones (the server and this
-    benchmark's own processes) between start() and stop(): a shared machine
-    makes every number here unreliable, so the scripts report it."""
+def tree_cpu_seconds(root: int | None = None) -> float:
+    """CPU seconds used so far by a process and all its descendants: each live
+    one's own time plus the time of its children that exited and were waited
+    for (cutime/cstime), so processes that ended meanwhile (a restarted
+    server, finished workers) still count."""
+    root = os.getpid() if root is None else root
+    children: dict[int, list[int]] = collections.defaultdict(list)
+    times: dict[int, float] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                rest = f.read().rsplit(")", 1)[1].split()
+        except OSError:  # exited meanwhile
+            continue
+        pid = int(d)
+        children[int(rest[1])].append(pid)
+        # utime, stime, cutime, cstime are fields 14-17.
+        times[pid] = (int(rest[11]) + int(rest[12]) + int(rest[13]) + int(rest[14])) / CLK_TCK
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        total += times.get(pid, 0.0)
+        todo.extend(children.get(pid, ()))
+    return total
 
-    def __init__(self, pids: Sequence[int | str]) -> None:
-        self.pids = list(pids)
+
+class OtherLoad:
+    """Cores used by processes other than ours between start() and stop(): a
+    shared machine makes every number here unreliable, so the scripts report
+    it. Ours are, by default, this process and all its descendants (servers,
+    workers, peers, py-spy, ffmpeg), including those that exited meanwhile,
+    plus the `also` pids (e.g. a broker the measured system uses); or else
+    exactly the given pids."""
+
+    def __init__(self, pids: Sequence[int | str] | None = None, also: Sequence[int] = ()) -> None:
+        self.pids = None if pids is None else list(pids)
+        self.also = list(also)
         self.t0 = self.s0 = 0.0
         self.p0: list[float] = []
         self.cores = 0.0
 
+    def _ours(self) -> list[float]:
+        if self.pids is None:
+            return [tree_cpu_seconds()] + [tree_cpu_seconds(p) for p in self.also]
+        out = []
+        for p in self.pids:
+            try:
+                out.append(proc_cpu_seconds(p))
+            except OSError:  # exited; its time is lost (use the default, the process tree)
+                out.append(float("nan"))
+        return out
+
     def start(self) -> "OtherLoad":
         self.t0, self.s0 = time.perf_counter(), system_busy_seconds()
-        self.p0 = [proc_cpu_seconds(p) for p in self.pids]
+        self.p0 = self._ours()
         return self
 
     def stop(self) -> float:
         wall = time.perf_counter() - self.t0
-        ours = sum(proc_cpu_seconds(p) - c for p, c in zip(self.pids, self.p0))
+        ours = sum(c1 - c0 for c1, c0 in zip(self._ours(), self.p0) if not math.isnan(c1 - c0))
         self.cores = max(0.0, (system_busy_seconds() - self.s0 - ours) / wall) if wall else 0.0
         return self.cores
 
@@ -106,11 +156,32 @@ def add_quiet_arg(ap: Any) -> None:
                          "(default: don't wait; the scripts always report how busy the machine was)")
 
 
+OTHER_LOAD_WARN = 0.2
+
+
 def other_load_note(cores: float) -> str:
     msg = f"other processes on this machine used {cores:.2f} cores meanwhile"
-    if cores > 0.2:
+    if cores > OTHER_LOAD_WARN:
         msg += " -- WARNING: the machine was not quiet; numbers are unreliable, run again"
     return msg
+
+
+def cleanup_tmp(tmp: str | Path, keep: bool = False, failed: bool = False, what: str = "") -> None:
+    """Remove a benchmark's temporary folder (database, logs, outputs) unless
+    `keep`. After a failure, first print the end of the server logs in it."""
+    tmp = Path(tmp)
+    if not tmp.exists():
+        return
+    if keep:
+        print(f"(kept {tmp}{': ' + what if what else ''})")
+        return
+    if failed:
+        for log in sorted(tmp.rglob("*.log")):
+            lines = log.read_text(errors="replace").splitlines()[-20:]
+            if lines:
+                print(f"--- last lines of {log.name} (--keep keeps the folder):", file=sys.stderr)
+                print("\n".join(lines), file=sys.stderr)
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def proc_rss_bytes(pid: int | str = "self") -> int:
@@ -204,7 +275,9 @@ class ServerProc:
         self.port = port
         self.extra_args = list(extra_args)
         self.log_level = log_level
-        self.log_path = Path(log_path) if log_path else Path(tempfile.mkstemp(prefix="mediajobs-bench-", suffix=".log")[1])
+        # By default the log goes next to the database, in the caller's
+        # temporary folder, so it goes away with it.
+        self.log_path = Path(log_path) if log_path else Path(self.db).with_name(Path(self.db).stem + "-server.log")
         self.proc: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
         self.listening_at = 0.0
@@ -223,6 +296,11 @@ class ServerProc:
         head = [sys.executable, "-c", GC_WRAPPER] if self.gc_log else [sys.executable, "-m", "mediajobs.server"]
         cmd = [*head, "--listen", f"127.0.0.1:{self.port}", "--db", self.db, "--log-level", self.log_level,
                *self.extra_args]
+        if not any(a.startswith("--data-dir") for a in self.extra_args):
+            # Not the user's ~/.local/share/mediajobs: what the server
+            # creates there (its storage root) goes into the log's folder,
+            # the caller's temporary one.
+            cmd += ["--data-dir", str(self.log_path.parent)]
         log = open(self.log_path, "ab")
         offset = log.tell()
         self.started_at = time.monotonic()
@@ -446,7 +524,8 @@ def add_profile_args(ap: Any) -> None:
                     help="sample the server with py-spy (PATH, $PY_SPY or --py-spy) during each measured phase "
                          "and print where its time goes")
     ap.add_argument("--py-spy", default=None, help="path of the py-spy binary")
-    ap.add_argument("--profile-dir", default=None, help="keep the raw py-spy stacks here (default: a temp dir)")
+    ap.add_argument("--profile-dir", default=None,
+                    help="keep the raw py-spy stacks here (default: a temp dir, removed at exit)")
 
 
 def profile_setup(args: Any) -> tuple[str | None, Path | None]:
@@ -456,6 +535,10 @@ def profile_setup(args: Any) -> tuple[str | None, Path | None]:
     if exe is None:
         print("note: --profile needs py-spy (pip install py-spy, or --py-spy PATH); profiling disabled")
         return None, None
-    d = Path(args.profile_dir) if args.profile_dir else Path(tempfile.mkdtemp(prefix="mediajobs-bench-prof-"))
+    if args.profile_dir:
+        d = Path(args.profile_dir)
+    else:  # only for this run: removed when the script exits
+        d = Path(tempfile.mkdtemp(prefix="mediajobs-bench-prof-"))
+        atexit.register(shutil.rmtree, d, True)
     d.mkdir(parents=True, exist_ok=True)
     return exe, d

@@ -2,7 +2,7 @@
 """Benchmark: CreateJob and GetJob calls/s at 64 concurrent calls, each as a
 fraction of an empty unary RPC on the same runtime, measured in the same run.
 
-Targets: GetJob >= 0.6 and CreateJob >= 0.5 of the empty RPC's calls/s.
+Targets: GetJob >= 0.6 of the empty RPC's calls/s (CreateJob: below).
 
 The empty unary RPC is grpc.health.v1.Health/Check on the same server process
 (grpc_health's aio servicer: a dict lookup). The server runs as a separate
@@ -16,7 +16,19 @@ front and replies are left as bytes, so the load generator spends as little
 CPU per call as it can; the same applies to all three RPCs.
 
 Every CreateJob carries a fresh request_id, so each reply means the job row,
-its CREATED event row and the idempotency row were committed.
+its CREATED event row and the idempotency row were committed. CreateJob is
+measured in both durability modes (`--durability strict`, the default: SQLite
+synchronous=FULL, an ack survives power loss; and `fast`: synchronous=NORMAL,
+an ack survives a server crash), each on its own server process started side
+by side, against the same empty-RPC baseline.
+Targets: CreateJob strict >= 0.4, CreateJob fast >= 0.5.
+
+Overload: a third server with `--max-concurrent-rpcs 64` gets a burst of
+BURST concurrent CreateJob calls (over 8 channels) while Health/Check is
+called every 10 ms on its own channel. Every call must end OK or
+RESOURCE_EXHAUSTED with an ErrorInfo (OVERLOADED) and a RetryInfo: never
+CANCELLED or anything else. Reported: the p50/p99 of the refused calls
+(target p99 <= 50 ms), of the admitted ones, and of the health checks.
 
 For each workload: warm-up, then a fixed measuring time; it reports calls/s,
 p50/p99 latency, the server's CPU seconds per call (from /proc/PID/stat) and
@@ -24,7 +36,7 @@ this process's, and the ratios. Exit code 0 even when a target is missed;
 non-zero only when the benchmark itself fails (server does not start, RPCs
 fail).
 
-    python scripts/bench_jobs.py            # ~2 min: 3 rounds x 3 workloads x (2 + 10) s
+    python scripts/bench_jobs.py            # ~2.5 min: 3 rounds x 4 workloads x (2 + 10) s
     python scripts/bench_jobs.py --quick    # ~20 s
     python scripts/bench_jobs.py --profile  # + py-spy summary of the server per workload
 """
@@ -53,7 +65,10 @@ from mediajobs.v1 import resources_pb2 as res  # noqa: E402
 CREATE = "/mediajobs.v1.JobService/CreateJob"
 GET = "/mediajobs.v1.JobService/GetJob"
 
-TARGETS = {"GetJob": 0.6, "CreateJob": 0.5}
+TARGETS = {"GetJob": 0.6, "CreateJob strict": 0.4, "CreateJob fast": 0.5}
+BURST = 2000
+BURST_CAP = 64
+SHED_P99_TARGET_MS = 50.0
 
 
 @dataclass
@@ -145,6 +160,86 @@ async def seed_jobs(channel: grpc.aio.Channel, n: int) -> list[str]:
     return ids[:n]
 
 
+@dataclass
+class Burst:
+    codes: dict[str, int] = field(default_factory=dict)
+    shed: list[float] = field(default_factory=list)
+    admitted: list[float] = field(default_factory=list)
+    health: list[float] = field(default_factory=list)
+    bad_refusals: int = 0  # RESOURCE_EXHAUSTED without the ErrorInfo/RetryInfo
+    other_sample: str = ""
+    wall: float = 0.0
+
+
+def _overloaded_details(e: grpc.aio.AioRpcError) -> bool:
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    st = rpc_status.from_call(e)  # type: ignore[arg-type]
+    if st is None:
+        return False
+    kinds = set()
+    for d in st.details:
+        if d.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            d.Unpack(info)
+            if info.reason == "OVERLOADED":
+                kinds.add("info")
+        elif d.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            kinds.add("retry")
+    return kinds == {"info", "retry"}
+
+
+async def overload_burst(server: bc.ServerProc, n: int) -> Burst:
+    """n concurrent CreateJob calls at once, and a health check every 10 ms."""
+    out = Burst()
+    chans = [grpc.aio.insecure_channel(server.addr, options=bc.CHANNEL_OPTIONS) for _ in range(8)]
+    hch = grpc.aio.insecure_channel(server.addr, options=bc.CHANNEL_OPTIONS)
+    for ch in chans + [hch]:
+        await asyncio.wait_for(ch.channel_ready(), 10)
+    creates = [ch.unary_unary(CREATE) for ch in chans]
+    check = hch.unary_unary(bc.HEALTH_CHECK)
+    health_req = health_pb2.HealthCheckRequest(service="mediajobs.v1.JobService").SerializeToString()
+    reqs = create_requests(create_request_template())
+    perf = time.perf_counter
+    done = asyncio.Event()
+
+    async def one(i: int) -> None:
+        t0 = perf()
+        try:
+            await creates[i % len(creates)](next(reqs), timeout=60)
+            out.admitted.append(perf() - t0)
+            code = "OK"
+        except grpc.aio.AioRpcError as e:
+            code = e.code().name
+            if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                out.shed.append(perf() - t0)
+                if not _overloaded_details(e):
+                    out.bad_refusals += 1
+            else:
+                out.other_sample = out.other_sample or f"{code}: {e.details()}"
+        out.codes[code] = out.codes.get(code, 0) + 1
+
+    async def probe_health() -> None:
+        while not done.is_set():
+            t0 = perf()
+            await check(health_req, timeout=30)
+            out.health.append(perf() - t0)
+            await asyncio.sleep(0.01)
+
+    prober = asyncio.create_task(probe_health())
+    t0 = perf()
+    await asyncio.gather(*(one(i) for i in range(n)))
+    out.wall = perf() - t0
+    done.set()
+    await prober
+    for ch in chans + [hch]:
+        await ch.close()
+    for xs in (out.shed, out.admitted, out.health):
+        xs.sort()
+    return out
+
+
 async def bench(args: argparse.Namespace) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="mediajobs-bench-jobs-"))
     db = tmp / "jobs.db"
@@ -155,7 +250,14 @@ async def bench(args: argparse.Namespace) -> int:
         allowed = sorted(bc.os.sched_getaffinity(0))
         server_cpus, client_cpus = {allowed[0]}, {allowed[1]}
         bc.os.sched_setaffinity(0, client_cpus)
-    server = bc.ServerProc(db, port=args.port, log_path=tmp / "server.log", cpus=server_cpus).start()
+    server = bc.ServerProc(db, port=args.port, log_path=tmp / "server.log", cpus=server_cpus,
+                           extra_args=["--durability", "strict"]).start()
+    # The same build in `fast` durability, on its own file, for CreateJob only.
+    fast = bc.ServerProc(tmp / "jobs-fast.db", log_path=tmp / "server-fast.log", cpus=server_cpus,
+                         extra_args=["--durability", "fast"]).start()
+    # And one with a small concurrency limit, for the overload burst.
+    capped = bc.ServerProc(tmp / "jobs-burst.db", log_path=tmp / "server-burst.log", cpus=server_cpus,
+                           extra_args=["--max-concurrent-rpcs", str(BURST_CAP)]).start()
     spy = None
     exe, pdir = bc.profile_setup(args)
     if exe and pdir:
@@ -170,7 +272,8 @@ async def bench(args: argparse.Namespace) -> int:
     try:
         ch_counts = sorted({int(c) for c in args.channels.split(",")})
         all_channels = [grpc.aio.insecure_channel(server.addr, options=bc.CHANNEL_OPTIONS) for _ in range(max(ch_counts))]
-        for ch in all_channels:
+        fast_channels = [grpc.aio.insecure_channel(fast.addr, options=bc.CHANNEL_OPTIONS) for _ in range(max(ch_counts))]
+        for ch in all_channels + fast_channels:
             await asyncio.wait_for(ch.channel_ready(), 10)
         ids = await seed_jobs(all_channels[0], args.jobs)
         print(f"seeded {len(ids)} jobs for GetJob")
@@ -178,20 +281,22 @@ async def bench(args: argparse.Namespace) -> int:
         get_reqs = [svc.GetJobRequest(id=i).SerializeToString() for i in ids]
         template = create_request_template()
         workloads = [
-            ("empty (Health/Check)", bc.HEALTH_CHECK, lambda: itertools.repeat(health_req)),
-            ("GetJob", GET, lambda: itertools.cycle(get_reqs)),
-            ("CreateJob", CREATE, lambda: create_requests(template)),
+            ("empty (Health/Check)", bc.HEALTH_CHECK, lambda: itertools.repeat(health_req), False),
+            ("GetJob", GET, lambda: itertools.cycle(get_reqs), False),
+            ("CreateJob strict", CREATE, lambda: create_requests(template), False),
+            ("CreateJob fast", CREATE, lambda: create_requests(template), True),
         ]
         for rnd in range(args.rounds):
             for nch in ch_counts:
-                chans = all_channels[:nch]
-                for name, method, make in workloads:
+                for name, method, make, on_fast in workloads:
+                    chans = (fast_channels if on_fast else all_channels)[:nch]
+                    target = fast if on_fast else server
                     if args.warmup > 0:
-                        w = await run_load(chans, method, make(), args.concurrency, args.warmup, server, name,
+                        w = await run_load(chans, method, make(), args.concurrency, args.warmup, target, name,
                                            record=False)
                         if w.errors:
                             print(f"  warm-up {name}: {w.errors} errors, e.g. {w.error_sample}")
-                    r = await run_load(chans, method, make(), args.concurrency, args.duration, server, name,
+                    r = await run_load(chans, method, make(), args.concurrency, args.duration, target, name,
                                        spy=spy)
                     results.append(r)
                     print(f"  round {rnd + 1} {nch} ch {name:22s} {r.rate:8,.0f} calls/s  "
@@ -199,10 +304,17 @@ async def bench(args: argparse.Namespace) -> int:
                           f"client {r.client_cpu / r.wall:.2f} cores"
                           + (f"  ERRORS {r.errors}: {r.error_sample}" if r.errors else ""), flush=True)
                     failed |= r.errors > 0
-        for ch in all_channels:
+        for ch in all_channels + fast_channels:
             await ch.close()
+        await overload_burst(capped, 200)  # warm-up
+        burst = await overload_burst(capped, args.burst)
+        print(f"  overload burst: {args.burst} concurrent CreateJob in {burst.wall:.2f} s: "
+              + ", ".join(f"{k} {v}" for k, v in sorted(burst.codes.items())), flush=True)
+        failed |= set(burst.codes) - {"OK", "RESOURCE_EXHAUSTED"} != set() or burst.bad_refusals > 0
     finally:
         server.stop()
+        fast.stop()
+        capped.stop()
     if not failed and not args.keep:
         bc.shutil.rmtree(tmp, ignore_errors=True)
     else:
@@ -259,9 +371,10 @@ async def bench(args: argparse.Namespace) -> int:
         for nch in sorted(ratios):
             per = {name: [] for name in TARGETS}
             rs = [r for r in results if r.channels == nch]
-            for i in range(0, len(rs), 3):
+            step = len(workloads)
+            for i in range(0, len(rs), step):
                 base = rs[i].rate
-                for r in rs[i + 1:i + 3]:
+                for r in rs[i + 1:i + step]:
                     per[r.name].append(r.rate / base if base else float("nan"))
             print(f"ratio per round, {nch} ch: " + "; ".join(
                 f"{name} {' '.join(f'{x:.2f}' for x in xs)} (median {sorted(xs)[len(xs) // 2]:.2f})"
@@ -274,6 +387,24 @@ async def bench(args: argparse.Namespace) -> int:
         line, _ = bc.target_line(f"{name}/empty", ratios[best][name], ">=", thr,
                                  note=f"{args.concurrency} concurrent, {best} channel{'s' if best > 1 else ''}")
         print(line)
+    print()
+    print(f"overload: {args.burst} concurrent CreateJob calls at once against --max-concurrent-rpcs {BURST_CAP}, "
+          "and Health/Check every 10 ms meanwhile")
+    print(bc.table(["calls", "count", "p50 ms", "p99 ms", "max ms"], [
+        ["refused (RESOURCE_EXHAUSTED, OVERLOADED)", len(burst.shed), 1000 * bc.pct(burst.shed, 50),
+         1000 * bc.pct(burst.shed, 99), 1000 * (burst.shed[-1] if burst.shed else 0)],
+        ["admitted (OK)", len(burst.admitted), 1000 * bc.pct(burst.admitted, 50), 1000 * bc.pct(burst.admitted, 99),
+         1000 * (burst.admitted[-1] if burst.admitted else 0)],
+        ["Health/Check during the burst", len(burst.health), 1000 * bc.pct(burst.health, 50),
+         1000 * bc.pct(burst.health, 99), 1000 * (burst.health[-1] if burst.health else 0)],
+    ]))
+    others = {k: v for k, v in burst.codes.items() if k not in ("OK", "RESOURCE_EXHAUSTED")}
+    if others or burst.bad_refusals:
+        print(f"ERROR: {others} other outcomes (e.g. {burst.other_sample}); {burst.bad_refusals} refusals without "
+              "ErrorInfo + RetryInfo", file=sys.stderr)
+    line, _ = bc.target_line("overload refused p99", 1000 * bc.pct(burst.shed, 99), "<=", SHED_P99_TARGET_MS, " ms",
+                             note=f"{args.burst} at once, {len(burst.shed)} refused")
+    print(line)
     if failed:
         print("ERROR: some calls failed; the numbers above are not valid", file=sys.stderr)
         return 1
@@ -291,6 +422,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3,
                     help="repeat the whole sequence, interleaving the workloads (default %(default)s)")
     ap.add_argument("--jobs", type=int, default=1000, help="jobs created first for GetJob (default %(default)s)")
+    ap.add_argument("--burst", type=int, default=BURST,
+                    help="concurrent calls in the overload burst (default %(default)s)")
     ap.add_argument("--port", type=int, default=0, help="server port (default: any free one)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary database and server log")
     ap.add_argument("--quick", action="store_true",

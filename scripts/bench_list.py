@@ -18,19 +18,21 @@ population; --rebuild forces it. A server started on it adds indexes that a
 newer schema defines (create_schema), as it would on a real database.
 
 Measurement: the server runs as a separate process on the cached file (with
---event-retention set very long so the retention sweep deletes nothing and
-the cache stays as built). The server is pinned to one CPU and this process
-to another (--no-pin to let them float). Calls are sequential (one in
-flight). For each filter (state+type, state only; `--filters ...,none` adds
-no filter, seconds per call at 1,000,000 jobs) and order_by (default id,
-`priority desc`, `create_time desc`): walk pages 1..100 with page_size 100 by
-following next_page_token (each call timed), keep the token that asks for
-page 100, then replay the page-1 request and the page-100 request REPS times
-each, interleaved, within --budget seconds per combination. Baseline in the
-same run: Health/Check latency on the same server. When fewer than 100 pages
-exist (small --jobs) or the budget ran out, the last page reached is used and
-the table says which page it was. --explain prints SQLite's query plan of
-each query first.
+--event-retention 365 days, the longest it accepts, so the retention sweep
+deletes nothing and the cache stays as built). The server is pinned to one
+CPU and this process to another (--no-pin to let them float). Calls are
+sequential (one in flight). For each filter (state+type, state only;
+`--filters ...,none` adds no filter, seconds per call at 1,000,000 jobs)
+and order_by (default id, `priority desc`, `create_time desc`): walk pages
+1..100 with page_size 100 by following next_page_token (each call timed),
+keep the token that asks for page 100, then replay the page-1 request and
+the page-100 request REPS times each, interleaved, within --budget seconds
+per combination. Baseline in the same run: Health/Check latency on the same
+server. When fewer than 100 pages exist (small --jobs) or the budget ran
+out, the last page reached is used and the table says which page it was.
+--explain prints SQLite's query plan of each query first. The server's log
+goes to a temporary folder, removed at the end (--keep keeps it); the
+populated database stays in the cache folder.
 
     python scripts/bench_list.py              # 1,000,000 jobs (first run also populates, ~3-4 min)
     python scripts/bench_list.py --quick      # 100,000 jobs, 20 reps
@@ -79,6 +81,10 @@ FILTERS = {
 ORDERS = ["", "priority desc", "create_time desc"]
 TARGET_MS = 20.0
 PAGE_SIZE = 100
+# --event-retention of the measured server: the longest it accepts (365 days),
+# far more than the population's span (create times 1 s apart, ending now:
+# 11.6 days at 1,000,000 jobs), so the retention sweep deletes nothing.
+RETENTION_S = 365 * 86400
 
 
 # -- population -------------------------------------------------------------------
@@ -188,17 +194,16 @@ async def timed(coro_fn, *a, **kw):  # type: ignore[no-untyped-def]
     return time.perf_counter() - t0, r
 
 
-async def measure(args: argparse.Namespace, db: Path, server_cpus: set[int] | None) -> int:
-    tmp = Path(tempfile.mkdtemp(prefix="mediajobs-bench-list-"))
+async def measure(args: argparse.Namespace, db: Path, server_cpus: set[int] | None, tmp: Path) -> int:
     server = bc.ServerProc(db, port=args.port, log_path=tmp / "server.log", cpus=server_cpus,
-                           extra_args=["--event-retention", "3e9"]).start()
+                           extra_args=["--event-retention", str(RETENTION_S), "--data-dir", str(tmp)]).start()
     print(f"server pid {server.pid} on {server.addr}, db {db} ({db.stat().st_size / 2**20:,.0f} MiB); "
           f"calls sequential, {args.reps} reps of page 1 and page {args.page}; {bc.machine_note()}; "
           + (f"server pinned to CPU {sorted(server_cpus)}" if server_cpus else "not pinned"))
     exe, pdir = bc.profile_setup(args)
     rows = []
     targets = []
-    other = bc.OtherLoad([server.pid, "self"]).start()
+    other = bc.OtherLoad().start()  # this process and its children (server, py-spy) are ours
     try:
         async with grpc.aio.insecure_channel(server.addr, options=bc.CHANNEL_OPTIONS) as ch:
             await asyncio.wait_for(ch.channel_ready(), 10)
@@ -279,11 +284,10 @@ async def measure(args: argparse.Namespace, db: Path, server_cpus: set[int] | No
                     "walk p99 ms", "p99/empty"], rows, left=(0, 1)))
     print("walk = pages 1..N fetched once in sequence (walk p99 over those calls); page rows are replays of that "
           "page's request; p99/empty = p99 / Health/Check p99.")
-    print(bc.other_load_note(other_cores) + (" (py-spy included)" if exe else ""))
+    print(bc.other_load_note(other_cores))
     print()
     for t in targets:
         print(t)
-    bc.shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 
@@ -341,6 +345,7 @@ def main() -> int:
     ap.add_argument("--explain", action="store_true",
                     help="also print SQLite's query plans of the ListJobs queries (run in-process)")
     ap.add_argument("--port", type=int, default=0, help="server port (default: any free one)")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary folder with the server log")
     ap.add_argument("--pin", action=argparse.BooleanOptionalAction, default=True,
                     help="pin the server to one CPU and this process to another (default: on)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 100,000 jobs, 20 reps, 10 s budget")
@@ -363,7 +368,12 @@ def main() -> int:
         print(f"populating {db} with {args.jobs:,} jobs through Store.write_sync + store.jobs.new_job/emit/save_job, "
               f"{BATCH:,} per write ...", flush=True)
         t0 = time.perf_counter()
-        populate(db, args.jobs, args.seed)
+        try:
+            populate(db, args.jobs, args.seed)
+        except BaseException:  # failed or interrupted: leave no half-built file in the cache
+            for suffix in ("", "-wal", "-shm"):
+                Path(str(db) + ".building" + suffix).unlink(missing_ok=True)
+            raise
         print(f"populated in {time.perf_counter() - t0:.0f} s", flush=True)
     else:
         print(f"using cached {db} (--rebuild to populate again)")
@@ -377,11 +387,23 @@ def main() -> int:
         allowed = sorted(os.sched_getaffinity(0))
         server_cpus = {allowed[0]}
         os.sched_setaffinity(0, {allowed[1]})
+    tmp = Path(tempfile.mkdtemp(prefix="mediajobs-bench-list-"))
+    rc = 1
     try:
-        return asyncio.run(measure(args, db, server_cpus))
+        rc = asyncio.run(measure(args, db, server_cpus, tmp))
     except KeyboardInterrupt:
-        return 130
+        rc = 130
+        print("interrupted", file=sys.stderr)
+    finally:
+        bc.cleanup_tmp(tmp, keep=args.keep, failed=rc not in (0, 130), what="server.log")
+    print(f"(the populated database stays cached in {db.parent} for the next run: {db.name}, "
+          f"{db.stat().st_size / 2**20:,.0f} MiB; delete the folder to free it)")
+    return rc
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None

@@ -177,21 +177,23 @@ def full_worker(clip: Path, specs: list[mres.OutputSpec], reps: int, source_s: f
 
     tmp = Path(tempfile.mkdtemp(prefix="mediajobs-bench-transcode-"))
     storage = tmp / "storage"
-    (storage / "incoming").mkdir(parents=True)
-    try:
-        os.link(clip, storage / "incoming" / "src.mp4")
-    except OSError:
-        shutil.copyfile(clip, storage / "incoming" / "src.mp4")
-    server = ServerProc(tmp / "bench.db", extra_args=["--storage-root", str(storage)]).start()
-    worker = build_media_worker(server.addr, storage, concurrency=1, lease_duration=30)
-    thread = threading.Thread(target=worker.run_sync, kwargs={"handle_signals": False}, daemon=True)
-    thread.start()
-    channel = grpc.insecure_channel(server.addr)
-    jobs = job_service_pb2_grpc.JobServiceStub(channel)
-    media_stub = media_service_pb2_grpc.MediaServiceStub(channel)
-    terminal = (res.Job.SUCCEEDED, res.Job.FAILED, res.Job.ABORTED)
+    server = ServerProc(tmp / "bench.db", extra_args=["--storage-root", str(storage), "--data-dir", str(tmp)])
+    worker = thread = channel = None
     runs: list[Run] = []
     try:
+        (storage / "incoming").mkdir(parents=True)
+        try:
+            os.link(clip, storage / "incoming" / "src.mp4")
+        except OSError:
+            shutil.copyfile(clip, storage / "incoming" / "src.mp4")
+        server.start()
+        worker = build_media_worker(server.addr, storage, concurrency=1, lease_duration=30)
+        thread = threading.Thread(target=worker.run_sync, kwargs={"handle_signals": False}, daemon=True)
+        thread.start()
+        channel = grpc.insecure_channel(server.addr)
+        jobs = job_service_pb2_grpc.JobServiceStub(channel)
+        media_stub = media_service_pb2_grpc.MediaServiceStub(channel)
+        terminal = (res.Job.SUCCEEDED, res.Job.FAILED, res.Job.ABORTED)
         for rep in range(1, reps + 1):
             params = struct_pb2.Struct()
             params.update({"source": "incoming/src.mp4", "outputs": [
@@ -225,9 +227,12 @@ def full_worker(clip: Path, specs: list[mres.OutputSpec], reps: int, source_s: f
             raise SystemExit(f"entry ended {state}: {entry.error.message}")
         runs.append(Run("worker entry", 1, wall, 0.0, source_s))
     finally:
-        worker.stop(0)
-        thread.join(30)
-        channel.close()
+        if worker is not None:
+            worker.stop(0)
+        if thread is not None:
+            thread.join(30)
+        if channel is not None:
+            channel.close()
         server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     return runs
@@ -268,8 +273,15 @@ def main() -> int:
 
     clip = Path(tempfile.gettempdir()) / f"mediajobs-bench-{args.size}-{args.fps}fps-{args.seconds:g}s.mp4"
     if not clip.exists():
-        print(f"synthesizing {clip} ...", flush=True)
-        synthesize_clip(clip, args.seconds, int(width), int(height), fps=args.fps)
+        print(f"synthesizing {clip} (kept for later runs) ...", flush=True)
+        # Into a temporary name first: an interrupted synthesis must not
+        # leave a truncated clip that later runs would take as the cache.
+        partial = clip.with_name(f".{clip.name}.{os.getpid()}.partial.mp4")
+        try:
+            synthesize_clip(partial, args.seconds, int(width), int(height), fps=args.fps)
+            partial.replace(clip)
+        finally:
+            partial.unlink(missing_ok=True)
     info = probe(clip)
     source_s = info.container_duration_ms / 1000
     ffmpeg_version = subprocess.run(["ffmpeg", "-version"], capture_output=True, text=True).stdout.split("\n")[0]
@@ -287,6 +299,20 @@ def main() -> int:
         wait_for_quiet(args.wait_quiet)
 
     out_dir = Path(tempfile.mkdtemp(prefix="mediajobs-bench-out-"))
+    try:
+        return measure(args, clip, info, specs, source_s, out_dir)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if args.keep:
+            print(f"outputs kept in {out_dir}")
+        else:
+            shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def measure(args: argparse.Namespace, clip: Path, info: Any, specs: list[mres.OutputSpec], source_s: float,
+            out_dir: Path) -> int:
     ff_paths = [out_dir / f"ffmpeg-{s.name}.mp4" for s in specs]
     py_paths = [out_dir / f"pyav-{s.name}.mp4" for s in specs]
     cmd = ffmpeg_command(clip, specs, ff_paths, args.fps)
@@ -298,8 +324,9 @@ def main() -> int:
     check_outputs(ff_paths, specs, info.container_duration_ms, "ffmpeg")
     check_outputs(py_paths, specs, info.container_duration_ms, "PyAV")
     runs: list[Run] = []
-    load = OtherLoad(["self"]).start()
-    children0 = children_cpu()
+    # This process and its children (ffmpeg; with --full-worker the server)
+    # are ours, also once they exited.
+    load = OtherLoad().start()
     for rep in range(1, args.reps + 1):
         order = [("ffmpeg CLI", lambda: run_ffmpeg(cmd)), ("PyAV transcode()", lambda: run_pyav(clip, specs, py_paths))]
         if rep % 2 == 0:
@@ -309,8 +336,6 @@ def main() -> int:
             runs.append(Run(side, rep, wall, cpu, source_s))
             print(f"  {side} rep {rep}: {wall:.2f} s", flush=True)
     other = load.stop()
-    # ffmpeg runs as a child process of ours: not "other" load.
-    other = max(0.0, other - (children_cpu() - children0) / (time.perf_counter() - load.t0))
 
     if args.profile:
         exe = find_py_spy(args.py_spy) or ("/tmp/pyspy/bin/py-spy" if Path("/tmp/pyspy/bin/py-spy").exists() else None)
@@ -326,7 +351,9 @@ def main() -> int:
 
     if args.full_worker:
         print("full worker path (server + build_media_worker, concurrency 1):", flush=True)
+        load = OtherLoad().start()
         runs += full_worker(clip, specs, args.reps, source_s)
+        other = max(other, load.stop())
 
     print()
     print(table(["side", "rep", "wall s", "source s / wall s", "CPU cores"],
@@ -342,12 +369,12 @@ def main() -> int:
     if "worker job" in med:
         print(f"worker job path: {med['worker job'] / med['ffmpeg CLI']:.2f} x the ffmpeg CLI's throughput "
               "(includes leasing, probing the outputs and the job's completion)")
-    if args.keep:
-        print(f"outputs kept in {out_dir}")
-    else:
-        shutil.rmtree(out_dir, ignore_errors=True)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

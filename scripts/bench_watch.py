@@ -28,14 +28,26 @@ watcher <= 64 KiB.
    and every all-watcher.
 4. With --restart: SIGTERM the server (its drain ends open watch streams
    with UNAVAILABLE), start it again on the same port and database, and time
-   how long until every stream has a message on a new call, each resuming
-   from its last revision + 1 (an idle per-job stream hears from the server
-   at its progress interval at the latest); changes keep coming throughout
-   (those refused while the server is down are counted). The
-   revisions each all-watcher received must be contiguous, from the first
-   one to the last one committed, and every per-job watcher must have every
-   change of its job (checked against a reference all-watcher that decodes
-   the job ids).
+   how long until every stream is back: it has a message on a call opened
+   after the SIGTERM (on the new server), each resuming from its last
+   revision + 1 (an idle per-job stream hears from the server at its
+   progress interval at the latest). Every failed re-open (e.g. a bare
+   CANCELLED from gRPC core refusing calls while its queue of calls not yet
+   picked up by the server is full) is retried and counted. Changes keep
+   coming throughout (those refused while the server is down are counted).
+5. At the end, wait (--drain-timeout) until every watcher has confirmed the
+   last change it must get. The revisions each all-watcher received must be
+   contiguous, from the first one to the last one committed, and every
+   per-job watcher must have every change of its job (checked against a
+   reference all-watcher that decodes the job ids).
+
+Exit code 1 when the benchmark fails: streams that did not open or did not
+come back after the restart within --connect-timeout, gaps, duplicates or
+changes missing at the end, UpdateJob failures in the steady phase (a
+missed latency or memory target alone still exits 0). The temporary folder
+(database, server log) is removed at the end, also after a failure or
+Ctrl-C (after a failure the end of the server log is printed); --keep keeps
+it. It reports the cores other processes used, steady phase and whole run.
 
 Watchers are spread over WORKERS processes (multiprocessing, spawn) so one
 Python event loop is not the bottleneck receiving ALL x RATE messages/s plus
@@ -105,6 +117,9 @@ class Stream:
     revs: array.array = field(default_factory=lambda: array.array("q"))
     times: array.array = field(default_factory=lambda: array.array("d"))
     ref_jobs: dict = field(default_factory=dict)
+    failed_at: float = 0.0  # when the last call failed or ended (0 = never)
+    state: str = "new"  # "calling" (a call is open) or "backoff" (waiting to re-open)
+    call: Any = None  # the current call (diagnostics)
 
 
 class WatchGroup:
@@ -157,8 +172,10 @@ class WatchGroup:
             s.opens += 1
             s.first_msg = 0.0
             s.call_started = mono()
+            s.state = "calling"
             try:
-                async for raw in call(raw_req, wait_for_ready=True):
+                s.call = call(raw_req, wait_for_ready=True)
+                async for raw in s.call:
                     t = mono()
                     # A message may carry several events (the server batches
                     # what queued up); each gets this receive time.
@@ -184,12 +201,20 @@ class WatchGroup:
                     return
                 s.errors[e.code().name] += 1
                 if e.code().name not in self.error_samples:
-                    self.error_samples[e.code().name] = (f"{e.details()} (after {mono() - s.call_started:.1f} s) "
+                    self.error_samples[e.code().name] = (f"{e.details()!r} (after {mono() - s.call_started:.1f} s) "
                                                          f"{(e.debug_error_string() or '')[:200]}")
             except asyncio.CancelledError:
                 return
+            except Exception as e:  # noqa: BLE001 - never let a stream die silently: count it and re-open
+                if self.stopping:
+                    return
+                name = f"client {type(e).__name__}"
+                s.errors[name] += 1
+                self.error_samples.setdefault(name, str(e)[:200])
+            s.failed_at = mono()
             if self.stopping:
                 return
+            s.state = "backoff"
             await asyncio.sleep(backoff * (0.5 + random.random()))
             backoff = min(backoff * 2, 2.0)
 
@@ -209,8 +234,43 @@ class WatchGroup:
             "error_samples": dict(self.error_samples),
         }
 
-    def connected_since(self, t: float) -> int:
-        return sum(1 for s in self.streams if s.first_msg >= t)
+    @staticmethod
+    def _back(s: Stream, t: float) -> bool:
+        # The current call was opened at or after t and has a message. (Not
+        # "a first message after t" with t the moment the new server printed
+        # "listening": it serves calls a little before that.)
+        return s.call_started >= t and s.first_msg > 0
+
+    def back_since(self, t: float, before: float = 0.0) -> tuple[int, float, int]:
+        """How many streams have a message on a call opened at or after t,
+        when the last of them got it, and how many got it before `before`."""
+        back = [s.first_msg for s in self.streams if self._back(s, t)]
+        return len(back), max(back, default=0.0), sum(1 for x in back if x < before)
+
+    def behind(self, last_rev_of_job: dict[str, int], last_rev: int) -> int:
+        """Streams that have not yet confirmed (event or bookmark) the last
+        change they must get: their job's last one, or last_rev for all-watchers."""
+        return sum(1 for s in self.streams
+                   if s.last_rev < (last_rev if s.kind == "all" else last_rev_of_job.get(s.job_id, 0)))
+
+    def stragglers(self, t: float, limit: int = 5) -> list[dict[str, Any]]:
+        """Streams not back since t (diagnostics)."""
+        now = time.monotonic()
+        out = []
+        for s in self.streams:
+            if self._back(s, t):
+                continue
+            c = s.call
+            out.append({
+                "kind": s.kind, "job_id": s.job_id, "state": s.state, "opens": s.opens, "errors": dict(s.errors),
+                "call_age_s": round(now - s.call_started, 1), "last_rev": s.last_rev,
+                "failed_s_ago": round(now - s.failed_at, 1) if s.failed_at else None,
+                "first_msg_s_ago": round(now - s.first_msg, 1) if s.first_msg else None,
+                "call_done": c.done() if c is not None else None,
+            })
+            if len(out) >= limit:
+                break
+        return out
 
     async def close(self) -> dict[str, Any]:
         self.stopping = True
@@ -247,8 +307,12 @@ async def _worker_async(conn: Any, cfg: dict[str, Any]) -> None:
             conn.send(None)
         elif op == "status":
             conn.send(g.status())
-        elif op == "since":
-            conn.send(g.connected_since(cmd[1]))
+        elif op == "back":
+            conn.send(g.back_since(cmd[1], cmd[2]))
+        elif op == "behind":
+            conn.send(g.behind(cmd[1], cmd[2]))
+        elif op == "stragglers":
+            conn.send(g.stragglers(cmd[1]))
         elif op == "close":
             conn.send(await g.close())
             return
@@ -282,8 +346,14 @@ class Remote:
     async def status(self) -> dict[str, Any]:
         return await self._call("status")  # type: ignore[no-any-return]
 
-    async def connected_since(self, t: float) -> int:
-        return await self._call("since", t)  # type: ignore[no-any-return]
+    async def back_since(self, t: float, before: float = 0.0) -> tuple[int, float, int]:
+        return await self._call("back", t, before)  # type: ignore[no-any-return]
+
+    async def behind(self, last_rev_of_job: dict[str, int], last_rev: int) -> int:
+        return await self._call("behind", last_rev_of_job, last_rev)  # type: ignore[no-any-return]
+
+    async def stragglers(self, t: float) -> list[dict[str, Any]]:
+        return await self._call("stragglers", t)  # type: ignore[no-any-return]
 
     async def close(self) -> dict[str, Any]:
         r = await self._call("close")
@@ -302,8 +372,14 @@ class Local:
     async def status(self) -> dict[str, Any]:
         return self.g.status()
 
-    async def connected_since(self, t: float) -> int:
-        return self.g.connected_since(t)
+    async def back_since(self, t: float, before: float = 0.0) -> tuple[int, float, int]:
+        return self.g.back_since(t, before)
+
+    async def behind(self, last_rev_of_job: dict[str, int], last_rev: int) -> int:
+        return self.g.behind(last_rev_of_job, last_rev)
+
+    async def stragglers(self, t: float) -> list[dict[str, Any]]:
+        return self.g.stragglers(t)
 
     async def close(self) -> dict[str, Any]:
         return await self.g.close()
@@ -400,22 +476,31 @@ async def gather_status(groups: list[Any]) -> dict[str, Any]:
 
 
 async def wait_all_connected(groups: list[Any], n: int, since: float | None, timeout: float) -> float | None:
-    """Seconds until every stream has a first message (on a call started
-    after `since`, when given); None on timeout."""
+    """Wait until every stream has a first message (since None), or until
+    every stream has a message on a call opened at or after `since` (a
+    restart). Returns the monotonic time the last stream got that message
+    (when it was noticed, for the first case); None on timeout."""
     t0 = time.monotonic()
     last_print = t0
     while time.monotonic() - t0 < timeout:
         if since is None:
-            c = (await gather_status(groups))["connected"]
+            c, last = (await gather_status(groups))["connected"], time.monotonic()
         else:
-            c = sum(await asyncio.gather(*(g.connected_since(since) for g in groups)))
+            res = await asyncio.gather(*(g.back_since(since) for g in groups))
+            c, last = sum(r[0] for r in res), max(r[1] for r in res)
         if c >= n:
-            return time.monotonic() - t0
+            return last
         if time.monotonic() - last_print > 5:
             print(f"    {c:,}/{n:,} streams have a message ...", flush=True)
             last_print = time.monotonic()
         await asyncio.sleep(0.1)
     return None
+
+
+async def print_stragglers(groups: list[Any], since: float) -> None:
+    for g in groups:
+        for x in await g.stragglers(since):
+            print(f"    not back: {x}", flush=True)
 
 
 def lat_stats(lat: list[float]) -> tuple[float, float, float]:
@@ -437,8 +522,11 @@ async def create_jobs(stub: svc_grpc.JobServiceStub, n: int) -> list[str]:
     return ids
 
 
-async def bench(args: argparse.Namespace) -> int:
-    tmp = Path(tempfile.mkdtemp(prefix="mediajobs-bench-watch-"))
+class BenchFailure(Exception):
+    """The benchmark could not measure what it should (exit code 1)."""
+
+
+async def bench(args: argparse.Namespace, tmp: Path) -> int:
     db = tmp / "watch.db"
     extra = ["--shutdown-grace", str(args.shutdown_grace)] if args.shutdown_grace is not None else []
     server = bc.ServerProc(db, port=args.port, log_path=tmp / "server.log", extra_args=extra,
@@ -454,9 +542,9 @@ async def bench(args: argparse.Namespace) -> int:
           f"{bc.machine_note()}")
     exe, pdir = bc.profile_setup(args)
     groups: list[Any] = []
-    failed = False
     rep: dict[str, Any] = {}
     results: list[dict[str, Any]] = []
+    whole = bc.OtherLoad().start()
     try:
         ch = grpc.aio.insecure_channel(server.addr, options=WATCH_CHANNEL_OPTIONS)
         await asyncio.wait_for(ch.channel_ready(), 10)
@@ -483,11 +571,12 @@ async def bench(args: argparse.Namespace) -> int:
         t0 = time.monotonic()
         await asyncio.gather(*(g.open() for g in groups))
         t_opened = time.monotonic() - t0
-        waited = await wait_all_connected(groups, n_streams, None, args.connect_timeout)
+        t_all = await wait_all_connected(groups, n_streams, None, args.connect_timeout)
         st = await gather_status(groups)
-        if waited is None:
-            raise RuntimeError(f"only {st['connected']:,}/{n_streams:,} streams got a first message within "
+        if t_all is None:
+            raise BenchFailure(f"only {st['connected']:,}/{n_streams:,} streams got a first message within "
                                f"{args.connect_timeout:g} s; errors {dict(st['errors'])}")
+        waited = t_all - t0 - t_opened
         rss1 = server.rss_bytes()
         rep["open"] = dict(opened_s=t_opened, all_first_msg_s=t_opened + waited, reopens=st["reopens"],
                            errors=dict(st["errors"]), samples=st.get("error_samples", {}), rss0=rss0, rss1=rss1,
@@ -503,7 +592,7 @@ async def bench(args: argparse.Namespace) -> int:
         prof = bc.PySpy(exe, server.pid, pdir / "watch-steady.txt", args.duration) if exe and pdir else None
         cpus = [bc.ProcCpu(server.pid).start(), bc.ProcCpu().start()] + [bc.ProcCpu(g.pid).start()
                                                                           for g in groups if isinstance(g, Remote)]
-        other = bc.OtherLoad([c.pid for c in cpus] + ([prof.proc.pid] if prof is not None else [])).start()
+        other = bc.OtherLoad().start()  # this process and all its children are ours
         t_steady0 = time.monotonic()
         await driver.run(args.rate, args.duration, "steady")
         for c in cpus:
@@ -523,28 +612,28 @@ async def bench(args: argparse.Namespace) -> int:
         if args.restart:
             await restart_phase(args, server, groups, driver, n_streams, rep)
 
-        # Drain: every all-watcher has the last committed change.
-        t_end = time.monotonic() + 15
-        while args.all_watchers and time.monotonic() < t_end:
-            st = await gather_status(groups)
-            if st.get("min_all_rev", 0) >= driver.max_rev:
+        # Drain: every watcher has confirmed the last change it must get
+        # (its job's last one; the last one for all-watchers).
+        last_of_job: dict[str, int] = {}
+        for rev, job_id in driver.job_of.items():
+            last_of_job[job_id] = max(rev, last_of_job.get(job_id, 0))
+        t_end = time.monotonic() + args.drain_timeout
+        while time.monotonic() < t_end:
+            if not sum(await asyncio.gather(*(g.behind(last_of_job, driver.max_rev) for g in groups))):
                 break
             await asyncio.sleep(0.2)
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)  # changes committed without a reply to the driver
         results = list(await asyncio.gather(*(g.close() for g in groups)))
         groups = []
         await ch.close()
-    except Exception:
-        failed = True
-        raise
     finally:
         for g in groups:
             if isinstance(g, Remote):
                 g.proc.kill()
+                g.proc.join(10)
         server.stop()
-        if failed:
-            print(f"(server log: {tmp / 'server.log'})")
-    return report(args, rep, driver, results, start_rev, tmp, server)
+    rep["whole_other_cores"] = whole.stop()
+    return report(args, rep, driver, results, start_rev, server)
 
 
 async def restart_phase(args: argparse.Namespace, server: bc.ServerProc, groups: list[Any], driver: Driver,
@@ -559,6 +648,7 @@ async def restart_phase(args: argparse.Namespace, server: bc.ServerProc, groups:
 
     dtask = asyncio.create_task(drive())
     await asyncio.sleep(1.0)
+    st0 = await gather_status(groups)
     t_term = time.monotonic()
     stop_s = await asyncio.to_thread(server.stop)
     t_exit = time.monotonic()
@@ -566,26 +656,35 @@ async def restart_phase(args: argparse.Namespace, server: bc.ServerProc, groups:
     t_listen = time.monotonic()
     exe, pdir = bc.profile_setup(args)
     prof = bc.PySpy(exe, server.pid, pdir / "watch-restart.txt", 3600) if exe and pdir else None
-    waited = await wait_all_connected(groups, n_streams, t_listen, args.connect_timeout)
+    # A stream is back when it has a message on a call opened after the
+    # SIGTERM: the draining server sends nothing on a resumed call (it ends
+    # it with UNAVAILABLE), and the new one answers calls a little before it
+    # prints its "listening" line, so t_listen is no boundary.
+    t_back = await wait_all_connected(groups, n_streams, t_term, args.connect_timeout)
+    if t_back is None:
+        await print_stragglers(groups, t_term)
+    early = sum(r[2] for r in await asyncio.gather(*(g.back_since(t_term, t_listen) for g in groups)))
     if prof is not None:
         prof.proc.send_signal(bc.signal.SIGINT)
         if prof.wait():
             rep["restart_profile"] = prof.summary()
     st = await gather_status(groups)
-    back = None if waited is None else t_listen + waited - t_term
+    waited = None if t_back is None else max(0.0, t_back - t_listen)
+    back = None if t_back is None else t_back - t_term
     rep["restart"] = dict(stop_s=stop_s, start_s=t_listen - t_exit, back_after_listen_s=waited,
-                          back_after_term_s=back, reopens=st["reopens"], errors=dict(st["errors"]),
+                          back_after_term_s=back, reopens=st["reopens"] - st0["reopens"],
+                          errors=dict(st["errors"] - st0["errors"]), early=early,
                           samples=st.get("error_samples", {}), new_pid=server.pid)
     print(f"restart: server stopped {stop_s:.1f} s after SIGTERM, listening again {t_listen - t_exit:.2f} s later; "
           + (f"all {n_streams:,} streams back {waited:.2f} s after that ({back:.1f} s after SIGTERM)"
-             if waited is not None else f"NOT all streams back within {args.connect_timeout:g} s"), flush=True)
+             if back is not None else f"NOT all streams back within {args.connect_timeout:g} s"), flush=True)
     await asyncio.sleep(args.after_restart)
     stop_driving.set()
     await dtask
 
 
 def report(args: argparse.Namespace, rep: dict[str, Any], driver: Driver, results: list[dict[str, Any]],
-           start_rev: int, tmp: Path, server: bc.ServerProc) -> int:
+           start_rev: int, server: bc.ServerProc) -> int:
     streams = [s for r in results for s in r["streams"]]
     alls = [s for s in streams if s["kind"] == "all"]
     per_job = {s["job_id"]: s for s in streams if s["kind"] == "job"}
@@ -704,9 +803,11 @@ def report(args: argparse.Namespace, rep: dict[str, Any], driver: Driver, result
          f"{rep['restart']['back_after_term_s']:.2f} s" if rep['restart']['back_after_term_s'] is not None else "TIMEOUT"],
         ["restart", "changes sent / refused", f"{driver.sent['restart']:,} / {driver.failed['restart']:,}"],
         ["restart", "re-opens total (errors)", f"{rep['restart']['reopens']:,} {rep['restart']['errors']}"],
+        ["restart", "streams back before the server printed 'listening'", f"{rep['restart']['early']:,}"],
     ] + [["restart", f"  e.g. {code}", detail] for code, detail in rep["restart"]["samples"].items()]
         if "restart" in rep else []), left=(0, 1, 2)))
     print(bc.other_load_note(rep["other_cores"]) + " (steady phase)")
+    print(bc.other_load_note(rep["whole_other_cores"]) + " (whole run)")
     print(f"note: {bc.machine_note()}; latency = receive time in the watcher process - time just before the "
           f"UpdateJob call in the driver (CLOCK_MONOTONIC); the CPU row shows whether a client process was saturated.")
     if "profile" in rep:
@@ -714,7 +815,8 @@ def report(args: argparse.Namespace, rep: dict[str, Any], driver: Driver, result
     if "restart_profile" in rep:
         print(f"\nserver profile, restart (listening -> all streams back):\n{rep['restart_profile']}")
     print()
-    bad = got_job < exp_job or got_all < exp_all or gaps or dups or short or missing_job or pending_job or extra_job
+    incomplete = got_job < exp_job or got_all < exp_all or short or pending_job
+    wrong = gaps or dups or missing_job or extra_job
     for line in (
         bc.target_line("WatchJobs/per-job publish->receive p99", j99, "<=", TARGET_P99_MS, " ms",
                        f"{args.watchers:,} per-job + {args.all_watchers} all watchers, {args.rate:g} changes/s")[0],
@@ -724,19 +826,20 @@ def report(args: argparse.Namespace, rep: dict[str, Any], driver: Driver, result
                        f"{args.watchers + args.all_watchers:,} streams")[0],
     ):
         print(line)
-    if bad:
-        print("WARNING: some changes did not reach every watcher that should have it by the end of the run "
-              "(see the 'received' and 'whole run' rows; gaps/duplicates are errors, 'not yet delivered' and "
-              "'incomplete' mean watchers were still behind)")
+    errors = []
+    if wrong:
+        errors.append(f"watchers saw gaps ({gaps} all-job, {missing_job} per-job), duplicates ({dups}) or changes "
+                      f"of other jobs ({extra_job})")
+    if incomplete:
+        errors.append(f"changes missing at the end of the run, {args.drain_timeout:g} s after the last one "
+                      f"(see the 'received' and 'whole run' rows)")
     if driver.failed["steady"]:
-        print(f"ERROR: {driver.failed['steady']} UpdateJob calls failed in the steady phase, e.g. {driver.fail_sample}",
-              file=sys.stderr)
-        return 1
-    if args.keep:
-        print(f"(kept {tmp}: database and server.log)")
-    else:
-        bc.shutil.rmtree(tmp, ignore_errors=True)
-    return 0
+        errors.append(f"{driver.failed['steady']} UpdateJob calls failed in the steady phase, e.g. {driver.fail_sample}")
+    if "restart" in rep and rep["restart"]["back_after_term_s"] is None:
+        errors.append(f"not every stream came back within {args.connect_timeout:g} s of the restart")
+    for e in errors:
+        print(f"FAILED: {e}", file=sys.stderr)
+    return 1 if errors else 0
 
 
 def main() -> int:
@@ -767,6 +870,9 @@ def main() -> int:
                     help="pass --shutdown-grace to the server (default: the server's own, 10 s)")
     ap.add_argument("--port", type=int, default=0, help="server port (default: any free one)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary database and server log")
+    ap.add_argument("--drain-timeout", type=float, default=15.0,
+                    help="at the end, wait up to this long for every watcher to have its last change "
+                         "(default %(default)s)")
     ap.add_argument("--timeline", action="store_true",
                     help="print the steady phase second by second (deliveries, latency, UpdateJob RTT)")
     ap.add_argument("--gc-log", action="store_true",
@@ -785,10 +891,18 @@ def main() -> int:
         bc.wait_for_quiet(args.wait_quiet)
     if args.restart and args.port == 0:
         args.port = bc.free_port()  # the restarted server must come back on the same port
+    tmp = Path(tempfile.mkdtemp(prefix="mediajobs-bench-watch-"))
+    rc = 1
     try:
-        return asyncio.run(bench(args))
+        rc = asyncio.run(bench(args, tmp))
     except KeyboardInterrupt:
-        return 130
+        rc = 130
+        print("interrupted", file=sys.stderr)
+    except BenchFailure as e:
+        print(f"FAILED: {e}", file=sys.stderr)
+    finally:
+        bc.cleanup_tmp(tmp, keep=args.keep, failed=rc not in (0, 130), what="database and server.log")
+    return rc
 
 
 if __name__ == "__main__":

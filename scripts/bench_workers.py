@@ -23,6 +23,13 @@ job's re-acquisition is recorded (median, p99). Target: <= 2 x lease.
 
 Needs the `bench` extra (`.venv/bin/pip install -e '.[bench]'`) for huey and
 Celery; a missing peer is reported and skipped. Traffic goes to 127.0.0.1 only.
+
+Everything it creates (databases, logs, the peers' modules) lives in one
+temporary folder, removed at the end, also after a failure or Ctrl-C
+(--keep keeps it); Celery's Redis database 15 is flushed. It reports how
+many cores other processes on the machine used during each measurement and
+warns when that makes the numbers unreliable. Exit code 1 when the mediajobs
+run or the recovery fails (a missing or failing peer is only reported).
 """
 from __future__ import annotations
 
@@ -41,7 +48,19 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import grpc  # noqa: E402
-from _bench_common import ServerProc, machine_note, pct, table, target_line  # noqa: E402
+from _bench_common import (  # noqa: E402
+    OTHER_LOAD_WARN,
+    OtherLoad,
+    ServerProc,
+    add_quiet_arg,
+    cleanup_tmp,
+    machine_note,
+    other_load_note,
+    pct,
+    table,
+    target_line,
+    wait_for_quiet,
+)
 from google.protobuf import duration_pb2  # noqa: E402
 
 from mediajobs.v1 import job_service_pb2 as svc  # noqa: E402
@@ -109,19 +128,31 @@ def wait_count(count, n: int, timeout: float) -> float:
     raise TimeoutError(f"only {count()} of {n} done after {timeout:.0f} s")
 
 
+def redis_pids() -> list[int]:
+    """The local Redis server's pid (Celery's broker), if it can be asked."""
+    try:
+        import redis
+
+        return [int(redis.Redis(host="127.0.0.1", port=6379, socket_timeout=2).info("server")["process_id"])]
+    except Exception:  # noqa: BLE001 - no Redis or no client: Celery's run will say so
+        return []
+
+
 # -- mediajobs --------------------------------------------------------------------
 
 
 def run_mediajobs(n: int, procs: int, concurrency: int, tmp: Path, timeout: float) -> dict:
-    server = ServerProc(tmp / "mj.db").start()
+    server = ServerProc(tmp / "mj.db")
     workers: list[subprocess.Popen[bytes]] = []
     try:
+        server.start()
         ch = grpc.insecure_channel(server.addr)
         jobs = job_service_pb2_grpc.JobServiceStub(ch)
         for _ in range(procs):
-            workers.append(subprocess.Popen(
-                [sys.executable, "-c", SDK_WORKER, server.addr, str(concurrency), "60", "NOOP"],
-                stdout=subprocess.DEVNULL, stderr=open(tmp / "mj-worker.log", "ab")))
+            with open(tmp / "mj-worker.log", "ab") as log:  # the child keeps its own copy
+                workers.append(subprocess.Popen(
+                    [sys.executable, "-c", SDK_WORKER, server.addr, str(concurrency), "60", "NOOP"],
+                    stdout=subprocess.DEVNULL, stderr=log))
         # Wait until both workers are parked in AcquireJobs (one warm-up job each way).
         warm = jobs.BatchCreateJobs(svc.BatchCreateJobsRequest(requests=[svc.CreateJobRequest(type="NOOP")] * procs))
         done_count = lambda: jobs.ListJobs(svc.ListJobsRequest(states=[res.Job.SUCCEEDED], page_size=1)).total_size  # noqa: E731
@@ -161,10 +192,11 @@ def run_huey(n: int, procs: int, tmp: Path, timeout: float) -> dict:
     os.environ["MJ_BENCH_HUEY_DB"] = env["MJ_BENCH_HUEY_DB"]
     import mjbench_huey  # type: ignore[import-not-found]
 
-    consumer = subprocess.Popen(
-        [str(Path(sys.executable).parent / "huey_consumer"), "mjbench_huey.huey", "-k", "process", "-w", str(procs),
-         "-d", "0.01", "-m", "0.1", "-b", "1.0", "-q"],
-        cwd=mod_dir, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / "huey.log", "ab"))
+    with open(tmp / "huey.log", "ab") as log:  # the child keeps its own copy
+        consumer = subprocess.Popen(
+            [str(Path(sys.executable).parent / "huey_consumer"), "mjbench_huey.huey", "-k", "process", "-w", str(procs),
+             "-d", "0.01", "-m", "0.1", "-b", "1.0", "-q"],
+            cwd=mod_dir, env=env, stdout=subprocess.DEVNULL, stderr=log)
     try:
         huey = mjbench_huey.huey
         count = lambda: huey.storage.result_store_size()  # noqa: E731
@@ -179,7 +211,7 @@ def run_huey(n: int, procs: int, tmp: Path, timeout: float) -> dict:
     finally:
         consumer.send_signal(signal.SIGINT)
         try:
-            consumer.wait(20)
+            consumer.wait(10)
         except subprocess.TimeoutExpired:
             consumer.kill()
 
@@ -199,10 +231,11 @@ def run_celery(n: int, procs: int, tmp: Path, timeout: float) -> dict:
     import mjbench_celery  # type: ignore[import-not-found]
 
     env = dict(os.environ, PYTHONPATH=str(mod_dir))
-    worker = subprocess.Popen(
-        [str(Path(sys.executable).parent / "celery"), "-A", "mjbench_celery", "worker", "-c", str(procs),
-         "-P", "prefork", "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "WARNING"],
-        cwd=mod_dir, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / "celery.log", "ab"))
+    with open(tmp / "celery.log", "ab") as log:  # the child keeps its own copy
+        worker = subprocess.Popen(
+            [str(Path(sys.executable).parent / "celery"), "-A", "mjbench_celery", "worker", "-c", str(procs),
+             "-P", "prefork", "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "WARNING"],
+            cwd=mod_dir, env=env, stdout=subprocess.DEVNULL, stderr=log)
     try:
         count = lambda: int(r.get("mjbench:done") or 0)  # noqa: E731
         mjbench_celery.noop.delay()
@@ -216,7 +249,7 @@ def run_celery(n: int, procs: int, tmp: Path, timeout: float) -> dict:
     finally:
         worker.send_signal(signal.SIGTERM)
         try:
-            worker.wait(30)
+            worker.wait(10)
         except subprocess.TimeoutExpired:
             worker.kill()
         r.flushdb()
@@ -230,18 +263,24 @@ async def recovery_trial(addr: str, k: int, lease_s: float, tmp: Path) -> list[f
         jobs = job_service_pb2_grpc.JobServiceStub(ch)
         workers = worker_service_pb2_grpc.WorkerServiceStub(ch)
         made = (await jobs.BatchCreateJobs(svc.BatchCreateJobsRequest(requests=[svc.CreateJobRequest(type="HOLD")] * k))).jobs
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", SDK_WORKER, addr, str(k), str(lease_s), "HOLD",
-            stdout=subprocess.PIPE, stderr=open(tmp / "hold-worker.log", "ab"))
+        with open(tmp / "hold-worker.log", "ab") as log:  # the child keeps its own copy
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", SDK_WORKER, addr, str(k), str(lease_s), "HOLD",
+                stdout=subprocess.PIPE, stderr=log)
         assert proc.stdout is not None
-        held = set()
-        while len(held) < k:
-            line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode().split()
-            if line and line[0] == "holding":
-                held.add(line[1])
-        assert held == {j.id for j in made}
-        proc.kill()
-        await proc.wait()
+        try:
+            held = set()
+            while len(held) < k:
+                line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode().split()
+                if not line and proc.stdout.at_eof():
+                    raise RuntimeError(f"the holding worker exited; see {tmp / 'hold-worker.log'}")
+                if line and line[0] == "holding":
+                    held.add(line[1])
+            assert held == {j.id for j in made}
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+            await proc.wait()
         t_kill = time.perf_counter()
         times = []
         d = duration_pb2.Duration(seconds=60)
@@ -256,8 +295,9 @@ async def recovery_trial(addr: str, k: int, lease_s: float, tmp: Path) -> list[f
 
 
 def run_recovery(trials: int, k: int, lease_s: float, tmp: Path) -> list[float]:
-    server = ServerProc(tmp / "recovery.db").start()
+    server = ServerProc(tmp / "recovery.db")
     try:
+        server.start()
         out: list[float] = []
         for _ in range(trials):
             out += asyncio.run(recovery_trial(server.addr, k, lease_s, tmp))
@@ -278,11 +318,28 @@ def main() -> int:
     ap.add_argument("--lease", type=float, default=5.0, help="lease of the killed worker, seconds (default %(default)s)")
     ap.add_argument("--timeout", type=float, default=300.0, help="give up on a system after this long")
     ap.add_argument("--quick", action="store_true", help="4,000 jobs and one recovery trial")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary folder (databases, logs)")
+    add_quiet_arg(ap)
     args = ap.parse_args()
     if args.quick:
         args.jobs, args.recovery_trials = 4000, 1
-    only = {s.strip() for s in args.only.split(",") if s.strip()}
+    if args.wait_quiet > 0:
+        wait_for_quiet(args.wait_quiet)
     tmp = Path(tempfile.mkdtemp(prefix="mediajobs-bench-workers-"))
+    rc = 1
+    try:
+        rc = run(args, tmp)
+    except KeyboardInterrupt:
+        rc = 130
+        print("interrupted", file=sys.stderr)
+    finally:
+        cleanup_tmp(tmp, keep=args.keep, failed=rc not in (0, 130), what="databases and logs")
+    return rc
+
+
+def run(args: argparse.Namespace, tmp: Path) -> int:
+    only = {s.strip() for s in args.only.split(",") if s.strip()}
+    failed = False
     print(machine_note())
     print(f"{args.jobs} no-op jobs, {args.procs} worker processes each; enqueue -> last completion\n")
 
@@ -295,6 +352,9 @@ def main() -> int:
     for name in ("mediajobs", "huey", "celery"):
         if name not in only:
             continue
+        # This process and all its children (server, workers, consumers) are
+        # ours, and Celery's broker; anything else busy meanwhile is other load.
+        load = OtherLoad(also=redis_pids() if name == "celery" else ()).start()
         try:
             r = runners[name]()
         except ImportError as e:
@@ -302,15 +362,22 @@ def main() -> int:
             continue
         except Exception as e:  # report and go on with the others
             print(f"{name}: FAILED: {type(e).__name__}: {e}")
+            failed = failed or name == "mediajobs"
             continue
+        r["other_cores"] = load.stop()
         r["jobs_per_s"] = args.jobs / r["seconds"]
         results[name] = r
-        print(f"{name}: {r['jobs_per_s']:.0f} jobs/s ({r['seconds']:.2f} s; enqueue {r['enqueue_s']:.2f} s)", flush=True)
+        print(f"{name}: {r['jobs_per_s']:.0f} jobs/s ({r['seconds']:.2f} s; enqueue {r['enqueue_s']:.2f} s); "
+              f"{other_load_note(r['other_cores'])}", flush=True)
 
     rows = [(n, f"{r['jobs_per_s']:.0f}", f"{r['seconds']:.2f}", f"{r['enqueue_s']:.2f}",
-             f"{r['server_cpu_s'] * 1e6 / args.jobs:.0f}" if "server_cpu_s" in r else "-") for n, r in results.items()]
+             f"{r['server_cpu_s'] * 1e6 / args.jobs:.0f}" if "server_cpu_s" in r else "-",
+             f"{r['other_cores']:.2f}") for n, r in results.items()]
     print()
-    print(table(["system", "jobs/s", "seconds", "enqueue s", "server CPU us/job"], rows))
+    print(table(["system", "jobs/s", "seconds", "enqueue s", "server CPU us/job", "other cores"], rows))
+    worst = max((r["other_cores"] for r in results.values()), default=0.0)
+    if worst > OTHER_LOAD_WARN:
+        print(other_load_note(worst) + " (worst system; column 'other cores')")
     lines = []
     if "mediajobs" in results:
         mj = results["mediajobs"]["jobs_per_s"]
@@ -320,16 +387,29 @@ def main() -> int:
             lines.append(target_line("mediajobs/celery", mj / results["celery"]["jobs_per_s"], ">=", 1.5))
 
     if args.recovery_trials and "mediajobs" in only:
-        times = sorted(run_recovery(args.recovery_trials, args.recovery_jobs, args.lease, tmp))
-        print(f"\nrecovery after kill -9 ({args.recovery_trials} trials x {args.recovery_jobs} jobs, lease {args.lease:g} s, "
-              f"server lease sweep every 1 s, no backoff after a first expiry): "
-              f"median {statistics.median(times):.2f} s, p99 {pct(times, 99):.2f} s, max {times[-1]:.2f} s, "
-              f"{len(times)} of {args.recovery_trials * args.recovery_jobs} jobs recovered")
-        lines.append(target_line("recovery p99 / lease", pct(times, 99) / args.lease, "<=", 2.0))
+        load = OtherLoad().start()
+        try:
+            times = sorted(run_recovery(args.recovery_trials, args.recovery_jobs, args.lease, tmp))
+        except Exception as e:  # noqa: BLE001
+            print(f"\nrecovery: FAILED: {type(e).__name__}: {e}")
+            times, failed = [], True
+        other = load.stop()
+        expected = args.recovery_trials * args.recovery_jobs
+        if times:
+            print(f"\nrecovery after kill -9 ({args.recovery_trials} trials x {args.recovery_jobs} jobs, lease {args.lease:g} s, "
+                  f"server lease sweep every 1 s, no backoff after a first expiry): "
+                  f"median {statistics.median(times):.2f} s, p99 {pct(times, 99):.2f} s, max {times[-1]:.2f} s, "
+                  f"{len(times)} of {expected} jobs recovered; {other_load_note(other)}")
+            lines.append(target_line("recovery p99 / lease", pct(times, 99) / args.lease, "<=", 2.0))
+        if len(times) < expected:
+            print(f"recovery: FAILED: only {len(times)} of {expected} jobs were leased again")
+            failed = True
     print()
     for line, _ok in lines:
         print(line)
-    return 0
+    if failed:
+        print("FAILED: see above", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
