@@ -34,6 +34,7 @@ from typing import AsyncIterator, Callable
 import grpc
 
 from .errors import ServiceError
+from .payloads import encode_varint
 from .store import PendingEvent, Store
 from .store.db import is_postgres
 from .store.events import EventFilter, committed_revision, read_events
@@ -59,24 +60,12 @@ FILL_RETRY_MIN = 0.05
 FILL_RETRY_MAX = 2.0
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
 def frame_events(revision: int, events: list[bytes]) -> bytes:
     """A serialized WatchJobsResponse{revision, events} built from the events'
     own serialized bytes (field 1 varint, field 2 length-delimited)."""
-    parts = [b"\x08", _varint(revision)]
+    parts = [b"\x08", encode_varint(revision)]
     for data in events:
-        parts += [b"\x12", _varint(len(data)), data]
+        parts += [b"\x12", encode_varint(len(data)), data]
     return b"".join(parts)
 
 
@@ -88,7 +77,7 @@ def _expire(fut: "asyncio.Future[bool]") -> None:
 def frame_progress(revision: int, snapshot_complete: bool = False) -> bytes:
     """A serialized WatchJobsResponse{revision, progress}."""
     body = b"\x08\x01" if snapshot_complete else b""
-    return b"\x08" + _varint(revision) + b"\x1a" + _varint(len(body)) + body
+    return b"\x08" + encode_varint(revision) + b"\x1a" + encode_varint(len(body)) + body
 
 
 def chunk_events(events: list[PendingEvent]) -> list[list[PendingEvent]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from pathlib import Path
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 import grpc
 import peewee
@@ -104,16 +104,22 @@ def jobs(channel: grpc.aio.Channel) -> job_service_pb2_grpc.JobServiceStub:
     return job_service_pb2_grpc.JobServiceStub(channel)
 
 
-def error_info(err: grpc.aio.AioRpcError | grpc.RpcError) -> error_details_pb2.ErrorInfo:
-    """The ErrorInfo detail of a failed call (fails the test if there is none)."""
+def status_detail(err: grpc.aio.AioRpcError | grpc.RpcError, cls: Any) -> Any:
+    """The detail of type `cls` in a failed call's rich status (fails the
+    test if there is none)."""
     st = rpc_status.from_call(err)  # type: ignore[arg-type]
     assert st is not None, f"no rich status on {err}"
     for d in st.details:
-        if d.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
+        if d.Is(cls.DESCRIPTOR):
+            info = cls()
             d.Unpack(info)
             return info
-    raise AssertionError(f"no ErrorInfo in {st}")
+    raise AssertionError(f"no {cls.DESCRIPTOR.name} in {st}")
+
+
+def error_info(err: grpc.aio.AioRpcError | grpc.RpcError) -> error_details_pb2.ErrorInfo:
+    """The ErrorInfo detail of a failed call (fails the test if there is none)."""
+    return status_detail(err, error_details_pb2.ErrorInfo)  # type: ignore[no-any-return]
 
 
 def field_violations(err: grpc.aio.AioRpcError | grpc.RpcError) -> dict[str, str]:

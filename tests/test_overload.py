@@ -12,7 +12,6 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_status import rpc_status
 
 from mediajobs.server.app import App
 from mediajobs.v1 import job_service_pb2 as svc
@@ -20,19 +19,8 @@ from mediajobs.v1 import job_service_pb2_grpc
 from mediajobs.v1 import worker_service_pb2 as wsvc
 from mediajobs.v1 import worker_service_pb2_grpc
 
-from conftest import error_info, start_app
+from conftest import error_info, start_app, status_detail
 from test_bad_days import writer_blocked
-
-
-def retry_info(err: grpc.aio.AioRpcError) -> error_details_pb2.RetryInfo:
-    st = rpc_status.from_call(err)  # type: ignore[arg-type]
-    assert st is not None
-    for d in st.details:
-        if d.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-            info = error_details_pb2.RetryInfo()
-            d.Unpack(info)
-            return info
-    raise AssertionError(f"no RetryInfo in {st}")
 
 
 def assert_overloaded(err: BaseException, limit: str) -> None:
@@ -41,7 +29,7 @@ def assert_overloaded(err: BaseException, limit: str) -> None:
     info = error_info(err)
     assert info.reason == "OVERLOADED" and info.metadata["limit"] == limit, info
     assert f"--{limit}" in err.details() and "back-off" in err.details()
-    assert retry_info(err).retry_delay.ToMilliseconds() > 0
+    assert status_detail(err, error_details_pb2.RetryInfo).retry_delay.ToMilliseconds() > 0
 
 
 @contextlib.asynccontextmanager

@@ -63,6 +63,15 @@ def _unavailable(reason: str, message: str, cause: BaseException) -> ServiceErro
     )
 
 
+def _disk_full(whose: str, cause: BaseException) -> DatabaseFailure:
+    return DatabaseFailure(ServiceError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED, "DISK_FULL",
+        f"{whose} is full; nothing of this request was written. "
+        "Retry with back-off once an operator has freed space",
+        metadata={"cause": _first_line(cause)},
+    ), reconnect=False)
+
+
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return (text[0] if text else type(e).__name__)[:200]
@@ -73,12 +82,7 @@ def _sqlite(e: sqlite3.Error) -> DatabaseFailure | None:
     text = str(e).lower()
     primary = code & 0xFF if isinstance(code, int) else None
     if primary == SQLITE_FULL or "database or disk is full" in text:
-        return DatabaseFailure(ServiceError(
-            grpc.StatusCode.RESOURCE_EXHAUSTED, "DISK_FULL",
-            "the server's database disk is full; nothing of this request was written. "
-            "Retry with back-off once an operator has freed space",
-            metadata={"cause": _first_line(e)},
-        ), reconnect=False)
+        return _disk_full("the server's database disk", e)
     if primary == SQLITE_READONLY or "readonly database" in text:
         return DatabaseFailure(_unavailable(
             "DATABASE_READ_ONLY", "the server's database is read-only right now; nothing of this request was written",
@@ -110,12 +114,7 @@ def _postgres(e: BaseException) -> DatabaseFailure | None:
         return None
     code = getattr(e, "pgcode", None) or ""
     if code == _PG_DISK_FULL:
-        return DatabaseFailure(ServiceError(
-            grpc.StatusCode.RESOURCE_EXHAUSTED, "DISK_FULL",
-            "the database server's disk is full; nothing of this request was written. "
-            "Retry with back-off once an operator has freed space",
-            metadata={"cause": _first_line(e)},
-        ), reconnect=False)
+        return _disk_full("the database server's disk", e)
     if code == _PG_READ_ONLY:
         return DatabaseFailure(_unavailable(
             "DATABASE_READ_ONLY", "the database is read-only (a standby, or a failover in progress)", e),
