@@ -150,6 +150,12 @@ def wait_for_quiet(max_wait: float, threshold: float = 0.15, window: float = 3.0
         print(f"  machine busy ({load:.2f} cores used by others); waiting for it to be quiet ...", flush=True)
 
 
+def add_durability_arg(ap: Any) -> None:
+    ap.add_argument("--durability", choices=("strict", "fast"), default="strict",
+                    help="the server's --durability: strict (the server's default; SQLite fsyncs every "
+                         "commit) or fast (an ack survives a server crash, not an OS crash)")
+
+
 def add_quiet_arg(ap: Any) -> None:
     ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
                     help="first wait up to this long for other processes on the machine to go idle "

@@ -529,10 +529,11 @@ class BenchFailure(Exception):
 async def bench(args: argparse.Namespace, tmp: Path) -> int:
     db = tmp / "watch.db"
     extra = ["--shutdown-grace", str(args.shutdown_grace)] if args.shutdown_grace is not None else []
+    extra += ["--durability", args.durability]
     server = bc.ServerProc(db, port=args.port, log_path=tmp / "server.log", extra_args=extra,
                            gc_log=args.gc_log).start()
     n_streams = args.watchers + args.all_watchers
-    print(f"server pid {server.pid} on {server.addr}, db {db}")
+    print(f"server pid {server.pid} on {server.addr}, db {db}, durability {args.durability}")
     print(f"{args.watchers:,} per-job + {args.all_watchers} all-job watchers, {args.per_channel} streams/channel, "
           f"opened at {args.open_rate:g}/s over {max(1, args.workers)} "
           f"{'worker process(es)' if args.workers else 'this process'}; {args.rate:g} changes/s for "
@@ -880,6 +881,7 @@ def main() -> int:
                          "generation-2 pauses of the steady phase (instrumentation only)")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run (~20 s): 500 + 10 watchers, 5 s steady phase")
+    bc.add_durability_arg(ap)
     bc.add_quiet_arg(ap)
     bc.add_profile_args(ap)
     args = ap.parse_args()

@@ -52,6 +52,7 @@ from _bench_common import (  # noqa: E402
     OTHER_LOAD_WARN,
     OtherLoad,
     ServerProc,
+    add_durability_arg,
     add_quiet_arg,
     cleanup_tmp,
     machine_note,
@@ -141,8 +142,8 @@ def redis_pids() -> list[int]:
 # -- mediajobs --------------------------------------------------------------------
 
 
-def run_mediajobs(n: int, procs: int, concurrency: int, tmp: Path, timeout: float) -> dict:
-    server = ServerProc(tmp / "mj.db")
+def run_mediajobs(n: int, procs: int, concurrency: int, tmp: Path, timeout: float, durability: str) -> dict:
+    server = ServerProc(tmp / "mj.db", extra_args=["--durability", durability])
     workers: list[subprocess.Popen[bytes]] = []
     try:
         server.start()
@@ -294,8 +295,8 @@ async def recovery_trial(addr: str, k: int, lease_s: float, tmp: Path) -> list[f
         return times
 
 
-def run_recovery(trials: int, k: int, lease_s: float, tmp: Path) -> list[float]:
-    server = ServerProc(tmp / "recovery.db")
+def run_recovery(trials: int, k: int, lease_s: float, tmp: Path, durability: str) -> list[float]:
+    server = ServerProc(tmp / "recovery.db", extra_args=["--durability", durability])
     try:
         server.start()
         out: list[float] = []
@@ -319,6 +320,7 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=300.0, help="give up on a system after this long")
     ap.add_argument("--quick", action="store_true", help="4,000 jobs and one recovery trial")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (databases, logs)")
+    add_durability_arg(ap)
     add_quiet_arg(ap)
     args = ap.parse_args()
     if args.quick:
@@ -345,7 +347,7 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
 
     results: dict[str, dict] = {}
     runners = {
-        "mediajobs": lambda: run_mediajobs(args.jobs, args.procs, args.concurrency, tmp, args.timeout),
+        "mediajobs": lambda: run_mediajobs(args.jobs, args.procs, args.concurrency, tmp, args.timeout, args.durability),
         "huey": lambda: run_huey(args.jobs, args.procs, tmp, args.timeout),
         "celery": lambda: run_celery(args.jobs, args.procs, tmp, args.timeout),
     }
@@ -389,7 +391,7 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
     if args.recovery_trials and "mediajobs" in only:
         load = OtherLoad().start()
         try:
-            times = sorted(run_recovery(args.recovery_trials, args.recovery_jobs, args.lease, tmp))
+            times = sorted(run_recovery(args.recovery_trials, args.recovery_jobs, args.lease, tmp, args.durability))
         except Exception as e:  # noqa: BLE001
             print(f"\nrecovery: FAILED: {type(e).__name__}: {e}")
             times, failed = [], True

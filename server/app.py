@@ -292,14 +292,15 @@ async def build_server(cfg: Config, clock: Callable[[], int] = now_us) -> App:
     return App(cfg, server, port, store, hub, dispatcher, health_servicer, admission, worker_service)
 
 
-# Garbage collection while serving. Start-up objects never die: they are
-# frozen out of every collection. The young generation is collected every
-# GC_GEN0_THRESHOLD allocations instead of 700: with thousands of open watch
-# streams each collection is long, and fewer of them keep watch p99 down
-# (measured by scripts/bench_watch.py). The threshold is bounded so garbage in
-# reference cycles (a refused request's traceback holds the request) is still
-# freed soon; scripts/bench_memory.py measures what refused requests leave.
-GC_GEN0_THRESHOLD = 10_000
+# Garbage collection while serving: start-up objects never die, so they are
+# frozen out of every collection. Young collections keep Python's default
+# threshold (700): young garbage, such as a refused request's cycles, goes at
+# once. Only full (gen-2) collections are made 10x rarer: with thousands of
+# watch streams one takes ~200 ms of the event loop (measured with
+# scripts/bench_watch.py --gc-log: a 204 ms gen-2 pause in the steady phase
+# at the default thresholds, p99 99 ms instead of 20-26 ms).
+GC_THRESHOLDS = (700, 10, 100)
+
 # Allocations of at least this size get their own mapping from glibc and go
 # back to the system when freed. By default glibc raises this threshold to
 # the largest block freed so far (up to 32 MiB), after which large request
@@ -369,7 +370,7 @@ async def serve(cfg: Config) -> None:
     await app.start()
     gc.collect()
     gc.freeze()
-    gc.set_threshold(GC_GEN0_THRESHOLD, 20, 100)
+    gc.set_threshold(*GC_THRESHOLDS)
     app.tasks.append(asyncio.create_task(trim_memory_forever(), name="mediajobs-trim-memory"))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
