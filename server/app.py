@@ -148,7 +148,9 @@ class App:
         """Health follows the database: NOT_SERVING as soon as writes fail
         (disk full, read-only, connection lost), SERVING again as soon as a
         probe write commits. Probes run every PROBE_INTERVAL_S, faster while
-        failing."""
+        failing; while writes keep committing they are proof enough, and no
+        probe is added."""
+        batches = self.store.writer.batches
         while True:
             interval = PROBE_INTERVAL_S if self.serving else PROBE_INTERVAL_FAILING_S
             try:
@@ -159,8 +161,10 @@ class App:
             if self.draining:
                 return
             failure = self.store.failure
-            if failure is None or not self.serving:
+            busy = self.store.writer.batches != batches  # batches committed since the last look
+            if (failure is None and not busy) or not self.serving:
                 failure = await self.probe_database()
+            batches = self.store.writer.batches
             if (failure is None) != self.serving:
                 if failure is None:
                     log.warning("database serves writes again: health SERVING")
@@ -316,6 +320,7 @@ MMAP_THRESHOLD_BYTES = 256 * 1024
 # +74 MiB before, a few MiB after.
 TRIM_GROWTH_BYTES = 32 * 1024 * 1024
 TRIM_CHECK_INTERVAL_S = 2.0
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 def _libc() -> ctypes.CDLL | None:
@@ -342,9 +347,6 @@ def resident_bytes() -> int:
             return int(f.read().split()[1]) * PAGE_SIZE
     except (OSError, ValueError, IndexError):
         return 0
-
-
-PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 async def trim_memory_forever() -> None:

@@ -151,6 +151,15 @@ def internal(message: str = "internal error; the server log has details") -> Ser
     return ServiceError(grpc.StatusCode.INTERNAL, "INTERNAL", message)
 
 
+@dataclass
+class UndecodableRequest:
+    """What payloads.request_deserializer hands a servicer instead of a
+    request the protobuf runtime refused to parse (nested too deep, not
+    UTF-8); handle_errors answers it with its INVALID_ARGUMENT."""
+
+    error: ServiceError
+
+
 def fail_call(context: grpc.aio.ServicerContext, status: grpc.Status) -> None:
     """End the call with `status` once the handler returns (its response is
     discarded). Unlike context.abort(), nothing is raised: an AbortError
@@ -164,7 +173,8 @@ def fail_call(context: grpc.aio.ServicerContext, status: grpc.Status) -> None:
 
 def handle_errors(fn: Callable) -> Callable:
     """Decorate an async servicer method (unary or async generator) so that a
-    ServiceError becomes its rich status, and any other exception INTERNAL.
+    ServiceError (or an UndecodableRequest) becomes its rich status, and any
+    other exception INTERNAL.
     Unary calls are admitted through the servicer's `admission` (its
     concurrent-call limit); streams count against their own limits."""
     if inspect.isasyncgenfunction(fn):
@@ -172,6 +182,8 @@ def handle_errors(fn: Callable) -> Callable:
         @functools.wraps(fn)
         async def gen_wrapper(self, request, context):  # type: ignore[no-untyped-def]
             try:
+                if type(request) is UndecodableRequest:
+                    raise request.error
                 async for item in fn(self, request, context):
                     yield item
             except Exception as e:  # noqa: BLE001
@@ -189,6 +201,8 @@ def handle_errors(fn: Callable) -> Callable:
             fail_call(context, refusal)
             return None
         try:
+            if type(request) is UndecodableRequest:
+                raise request.error
             return await fn(self, request, context)
         except Exception as e:  # noqa: BLE001
             _fail(context, e, fn.__name__)

@@ -22,14 +22,12 @@ any page, snapshot chunk or watch message (see MAX_JOB_BYTES and
 MESSAGE_BUDGET_BYTES).
 
 A request so deeply nested that the protobuf runtime itself refuses to parse
-it never reaches a servicer; `request_deserializer` / `refuse_undecodable`
-turn it into the same INVALID_ARGUMENT, found by walking the raw bytes
+it never reaches a servicer's code: `request_deserializer` hands over an
+UndecodableRequest, which errors.handle_errors answers with the same INVALID_ARGUMENT, found by walking the raw bytes
 (`locate_too_deep`).
 """
 from __future__ import annotations
 
-import functools
-import inspect
 import json
 import math
 import re
@@ -47,11 +45,10 @@ from google.protobuf import (
     wrappers_pb2,
 )
 from google.rpc import error_details_pb2, status_pb2
-from grpc_status import rpc_status
 
 from mediajobs.v1 import resources_pb2 as res
 
-from .errors import ServiceError, clip, fail_call, invalid_argument
+from .errors import ServiceError, UndecodableRequest, clip, invalid_argument
 
 Job = res.Job
 T = TypeVar("T")
@@ -632,14 +629,6 @@ def _deep_in_value(buf: memoryview, parts: list[str | int], level: int) -> tuple
 # -- requests the protobuf runtime cannot parse ---------------------------------------------
 
 
-@dataclass
-class UndecodableRequest:
-    """What `request_deserializer` hands a servicer instead of a request the
-    protobuf runtime refused to parse; `refuse_undecodable` answers it."""
-
-    error: ServiceError
-
-
 def undecodable_error(desc: descriptor.Descriptor, data: bytes) -> ServiceError:
     """INVALID_ARGUMENT for bytes that do not parse as `desc`: the path of a
     payload nested too deep when that is why, else a general message."""
@@ -664,36 +653,6 @@ def request_deserializer(message_class: Any) -> Callable[[bytes], Any]:
             return UndecodableRequest(undecodable_error(message_class.DESCRIPTOR, data))
 
     return deserialize
-
-
-def refuse_undecodable(handler: Callable[..., Any]) -> Callable[..., Any]:
-    """Wrap a servicer method (unary or server-streaming) registered with
-    `request_deserializer`, so an UndecodableRequest is answered with its
-    INVALID_ARGUMENT before the method runs."""
-
-    def refuse(request: UndecodableRequest, context: Any) -> None:
-        fail_call(context, rpc_status.to_status(request.error.to_status()))
-
-    if inspect.isasyncgenfunction(handler):
-
-        @functools.wraps(handler)
-        async def stream(request: Any, context: Any) -> Any:
-            if isinstance(request, UndecodableRequest):
-                refuse(request, context)
-                return
-            async for item in handler(request, context):
-                yield item
-
-        return stream
-
-    @functools.wraps(handler)
-    async def unary(request: Any, context: Any) -> Any:
-        if isinstance(request, UndecodableRequest):
-            refuse(request, context)
-            return None
-        return await handler(request, context)
-
-    return unary
 
 
 def job_payload_violations(job: Job) -> list[Violation]:

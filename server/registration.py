@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable
 import grpc
 from google.protobuf import descriptor, message_factory
 
-from .payloads import refuse_undecodable, request_deserializer
+from .payloads import request_deserializer
 
 _FACTORIES: dict[tuple[bool, bool], Callable[..., grpc.RpcMethodHandler]] = {
     (False, False): grpc.unary_unary_rpc_method_handler,
@@ -41,9 +41,10 @@ def add_service(
         resp = message_factory.GetMessageClass(m.output_type)
         ser = resp.SerializeToString
         handlers[m.name] = _FACTORIES[(m.client_streaming, m.server_streaming)](
-            # A request nested past what protobuf can parse is answered
-            # INVALID_ARGUMENT (naming the path), not gRPC's bare UNKNOWN.
-            refuse_undecodable(getattr(servicer, m.name)),
+            getattr(servicer, m.name),
+            # A request nested past what protobuf can parse reaches the
+            # method (its handle_errors) as an UndecodableRequest, answered
+            # INVALID_ARGUMENT naming the path, not gRPC's bare UNKNOWN.
             request_deserializer=request_deserializer(req),
             response_serializer=_passthrough(ser) if m.name in raw else ser,
         )
