@@ -21,7 +21,8 @@ import pytest
 from google.protobuf import empty_pb2
 from google.rpc import status_pb2
 
-from mediajobs.client import Worker, cli, render
+from mediajobs.client import Worker, render
+from mediajobs.client.cli import entries as cli  # the entries group: follow_entry (patched), EntryProgress, ...
 from mediajobs.client.cli import main
 from mediajobs.v1 import job_service_pb2 as svc
 from mediajobs.v1 import media_resources_pb2 as mres
