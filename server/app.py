@@ -19,14 +19,16 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from mediajobs.v1 import job_service_pb2, media_service_pb2, worker_service_pb2
+from mediajobs.v1 import bulk_upload_service_pb2, job_service_pb2, media_service_pb2, worker_service_pb2
 
 from .admission import Admission
+from .bulk.runner import BulkRunner
 from .config import Config, version
 from .convert import now_us
 from .dispatch import Dispatcher
 from .errors import ServiceError
 from .registration import add_service
+from .services.bulk_uploads import BulkUploadService
 from .services.jobs import JobService
 from .services.media import MediaService
 from .services.workers import WorkerService
@@ -44,6 +46,7 @@ SERVICE_NAMES = [
     job_service_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
     worker_service_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name,
     media_service_pb2.DESCRIPTOR.services_by_name["MediaService"].full_name,
+    bulk_upload_service_pb2.DESCRIPTOR.services_by_name["BulkUploadService"].full_name,
 ]
 
 # How often the database is probed with a tiny write (health follows it),
@@ -96,6 +99,7 @@ class App:
     health: health.aio.HealthServicer
     admission: Admission
     worker_service: WorkerService
+    bulk_runners: list[BulkRunner] = field(default_factory=list)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     draining: bool = False
     # Whether health says SERVING (the database takes writes).
@@ -117,6 +121,8 @@ class App:
         # Other servers on the same PostgreSQL: their changes reach this
         # server's watchers from the log (returns at once on SQLite).
         self.tasks.append(asyncio.create_task(tail_log(self.hub), name="mediajobs-log-tail"))
+        for runner in self.bulk_runners:
+            self.tasks.append(asyncio.create_task(runner.run_forever(), name=f"mediajobs-{runner.identity}"))
         await self._set_serving(True)
         self.tasks.append(asyncio.create_task(self._watch_database_forever(), name="mediajobs-db-health"))
         log.info("mediajobs listening on port %d (db %s)", self.port, self.store.display_url)
@@ -280,6 +286,11 @@ async def build_server(cfg: Config, clock: Callable[[], int] = now_us) -> App:
     add_service(server, worker_service_pb2.DESCRIPTOR.services_by_name["WorkerService"], worker_service)
     add_service(server, media_service_pb2.DESCRIPTOR.services_by_name["MediaService"],
                 MediaService(store, storage_root, admission))
+    add_service(server, bulk_upload_service_pb2.DESCRIPTOR.services_by_name["BulkUploadService"],
+                BulkUploadService(store, admission))
+    bulk_runners = [BulkRunner(store, storage_root, i + 1) for i in range(cfg.bulk_runners)]
+    for runner in bulk_runners:
+        hub.listeners.append(runner.on_publish)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -293,7 +304,7 @@ async def build_server(cfg: Config, clock: Callable[[], int] = now_us) -> App:
         store.close()
         raise StartupError(f"--listen: cannot listen on {cfg.listen}: the address is in use or not this machine's; "
                            "pick another with --listen HOST:PORT")
-    return App(cfg, server, port, store, hub, dispatcher, health_servicer, admission, worker_service)
+    return App(cfg, server, port, store, hub, dispatcher, health_servicer, admission, worker_service, bulk_runners)
 
 
 # Garbage collection while serving: start-up objects never die, so they are

@@ -57,6 +57,9 @@ class Config:
     max_write_queue: int = DEFAULT_MAX_QUEUE
     max_watch_streams: int = 20_000
     max_parked_acquires: int = 2_000
+    # Runners inside the server that apply CSV bulk uploads (BULK_UPLOAD
+    # jobs); 0 leaves them to external workers.
+    bulk_runners: int = 1
 
     def db_url(self) -> str:
         return self.db or str(self.data_dir / "mediajobs.db")
@@ -116,6 +119,9 @@ _FLAGS: list[tuple[str, str, Callable[[str], object] | None, object, str]] = [
      Config.max_watch_streams, "open WatchJobs streams; more are refused with RESOURCE_EXHAUSTED"),
     ("--max-parked-acquires", "MEDIAJOBS_MAX_PARKED_ACQUIRES", _number(int, 1, 1_000_000, "a whole number"),
      Config.max_parked_acquires, "AcquireJobs calls waiting for work at once; more are refused with RESOURCE_EXHAUSTED"),
+    ("--bulk-runners", "MEDIAJOBS_BULK_RUNNERS", _number(int, 0, 64, "a whole number"),
+     Config.bulk_runners, "bulk uploads applied at once by the server itself (0-64; 0 leaves BULK_UPLOAD jobs to "
+     "external workers)"),
     ("--log-level", "MEDIAJOBS_LOG_LEVEL", None, "INFO", "logging level: DEBUG, INFO, WARNING or ERROR"),
 ]
 
@@ -184,4 +190,5 @@ def parse_args(argv: list[str] | None = None, env: dict[str, str] | None = None)
         max_write_queue=int(a.max_write_queue),
         max_watch_streams=int(a.max_watch_streams),
         max_parked_acquires=int(a.max_parked_acquires),
+        bulk_runners=int(a.bulk_runners),
     )

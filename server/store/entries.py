@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import unquote, urlsplit
 
 import grpc
@@ -134,6 +134,12 @@ def load_entry(db: peewee.Database, project: str, entry_id: str) -> Entry:
     return Entry.FromString(bytes(row[0]))
 
 
+# Called after an entry's state may have changed through its jobs, in the
+# same transaction: hook(tx, entry). store/bulk_uploads.py keeps the result
+# of the CSV record that made the entry in step this way.
+ENTRY_HOOKS: list[Callable[[WriteTx, Entry], None]] = []
+
+
 def _save_entry(tx: WriteTx, entry: Entry) -> None:
     set_ts(entry.update_time, tx.now)
     m = models_for(tx.db)
@@ -175,13 +181,100 @@ def create_entry(tx: WriteTx, req: msvc.CreateEntryRequest, source_rel: str) -> 
             entry.job_ids.append(job.id)
     finally:
         tx.flags.discard(_IN_HOOK)
-    m = models_for(tx.db)
-    m.EntryRow.insert(
-        id=entry.id, project=tx.project, state=entry.state, reference_id=entry.reference_id,
-        template_id=entry.template_id, create_time=tx.now, update_time=tx.now, data=entry.SerializeToString(),
-    ).execute()
+    # Prebuilt SQL, not Peewee's query builder: bulk uploads create entries
+    # by the thousand, and building the statement cost more than running it.
+    p = tx.db.param
+    tx.db.execute_sql(
+        "INSERT INTO entries (id, project, state, reference_id, template_id, create_time, update_time, data) "
+        f"VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p})",
+        (entry.id, tx.project, entry.state, entry.reference_id, entry.template_id, tx.now, tx.now,
+         entry.SerializeToString()),
+    )
     for tag in entry.tags:
-        m.EntryTagRow.insert(entry_id=entry.id, project=tx.project, tag=tag).execute()
+        tx.db.execute_sql(f"INSERT INTO entry_tags (entry_id, project, tag) VALUES ({p}, {p}, {p})",
+                          (entry.id, tx.project, tag))
+    return entry
+
+
+def find_by_reference(db: peewee.Database, project: str, reference_id: str) -> str:
+    """The newest entry with this reference_id ("" when none)."""
+    p = db.param
+    row = db.execute_sql(f"SELECT id FROM entries WHERE project = {p} AND reference_id = {p} ORDER BY id DESC LIMIT 1",
+                         (project, reference_id)).fetchone()
+    return str(row[0]) if row is not None else ""
+
+
+def update_entry(
+    tx: WriteTx, entry_id: str, *, name: str = "", description: str = "", tags: list[str] | None = None,
+    reference_id: str = "", labels: dict[str, str] | None = None, owner: str = "",
+) -> Entry:
+    """Change the given (non-empty) fields of an entry; labels are merged.
+    Its processing is not touched (see replace_source)."""
+    entry = load_entry(tx.db, tx.project, entry_id)
+    if name:
+        entry.name = name
+    if description:
+        entry.description = description
+    if reference_id:
+        entry.reference_id = reference_id
+    if owner:
+        entry.creator = owner
+    if labels:
+        entry.labels.update(labels)
+        violations = payloads.metadata_violations(entry.labels, "labels")
+        if violations:
+            raise invalid_argument(violations, reason="LABELS_INVALID")
+    m = models_for(tx.db)
+    if tags:
+        entry.tags[:] = list(dict.fromkeys(tags))
+        m.EntryTagRow.delete().where(m.EntryTagRow.entry_id == entry.id).execute()
+        for tag in entry.tags:
+            m.EntryTagRow.insert(entry_id=entry.id, project=tx.project, tag=tag).execute()
+    set_ts(entry.update_time, tx.now)
+    m.EntryRow.update(reference_id=entry.reference_id, update_time=tx.now, data=entry.SerializeToString()).where(
+        m.EntryRow.id == entry.id).execute()
+    return entry
+
+
+def replace_source(tx: WriteTx, entry_id: str, source_rel: str, template_id: str, priority: int) -> Entry:
+    """Point the entry at a new source and process it again from the start:
+    its unfinished jobs are aborted, its flavor assets are made anew from
+    the template, and a new EXTRACT_MEDIA job is queued."""
+    entry = load_entry(tx.db, tx.project, entry_id)
+    if not source_rel:
+        raise invalid_argument([("source_uri", "replacing an entry's media needs a source")], reason="MISSING_VALUE")
+    template_id = template_id or entry.template_id or DEFAULT_TEMPLATE
+    template = get_template(tx.db, tx.project, template_id)
+    tx.flags.add(_IN_HOOK)
+    try:
+        for job_id in entry.job_ids:
+            try:
+                job = store_jobs.get_job(tx.db, tx.project, job_id)
+            except ServiceError:
+                continue
+            if job.state not in store_jobs.TERMINAL and job.state != Job.ABORTING:
+                store_jobs.abort_job(tx, job_id, f"entry {entry_id} got a new source", False)
+        entry.source_uri = source_rel
+        entry.template_id = template_id
+        entry.state = Entry.PENDING
+        entry.ClearField("error")
+        entry.duration_ms = 0
+        entry.source_media_info_id = ""
+        del entry.flavor_assets[:]
+        for out in template.outputs:
+            entry.flavor_assets.append(
+                FlavorAsset(id=str(ULID()), output_name=out.name, state=FlavorAsset.QUEUED, output=out))
+        job = store_jobs.new_job(tx, _job_request(
+            entry, "EXTRACT_MEDIA", EXTRACT_STEP, {"source": source_rel, "entry_id": entry.id},
+            priority, entry.creator,
+        ), template_id=template_id)
+        entry.job_ids.append(job.id)
+    finally:
+        tx.flags.discard(_IN_HOOK)
+    set_ts(entry.update_time, tx.now)
+    m = models_for(tx.db)
+    m.EntryRow.update(state=entry.state, template_id=entry.template_id, update_time=tx.now,
+                      data=entry.SerializeToString()).where(m.EntryRow.id == entry.id).execute()
     return entry
 
 
@@ -242,8 +335,12 @@ def on_job_state(tx: WriteTx, job: Job, etype: int, prev_state: int) -> None:
             for fa in entry.flavor_assets:
                 if fa.id == step[len(FLAVOR_STEP):] and fa.state == FlavorAsset.ERROR:
                     fa.state = FlavorAsset.QUEUED  # re-run
+        before = entry.state
         _settle(tx, entry, job)
         _save_entry(tx, entry)
+        if entry.state != before:
+            for hook in ENTRY_HOOKS:
+                hook(tx, entry)
     finally:
         tx.flags.discard(_IN_HOOK)
 

@@ -129,8 +129,9 @@ class IdempotencyRow(BaseModel):
 
 class MetaRow(BaseModel):
     """Store-wide counters: `revision` (last committed), `compact_revision`
-    (everything at or below it has been removed from job_events) and `probe`
-    (rewritten by the server's health probe, a write that changes nothing)."""
+    (everything at or below it has been removed from job_events), `probe`
+    (rewritten by the server's health probe, a write that changes nothing)
+    and `bulk_upload_number` (the last BulkUpload.number handed out)."""
 
     key = peewee.CharField(max_length=64, primary_key=True)
     value = peewee.BigIntegerField()
@@ -234,9 +235,87 @@ class CuePointTagRow(BaseModel):
         indexes = ((("project", "tag", "cue_point_id"), False),)
 
 
+class BulkUploadRow(BaseModel):
+    """A CSV bulk upload; `data` is the serialized mediajobs.v1.BulkUpload
+    (state and counts included). The columns are what filters, ordering and
+    the runner's resume point need."""
+
+    id = peewee.CharField(max_length=26, primary_key=True)
+    project = peewee.CharField(max_length=64)
+    number = peewee.BigIntegerField(unique=True)
+    state = peewee.SmallIntegerField()
+    uploaded_by = peewee.CharField(max_length=128, default="")
+    create_time = peewee.BigIntegerField()
+    update_time = peewee.BigIntegerField()
+    # Bytes stored (the sum of its chunks): where a broken write resumes.
+    uploaded_bytes = peewee.BigIntegerField(default=0)
+    # Where the runner goes on (the first record not applied yet), written
+    # in the same transaction as the last applied batch.
+    resume_offset = peewee.BigIntegerField(default=0)
+    resume_line = peewee.BigIntegerField(default=0)
+    resume_index = peewee.BigIntegerField(default=0)
+    data = peewee.BlobField()
+
+    class Meta:
+        table_name = "bulk_uploads"
+        indexes = (
+            (("project", "id"), False),
+            (("project", "state", "id"), False),
+            (("project", "uploaded_by", "id"), False),
+        )
+
+
+class BulkUploadChunkRow(BaseModel):
+    """The uploaded file, byte-exact, in the order written: one row per
+    WriteBulkUploadFile message."""
+
+    id = peewee.AutoField()
+    upload_id = peewee.CharField(max_length=26)
+    byte_offset = peewee.BigIntegerField()
+    crc32 = peewee.BigIntegerField()
+    data = peewee.BlobField()
+
+    class Meta:
+        table_name = "bulk_upload_chunks"
+        indexes = ((("upload_id", "byte_offset"), True),)
+
+
+class BulkUploadLineRow(BaseModel):
+    """The result of one record; `data` is the serialized
+    mediajobs.v1.BulkUploadResult (without row_data: the record's bytes are
+    read from the chunks by offset)."""
+
+    upload_id = peewee.CharField(max_length=26)
+    record_index = peewee.BigIntegerField()
+    status = peewee.SmallIntegerField()
+    generation = peewee.IntegerField(default=1)
+    data = peewee.BlobField()
+
+    class Meta:
+        table_name = "bulk_upload_lines"
+        primary_key = peewee.CompositeKey("upload_id", "record_index")
+        indexes = ((("upload_id", "status", "record_index"), False),)
+
+
+class BulkUploadObjectRow(BaseModel):
+    """Which record last created or changed an entry, so that the record's
+    result follows the entry's processing (store/bulk_uploads.py)."""
+
+    project = peewee.CharField(max_length=64)
+    object_id = peewee.CharField(max_length=26)
+    upload_id = peewee.CharField(max_length=26)
+    record_index = peewee.BigIntegerField()
+
+    class Meta:
+        table_name = "bulk_upload_objects"
+        primary_key = peewee.CompositeKey("project", "object_id")
+        indexes = ((("upload_id", "record_index"), False),)
+
+
 ALL_MODELS = [
     JobRow, JobMetadataRow, JobEventRow, JobProblemRow, JobTypeRow, IdempotencyRow, MetaRow,
     EntryRow, EntryTagRow, MediaInfoRow, JobTemplateRow, CuePointRow, CuePointTagRow,
+    BulkUploadRow, BulkUploadChunkRow, BulkUploadLineRow, BulkUploadObjectRow,
 ]
 
 
@@ -257,6 +336,10 @@ class BoundModels:
     JobTemplateRow: Any
     CuePointRow: Any
     CuePointTagRow: Any
+    BulkUploadRow: Any
+    BulkUploadChunkRow: Any
+    BulkUploadLineRow: Any
+    BulkUploadObjectRow: Any
 
     def __init__(self, db: peewee.Database) -> None:
         self.all: list[Any] = []
@@ -285,5 +368,5 @@ def create_schema(db: peewee.Database) -> None:
         db.execute_sql(
             "CREATE INDEX IF NOT EXISTS jobs_acquire ON jobs (project, state, type, priority DESC, id)"
         )
-        for key in ("revision", "compact_revision", "probe"):
+        for key in ("revision", "compact_revision", "probe", "bulk_upload_number"):
             m.MetaRow.insert(key=key, value=0).on_conflict_ignore().execute()

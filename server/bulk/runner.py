@@ -1,0 +1,213 @@
+"""The bulk-upload runner: applies CSV bulk uploads inside the server.
+
+A runner is a worker like any other, only in-process: it leases BULK_UPLOAD
+jobs through the store's lease functions (identity `server/bulk-runner-N`),
+so the sweeper recovers an upload whose server died, AbortJob reaches it,
+and an external worker could run the same jobs instead (`--bulk-runners 0`).
+
+For each upload it streams the stored file from the resume point, parses
+and checks records in a read thread (csv_records; source paths under the
+storage root), and hands them to the writer a batch at a time
+(store/bulk_uploads.apply_batch): each batch's entries, jobs, results,
+counts and resume point commit together, and every batch renews the lease
+and notices an abort.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+from typing import Any, Iterator
+
+import grpc
+from google.rpc import code_pb2, status_pb2
+
+from mediajobs.v1 import bulk_resources_pb2 as bres
+from mediajobs.v1 import resources_pb2 as res
+
+from ..errors import ServiceError
+from ..store import Store, PendingEvent
+from ..store import bulk_uploads as store_bulk
+from ..store import entries as store_entries
+from ..store import leases
+from . import csv_records
+from .files import csv_options
+
+log = logging.getLogger("mediajobs.bulk")
+
+BulkUpload = bres.BulkUpload
+Job = res.Job
+
+# A runner that died (kill -9, power loss) is noticed when its lease runs
+# out; every batch renews it, so a live runner never gets near the end.
+LEASE_S = 10.0
+# Records per writer transaction. Applying a record that adds an entry with a
+# source (entry, tag rows, EXTRACT_MEDIA job, its metadata and event, the
+# result) holds the writer for about 150 microseconds, so a batch holds it
+# for about 25 ms: other clients' writes wait at most that long, and the
+# commit (an fsync in strict mode) is shared by 160 records. Records that
+# only get a result (validation, errors) are far cheaper.
+APPLY_BATCH = 160
+VALIDATE_BATCH = 2000
+IDLE_POLL_S = 5.0
+
+
+class BulkRunner:
+    def __init__(self, store: Store, storage_root: Path, index: int = 1) -> None:
+        self.store = store
+        self.storage_root = storage_root
+        self.identity = f"server/bulk-runner-{index}"
+        self._wake = asyncio.Event()
+        self.applied_uploads = 0
+
+    def on_publish(self, events: list[PendingEvent]) -> None:
+        """Watch hub listener: a BULK_UPLOAD job became leasable."""
+        for ev in events:
+            if ev.job_type == store_bulk.JOB_TYPE and ev.state == Job.PENDING:
+                self._wake.set()
+                return
+
+    async def run_forever(self) -> None:
+        while True:
+            try:
+                got = await self.store.write(
+                    lambda tx: leases.acquire(tx, [store_bulk.JOB_TYPE], 1, int(LEASE_S * 1e6), res.LockKey(),
+                                              self.identity), bounded=False)
+            except ServiceError as e:
+                log.warning("bulk runner cannot lease jobs: %s", e.message)
+                got = []
+            if not got:
+                self._wake.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), IDLE_POLL_S)
+                continue
+            leased = got[0]
+            try:
+                await self.process(leased.job, leased.token)
+            except asyncio.CancelledError:
+                # Shutting down: hand the job back at once for the next start.
+                with contextlib.suppress(Exception):
+                    await self.store.write(lambda tx: leases.release(tx, leased.job.id, leased.token, "", False),
+                                           bounded=False)
+                raise
+            except ServiceError as e:
+                log.warning("bulk upload job %s stopped: %s", leased.job.id, e)
+                await self._fail(leased.job.id, leased.token, e.to_status(), retryable=e.code.name in (
+                    "UNAVAILABLE", "RESOURCE_EXHAUSTED"))
+            except Exception as e:  # noqa: BLE001 - a bug must not stop the runner
+                log.exception("bulk upload job %s failed", leased.job.id)
+                await self._fail(leased.job.id, leased.token,
+                                 status_pb2.Status(code=code_pb2.INTERNAL, message=f"{type(e).__name__}: {e}"[:500]),
+                                 retryable=True)
+
+    async def _fail(self, job_id: str, token: str, error: status_pb2.Status, retryable: bool) -> None:
+        with contextlib.suppress(ServiceError):
+            await self.store.write(lambda tx: leases.fail(tx, job_id, token, error, retryable, 0), bounded=False)
+
+    async def process(self, job: Job, token: str) -> None:
+        upload_id = job.params.fields["bulk_upload_id"].string_value if "bulk_upload_id" in job.params.fields else ""
+        selection_value = int(job.params.fields["selection"].number_value) if "selection" in job.params.fields else 0
+        upload = await self.store.write(lambda tx: store_bulk.begin(tx, upload_id, job.id, token), bounded=False)
+        if upload.job_id != job.id:  # an older job of a re-run upload: nothing to do
+            await self.store.write(lambda tx: leases.complete(tx, job.id, token, None), bounded=False)
+            return
+        generation = upload.generation
+        selection = store_bulk.selection_of(selection_value) if generation > 1 else None
+        validate = upload.validate_only
+        options = csv_options(upload)
+        layout = await self.store.read(
+            lambda db, p: csv_records.read_layout(store_bulk.iter_file(db, p, upload_id), options))
+        resume = await self.store.read(store_bulk.load_resume, upload_id)
+        start = csv_records.Position(resume.byte_offset, resume.line_number, resume.next_index) \
+            if generation == 1 and resume.next_index > 0 else layout.data_start
+
+        stopped = ""
+        if (upload.error_policy == BulkUpload.VALIDATE_FIRST and not validate and generation == 1
+                and start == layout.data_start):
+            bad = await self._validate_first(upload, job, token, options, layout)
+            if bad:
+                stopped = "validate_first_failed"
+        if not stopped:
+            stopped = await self._apply(upload, job, token, options, layout, start, generation, selection, validate)
+        await self.store.write(lambda tx: store_bulk.finish_run(tx, upload_id, job.id, token, stopped), bounded=False)
+        self.applied_uploads += 1
+
+    def _batches(self, db: Any, project: str, upload_id: str, options: csv_records.CsvOptions,
+                 layout: csv_records.Layout, start: csv_records.Position, size: int
+                 ) -> Iterator[list[store_bulk.Planned]]:
+        """Planned records a batch at a time (run step by step in read threads)."""
+        if start == layout.data_start:
+            chunks = store_bulk.iter_file(db, project, upload_id)
+            records = csv_records.scan_records(chunks, options, layout)
+        else:
+            chunks = store_bulk.iter_file(db, project, upload_id, start.byte_offset)
+            records = csv_records.scan_records(chunks, options, layout, start)
+        batch: list[store_bulk.Planned] = []
+        for rec in records:
+            batch.append(self._plan(rec))
+            if len(batch) >= size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+    def _plan(self, rec: csv_records.Record) -> store_bulk.Planned:
+        planned = store_bulk.Planned(rec.index, rec.line_number, rec.line_count, rec.byte_offset, rec.byte_length,
+                                     rec.fields, None)
+        if rec.error is not None:
+            planned.error = ServiceError(grpc.StatusCode.INVALID_ARGUMENT, rec.error.reason, rec.error.message)
+            planned.error_column = rec.error.column
+            return planned
+        f = rec.fields
+        if f is not None and f.source:
+            try:
+                planned.source = store_entries.source_relative_path(self.storage_root, f.source, "source_uri")
+            except ServiceError as e:
+                planned.error = e
+                planned.error_column = "source_uri"
+        return planned
+
+    async def _next(self, it: Iterator[list[store_bulk.Planned]]) -> list[store_bulk.Planned] | None:
+        return await self.store.read(lambda db, p: next(it, None))
+
+    async def _validate_first(self, upload: BulkUpload, job: Job, token: str, options: csv_records.CsvOptions,
+                              layout: csv_records.Layout) -> bool:
+        """Pass 1 of VALIDATE_FIRST: record the invalid records (only);
+        True when there were any (then nothing is created)."""
+        it = await self.store.read(lambda db, p: self._batches(db, p, upload.id, options, layout,
+                                                               layout.data_start, VALIDATE_BATCH))
+        bad_any = False
+        while (batch := await self._next(it)) is not None:
+            bad = [r for r in batch if r.error is not None]
+            if not bad:
+                # Nothing to write, but the lease must not run out on a long file.
+                await self.store.write(lambda tx: leases.heartbeat(tx, job.id, token, 0, "", None, 0),
+                                       bounded=False)
+                continue
+            bad_any = True
+            out = await self.store.write(lambda tx: store_bulk.apply_batch(
+                tx, upload.id, job.id, token, bad, None, 1, None, True), bounded=False)
+            if out.stop:
+                return True
+        return bad_any
+
+    async def _apply(self, upload: BulkUpload, job: Job, token: str, options: csv_records.CsvOptions,
+                     layout: csv_records.Layout, start: csv_records.Position, generation: int,
+                     selection: frozenset[int] | None, validate: bool) -> str:
+        size = VALIDATE_BATCH if validate else APPLY_BATCH
+        it = await self.store.read(lambda db, p: self._batches(db, p, upload.id, options, layout, start, size))
+        while (batch := await self._next(it)) is not None:
+            last = batch[-1]
+            resume = store_bulk.ResumePoint(last.byte_offset + last.byte_length, last.line_number + last.line_count,
+                                            last.index + 1) if generation == 1 else None
+            out = await self.store.write(lambda tx: store_bulk.apply_batch(
+                tx, upload.id, job.id, token, batch, resume, generation, selection, validate),
+                bounded=False)
+            if out.stop:
+                return out.stop
+            c = out.upload.counts
+            if upload.max_errors and c.error >= upload.max_errors:
+                return "max_errors"
+        return ""
+
