@@ -1,4 +1,5 @@
-"""A small typed, synchronous client for JobService and MediaService.
+"""A small typed, synchronous client for JobService, MediaService and
+BulkUploadService.
 
     from mediajobs.client import MediaJobsClient
 
@@ -9,6 +10,9 @@
             ...
         entry = c.create_entry("clip", source_uri="incoming/clip.mov")
         print(c.get_entry(entry.id).state)
+        upload = c.upload_bulk_file("catalogue.csv")   # resumes a broken stream by itself
+        for u in c.watch_bulk_upload(upload.id):
+            print(u.state, u.counts.applied, u.counts.total_records)
 
 Every method raises `MediaJobsError` (with the server's rich status unpacked)
 when the call fails.
@@ -16,11 +20,20 @@ when the call fails.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import os
+import time
+import uuid
+import zlib
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
 import grpc
 from google.protobuf import field_mask_pb2, struct_pb2, timestamp_pb2
 
+from mediajobs.v1 import bulk_resources_pb2 as bres
+from mediajobs.v1 import bulk_upload_service_pb2 as bsvc
+from mediajobs.v1 import bulk_upload_service_pb2_grpc as bsvc_grpc
 from mediajobs.v1 import job_service_pb2 as svc
 from mediajobs.v1 import job_service_pb2_grpc as svc_grpc
 from mediajobs.v1 import media_resources_pb2 as mres
@@ -29,7 +42,7 @@ from mediajobs.v1 import media_service_pb2_grpc as msvc_grpc
 from mediajobs.v1 import resources_pb2 as res
 
 from .errors import MediaJobsError
-from .watch import Backoff, JobWatch, OnRetry
+from .watch import Backoff, JobWatch, OnRetry, RetryInfo, is_retryable
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_TIMEOUT = 30.0
@@ -115,6 +128,163 @@ def _mask(fields: Sequence[str] | None) -> field_mask_pb2.FieldMask | None:
     return field_mask_pb2.FieldMask(paths=[f.strip() for f in fields if f.strip()])
 
 
+# -- bulk uploads: names, the file to send -------------------------------------------
+
+BulkUpload = bres.BulkUpload
+BulkUploadResult = bres.BulkUploadResult
+
+# Files up to this size go inline with StartBulkUpload; larger ones are
+# streamed with WriteBulkUploadFile (resumable).
+BULK_INLINE_MAX_BYTES = 256 * 1024
+BULK_CHUNK_BYTES = 1024 * 1024
+BULK_TERMINAL_STATES = frozenset({
+    BulkUpload.SUCCEEDED, BulkUpload.PARTIALLY_SUCCEEDED, BulkUpload.FAILED, BulkUpload.ABORTED,
+    BulkUpload.EXPIRED, BulkUpload.VALIDATED,
+})
+# A broken write is resumed from the bytes the server stored after these.
+_RESUMABLE_WRITE_CODES = frozenset({
+    grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.INTERNAL,
+})
+# ... and after these reasons (a message that never arrived intact, or a
+# write at an offset the server has moved past).
+# UPLOAD_NOT_WRITABLE: the file is complete (or the upload aborted); the
+# status query then returns the upload as it is.
+_RESUMABLE_WRITE_REASONS = frozenset({"WRITE_OFFSET_MISMATCH", "CHUNK_CHECKSUM_MISMATCH", "UPLOAD_NOT_WRITABLE"})
+_RERUN_SELECTIONS = {
+    "": bsvc.RerunBulkUploadRequest.SELECTION_UNSPECIFIED,
+    "failed": bsvc.RerunBulkUploadRequest.FAILED,
+    "not_processed": bsvc.RerunBulkUploadRequest.NOT_PROCESSED,
+    "failed_and_not_processed": bsvc.RerunBulkUploadRequest.FAILED_AND_NOT_PROCESSED,
+    "all": bsvc.RerunBulkUploadRequest.ALL,
+}
+
+
+def _enum_value(enum: Any, s: int | str, what: str) -> int:
+    if isinstance(s, str):
+        name = s.strip().upper().replace("-", "_")
+        names = [n for n in enum.keys() if not n.endswith("_UNSPECIFIED")]
+        if name not in names:
+            raise ValueError(f"unknown {what} {s!r}; use one of {', '.join(names)}")
+        return int(enum.Value(name))
+    return int(s)
+
+
+def parse_bulk_state(s: BulkUpload.State.ValueType | int | str) -> BulkUpload.State.ValueType:
+    """A bulk upload state from its name (any case: UPLOADING, QUEUED,
+    PROCESSING, ..., VALIDATED) or number."""
+    return BulkUpload.State.ValueType(_enum_value(BulkUpload.State, s, "bulk upload state"))
+
+
+def parse_result_status(s: BulkUploadResult.Status.ValueType | int | str) -> BulkUploadResult.Status.ValueType:
+    """A bulk upload result status from its name (OK, ERROR, IN_PROGRESS,
+    NOT_PROCESSED; any case) or number."""
+    return BulkUploadResult.Status.ValueType(_enum_value(BulkUploadResult.Status, s, "result status"))
+
+
+def parse_error_policy(p: BulkUpload.ErrorPolicy.ValueType | int | str | None) -> BulkUpload.ErrorPolicy.ValueType:
+    """CONTINUE or VALIDATE_FIRST (any case) or a number; None or "" is the
+    server's default (CONTINUE)."""
+    if p is None or p == "":
+        return BulkUpload.ERROR_POLICY_UNSPECIFIED
+    return BulkUpload.ErrorPolicy.ValueType(_enum_value(BulkUpload.ErrorPolicy, p, "error policy"))
+
+
+def parse_csv_header(h: BulkUpload.CsvOptions.Header.ValueType | int | str | None
+                     ) -> BulkUpload.CsvOptions.Header.ValueType:
+    """AUTO, PRESENT or ABSENT (any case) or a number; None or "" is AUTO."""
+    if h is None or h == "":
+        return BulkUpload.CsvOptions.HEADER_UNSPECIFIED
+    return BulkUpload.CsvOptions.Header.ValueType(_enum_value(BulkUpload.CsvOptions.Header, h, "header mode"))
+
+
+@dataclass(frozen=True)
+class UploadRetry:
+    """What `on_retry` of upload_bulk_file is told before each retry."""
+
+    # The failure (a broken stream, a lost reply).
+    error: MediaJobsError
+    # Seconds about to be waited.
+    delay: float
+    # Bytes the server had stored when last asked (where the write resumes).
+    committed_size: int
+    # 0 for the first retry since the last progress, then 1, 2, ...
+    attempt: int
+
+
+class _BulkSource:
+    """The file of an upload: a path (read again from any offset when a
+    write resumes) or bytes. Its size and sha256 are fixed when it is opened;
+    a file that changes afterwards is an error, not a different upload."""
+
+    def __init__(self, source: str | os.PathLike[str] | bytes | bytearray | memoryview) -> None:
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            self.path: str | None = None
+            self.data: bytes | None = bytes(source)
+            self.size = len(self.data)
+            self.sha256 = hashlib.sha256(self.data).hexdigest()
+            self.name = ""
+            return
+        self.path = os.fspath(source)
+        self.data = None
+        self.name = os.path.basename(self.path)
+        h = hashlib.sha256()
+        size = 0
+        with open(self.path, "rb") as f:
+            while block := f.read(BULK_CHUNK_BYTES):
+                h.update(block)
+                size += len(block)
+        self.size = size
+        self.sha256 = h.hexdigest()
+
+    def read_all(self) -> bytes:
+        return b"".join(self.chunks(0, BULK_CHUNK_BYTES))
+
+    def chunks(self, offset: int, chunk_size: int) -> Iterator[bytes]:
+        """The bytes from `offset` to the size taken at the start."""
+        if self.data is not None:
+            for at in range(offset, self.size, chunk_size):
+                yield self.data[at:min(at + chunk_size, self.size)]
+            return
+        assert self.path is not None
+        with open(self.path, "rb") as f:
+            f.seek(offset)
+            at = offset
+            while at < self.size:
+                block = f.read(min(chunk_size, self.size - at))
+                if not block:
+                    raise OSError(f"{self.path} became shorter while it was uploaded ({at} of {self.size} bytes)")
+                at += len(block)
+                yield block
+
+
+class BulkLogStream(Iterator[bytes]):
+    """The log of a bulk upload as it streams (bytes, whole rows per piece).
+    Once exhausted, `complete` says whether every record had a result when
+    the log was read (False while the upload is still processing)."""
+
+    def __init__(self, responses: Iterator[bsvc.ReadBulkUploadLogResponse], cancel: Callable[[], Any]) -> None:
+        self._responses = responses
+        self._cancel = cancel
+        self.complete: bool | None = None
+
+    def __iter__(self) -> "BulkLogStream":
+        return self
+
+    def __next__(self) -> bytes:
+        while True:
+            try:
+                msg = next(self._responses)  # StopIteration ends the log
+            except grpc.RpcError as e:
+                raise MediaJobsError.from_rpc_error(e) from None
+            self.complete = msg.complete
+            if msg.data:
+                return msg.data
+
+    def close(self) -> None:
+        self._cancel()
+
+
 class MediaJobsClient:
     """Synchronous JobService and MediaService client.
 
@@ -140,6 +310,7 @@ class MediaJobsClient:
         )
         self.stub = svc_grpc.JobServiceStub(self.channel)
         self.media_stub = msvc_grpc.MediaServiceStub(self.channel)
+        self.bulk_stub = bsvc_grpc.BulkUploadServiceStub(self.channel)
 
     def close(self) -> None:
         """Close the channel if the client opened it."""
@@ -530,3 +701,485 @@ class MediaJobsClient:
             on_retry=on_retry,
             timeout=self.timeout,
         )
+
+    # -- bulk uploads (BulkUploadService) ---------------------------------------------
+
+    def start_bulk_upload(
+        self,
+        *,
+        content: bytes = b"",
+        file_name: str = "",
+        template_id: str = "",
+        validate_only: bool = False,
+        error_policy: BulkUpload.ErrorPolicy.ValueType | int | str | None = None,
+        max_errors: int = 0,
+        delimiter: str = "",
+        encoding: str = "",
+        header: BulkUpload.CsvOptions.Header.ValueType | int | str | None = None,
+        ignore_unknown_columns: bool = False,
+        uploaded_by: str = "",
+        description: str = "",
+        priority: res.Job.Priority.ValueType | int | str | None = None,
+        labels: Mapping[str, str] | None = None,
+        file_size_bytes: int = 0,
+        sha256: str = "",
+        request_id: str = "",
+    ) -> BulkUpload:
+        """Create a bulk upload (idempotent on request_id). With `content`
+        (at most 3 MiB) the file is complete at once and the upload QUEUED;
+        without, it is UPLOADING and its bytes follow (upload_bulk_file does
+        both, choosing by size)."""
+        spec = BulkUpload(
+            file_name=file_name,
+            template_id=template_id,
+            validate_only=validate_only,
+            error_policy=parse_error_policy(error_policy),
+            max_errors=max_errors,
+            csv=BulkUpload.CsvOptions(delimiter=delimiter, encoding=encoding, header=parse_csv_header(header)),
+            ignore_unknown_columns=ignore_unknown_columns,
+            uploaded_by=uploaded_by,
+            description=description,
+            priority=parse_priority(priority),
+            labels=dict(labels or {}),
+            file_size_bytes=file_size_bytes,
+            sha256=sha256,
+        )
+        req = bsvc.StartBulkUploadRequest(bulk_upload=spec, content=content, request_id=request_id)
+        return self._call(self.bulk_stub.StartBulkUpload, req)
+
+    def upload_bulk_file(
+        self,
+        source: str | os.PathLike[str] | bytes | bytearray | memoryview,
+        *,
+        template_id: str = "",
+        validate_only: bool = False,
+        error_policy: BulkUpload.ErrorPolicy.ValueType | int | str | None = None,
+        max_errors: int = 0,
+        delimiter: str = "",
+        encoding: str = "",
+        header: BulkUpload.CsvOptions.Header.ValueType | int | str | None = None,
+        ignore_unknown_columns: bool = False,
+        file_name: str | None = None,
+        uploaded_by: str = "",
+        description: str = "",
+        priority: res.Job.Priority.ValueType | int | str | None = None,
+        labels: Mapping[str, str] | None = None,
+        request_id: str | None = None,
+        chunk_size: int = BULK_CHUNK_BYTES,
+        on_progress: Callable[[int, int], None] | None = None,
+        on_start: Callable[[BulkUpload], None] | None = None,
+        on_retry: Callable[[UploadRetry], None] | None = None,
+        max_retries: int = 8,
+        backoff: Backoff | None = None,
+    ) -> BulkUpload:
+        """Upload a CSV file (a path or bytes) and return the upload once its
+        file is complete (QUEUED, or FAILED/SUCCEEDED for a refused or empty
+        file); follow it with watch_bulk_upload.
+
+        The size and sha256 are computed first and sent with the start, so the
+        server checks the file it stored. A file of at most 256 KiB goes
+        inline; a larger one is streamed in `chunk_size` messages (each with
+        its crc32). A broken stream (UNAVAILABLE, DEADLINE_EXCEEDED,
+        CANCELLED, INTERNAL, a lost message) resumes from the bytes the server
+        stored (QueryBulkUploadWriteStatus): stored bytes are never sent
+        again. Up to `max_retries` retries in a row without progress, with a
+        jittered back-off; a lost start is retried with the same
+        `request_id` (default: a new uuid4), which returns the same upload.
+
+        `on_start(upload)` is called once the upload exists, `on_progress(sent,
+        total)` as bytes are handed to the stream (from gRPC's sending
+        thread; `sent` goes back to the stored size after a resume) and
+        `on_retry(UploadRetry)` before each retry. A file refused as a whole
+        raises MediaJobsError INVALID_ARGUMENT (reason UNKNOWN_COLUMNS, ...).
+        """
+        if not 1 <= chunk_size <= 2 * 1024 * 1024:
+            raise ValueError("chunk_size must be 1 byte to 2 MiB")
+        src = _BulkSource(source)
+        inline = 0 < src.size <= BULK_INLINE_MAX_BYTES
+        backoff = backoff or Backoff(initial=0.2, maximum=5.0)
+        name = file_name if file_name is not None else src.name
+        content = src.read_all() if inline else b""
+        rid = request_id or str(uuid.uuid4())
+        attempt = 0
+        while True:
+            try:
+                upload = self.start_bulk_upload(
+                    content=content, file_name=name, template_id=template_id, validate_only=validate_only,
+                    error_policy=error_policy, max_errors=max_errors, delimiter=delimiter, encoding=encoding,
+                    header=header, ignore_unknown_columns=ignore_unknown_columns, uploaded_by=uploaded_by,
+                    description=description, priority=priority, labels=labels, file_size_bytes=src.size,
+                    sha256=src.sha256, request_id=rid)
+                break
+            except MediaJobsError as e:
+                # The same request_id makes a retried start return the same upload.
+                if e.code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) \
+                        or attempt >= max_retries:
+                    raise
+                delay = backoff.delay(attempt)
+                if on_retry is not None:
+                    on_retry(UploadRetry(e, delay, 0, attempt))
+                time.sleep(delay)
+                attempt += 1
+        if on_start is not None:
+            on_start(upload)
+        if upload.state != BulkUpload.UPLOADING:
+            if on_progress is not None:
+                on_progress(src.size, src.size)
+            return upload
+        return self._write_bulk_file(upload.id, src, upload.uploaded_bytes, chunk_size=chunk_size,
+                                     on_progress=on_progress, on_retry=on_retry, max_retries=max_retries,
+                                     backoff=backoff,
+                                     # A given request_id may repeat an earlier run: its start replays the
+                                     # reply of then, so ask what is stored now.
+                                     query_first=upload.uploaded_bytes > 0 or bool(request_id))
+
+    def continue_bulk_upload(
+        self,
+        upload_id: str,
+        source: str | os.PathLike[str] | bytes | bytearray | memoryview,
+        *,
+        chunk_size: int = BULK_CHUNK_BYTES,
+        on_progress: Callable[[int, int], None] | None = None,
+        on_retry: Callable[[UploadRetry], None] | None = None,
+        max_retries: int = 8,
+        backoff: Backoff | None = None,
+    ) -> BulkUpload:
+        """Finish writing an UPLOADING upload (say, after the process that
+        started it died) from the bytes the server has stored; `source` must
+        be the same file. An upload whose file is complete is returned as it
+        is."""
+        src = _BulkSource(source)
+        return self._write_bulk_file(upload_id, src, 0, chunk_size=chunk_size, on_progress=on_progress,
+                                     on_retry=on_retry, max_retries=max_retries,
+                                     backoff=backoff or Backoff(initial=0.2, maximum=5.0), query_first=True)
+
+    def _write_bulk_file(
+        self,
+        upload_id: str,
+        src: _BulkSource,
+        offset: int,
+        *,
+        chunk_size: int,
+        on_progress: Callable[[int, int], None] | None,
+        on_retry: Callable[[UploadRetry], None] | None,
+        max_retries: int,
+        backoff: Backoff,
+        query_first: bool,
+    ) -> BulkUpload:
+        """Write `src` from `offset`, resuming from the stored size until the
+        file is complete. After a failure the server is asked what it stored:
+        when that grew, the write goes on at once; when not, after a back-off
+        (at most `max_retries` in a row)."""
+        attempt = 0
+        best = offset  # the most bytes known stored
+        need_status = query_first
+        pending: MediaJobsError | None = None  # the failure to recover from
+        while True:
+            if need_status:
+                try:
+                    status = self._call(self.bulk_stub.QueryBulkUploadWriteStatus,
+                                        bsvc.QueryBulkUploadWriteStatusRequest(upload_id=upload_id))
+                except MediaJobsError as e:
+                    if e.code not in _RESUMABLE_WRITE_CODES or attempt >= max_retries:
+                        raise
+                    attempt = self._upload_retry(e, best, attempt, backoff, on_retry)
+                    continue
+                if status.complete:  # finished (a lost reply to the finishing message)
+                    return self.get_bulk_upload(upload_id)
+                offset = status.committed_size
+                if offset > src.size:
+                    raise MediaJobsError(grpc.StatusCode.FAILED_PRECONDITION,
+                                         f"bulk upload {upload_id} already has {offset} bytes stored, more than the "
+                                         f"file's {src.size}: it is not this file's upload")
+                if pending is not None:
+                    if offset > best:  # the broken stream got somewhere: go on at once
+                        attempt = 0
+                        if on_retry is not None:
+                            on_retry(UploadRetry(pending, 0.0, offset, 0))
+                    elif attempt >= max_retries:
+                        raise pending
+                    else:
+                        attempt = self._upload_retry(pending, offset, attempt, backoff, on_retry)
+                best = max(best, offset)
+                need_status, pending = False, None
+            failures: list[BaseException] = []
+            requests = self._write_requests(upload_id, src, offset, chunk_size, on_progress, failures)
+            timeout = None if self.timeout is None else self.timeout + (src.size - offset) / (256 * 1024)
+            try:
+                resp = self.bulk_stub.WriteBulkUploadFile(requests, timeout=timeout)
+            except grpc.RpcError as e:
+                pending = MediaJobsError.from_rpc_error(e)
+            if failures:  # reading the file (or a progress callback) failed: not something to retry
+                raise failures[0]
+            if pending is None:
+                if resp.bulk_upload.state != BulkUpload.UPLOADING:
+                    return resp.bulk_upload
+                # The stream ended before the last message got through (a proxy cut it): resume.
+                pending = MediaJobsError(grpc.StatusCode.UNAVAILABLE,
+                                         f"the write ended at {resp.committed_size} of {src.size} bytes")
+            elif not (pending.code in _RESUMABLE_WRITE_CODES or pending.reason in _RESUMABLE_WRITE_REASONS):
+                raise pending
+            need_status = True
+
+    @staticmethod
+    def _upload_retry(error: MediaJobsError, committed: int, attempt: int, backoff: Backoff,
+                      on_retry: Callable[[UploadRetry], None] | None) -> int:
+        delay = backoff.delay(attempt)
+        if on_retry is not None:
+            on_retry(UploadRetry(error, delay, committed, attempt))
+        time.sleep(delay)
+        return attempt + 1
+
+    @staticmethod
+    def _write_requests(upload_id: str, src: _BulkSource, offset: int, chunk_size: int,
+                        on_progress: Callable[[int, int], None] | None,
+                        failures: list[BaseException]) -> Iterator[bsvc.WriteBulkUploadFileRequest]:
+        """The messages of one WriteBulkUploadFile stream from `offset`: the
+        first names the upload and the offset, the last finishes the file.
+        gRPC drains this in its own thread, where an exception would only
+        cancel the call: it is kept in `failures` for the caller instead."""
+        try:
+            at = offset
+            first = True
+            if on_progress is not None:
+                on_progress(offset, src.size)
+            for data in src.chunks(offset, chunk_size):
+                msg = bsvc.WriteBulkUploadFileRequest(data=data, crc32=zlib.crc32(data))
+                if first:
+                    msg.upload_id, msg.write_offset, first = upload_id, offset, False
+                at += len(data)
+                if at == src.size:
+                    msg.finish_write, msg.sha256 = True, src.sha256
+                yield msg
+                if on_progress is not None:
+                    on_progress(at, src.size)
+            if first:  # nothing left to send (an empty file, or every byte stored): just finish
+                yield bsvc.WriteBulkUploadFileRequest(upload_id=upload_id, write_offset=offset, finish_write=True,
+                                                      sha256=src.sha256)
+        except Exception as e:  # noqa: BLE001 - handed to the caller
+            failures.append(e)
+
+    def get_bulk_upload(self, upload_id: str) -> BulkUpload:
+        """One bulk upload with its counts."""
+        return self._call(self.bulk_stub.GetBulkUpload, bsvc.GetBulkUploadRequest(id=upload_id))
+
+    def list_bulk_uploads(
+        self,
+        *,
+        states: Sequence[BulkUpload.State.ValueType | int | str] = (),
+        uploaded_by: str = "",
+        create_time_from: TimeLike = None,
+        create_time_to: TimeLike = None,
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> bsvc.ListBulkUploadsResponse:
+        """One page of bulk uploads, newest first (see iter_bulk_uploads)."""
+        req = bsvc.ListBulkUploadsRequest(
+            states=[parse_bulk_state(s) for s in states],
+            uploaded_by=uploaded_by,
+            create_time_from=to_timestamp(create_time_from),
+            create_time_to=to_timestamp(create_time_to),
+            page_size=page_size,
+            page_token=page_token,
+        )
+        return self._call(self.bulk_stub.ListBulkUploads, req)
+
+    def iter_bulk_uploads(self, *, limit: int | None = None, **filters: Any) -> Iterator[BulkUpload]:
+        """Every matching bulk upload across pages (at most `limit`); takes
+        list_bulk_uploads' keyword arguments."""
+        if limit is not None and limit <= 0:
+            return
+        if limit is not None and not filters.get("page_size"):
+            filters["page_size"] = min(limit, 1000)
+        token = filters.pop("page_token", "")
+        n = 0
+        while True:
+            page = self.list_bulk_uploads(page_token=token, **filters)
+            for upload in page.bulk_uploads:
+                yield upload
+                n += 1
+                if limit is not None and n >= limit:
+                    return
+            token = page.next_page_token
+            if not token:
+                return
+
+    def watch_bulk_upload(
+        self,
+        upload_id: str,
+        *,
+        backoff: Backoff | None = None,
+        on_retry: OnRetry | None = None,
+        max_retries: int | None = None,
+    ) -> Iterator[BulkUpload]:
+        """The upload now, then on every change of state or counts (at most 4
+        a second), ending after a terminal state. A broken stream is opened
+        again after a jittered back-off (each message is complete, so
+        nothing is lost), at most `max_retries` times in a row (None: no
+        limit); `on_retry` is told before each (RetryInfo, next_revision
+        None)."""
+        backoff = backoff or Backoff()
+        attempt = 0
+        while True:
+            call = self.bulk_stub.WatchBulkUpload(bsvc.WatchBulkUploadRequest(id=upload_id))
+            error: MediaJobsError | None = None
+            try:
+                for upload in call:
+                    attempt = 0
+                    yield upload
+                    if upload.state in BULK_TERMINAL_STATES:
+                        return
+            except grpc.RpcError as e:
+                if not is_retryable(e) or (max_retries is not None and attempt >= max_retries):
+                    raise MediaJobsError.from_rpc_error(e) from None
+                error = MediaJobsError.from_rpc_error(e)
+            finally:
+                call.cancel()
+            delay = backoff.delay(attempt)
+            if on_retry is not None:
+                on_retry(RetryInfo(error=error, delay=delay, next_revision=None, attempt=attempt))
+            time.sleep(delay)
+            attempt += 1
+
+    def abort_bulk_upload(self, upload_id: str, *, reason: str = "", keep_child_jobs: bool = False,
+                          request_id: str = "") -> BulkUpload:
+        """Abort an upload: UPLOADING or QUEUED -> ABORTED at once, a
+        processing one stops at its next batch (ABORTING, then ABORTED).
+        The unfinished processing jobs of its entries are aborted unless
+        `keep_child_jobs`."""
+        req = bsvc.AbortBulkUploadRequest(id=upload_id, reason=reason, keep_child_jobs=keep_child_jobs,
+                                          request_id=request_id)
+        return self._call(self.bulk_stub.AbortBulkUpload, req)
+
+    def rerun_bulk_upload(self, upload_id: str, *, selection: str | int = "", request_id: str = "") -> BulkUpload:
+        """Apply again, in place, the failed records of a terminal upload:
+        `selection` "failed", "not_processed", "failed_and_not_processed"
+        (the default) or "all" (a VALIDATED upload)."""
+        if isinstance(selection, str):
+            key = selection.strip().lower().replace("-", "_")
+            if key not in _RERUN_SELECTIONS:
+                raise ValueError(f"unknown selection {selection!r}; use failed, not_processed, "
+                                 "failed_and_not_processed or all")
+            value = _RERUN_SELECTIONS[key]
+        else:
+            value = bsvc.RerunBulkUploadRequest.Selection.ValueType(int(selection))
+        req = bsvc.RerunBulkUploadRequest(id=upload_id, selection=value, request_id=request_id)
+        return self._call(self.bulk_stub.RerunBulkUpload, req)
+
+    def read_bulk_upload_file(self, upload_id: str, *, failed_only: bool = False, offset: int = 0,
+                              limit: int = 0, max_retries: int = 8, backoff: Backoff | None = None
+                              ) -> Iterator[bytes]:
+        """The upload's file, byte-exact, as pieces of at most 1 MiB (each
+        checked against its crc32: DATA_LOSS if one does not match). With
+        `failed_only`, the header and the ERROR and NOT_PROCESSED records
+        only, ready to fix and upload again. `offset`/`limit` (the original
+        only) read a part. A broken read of the original resumes after the
+        bytes received."""
+        if failed_only and (offset or limit):
+            raise ValueError("offset and limit apply to the original file only")
+        selection = (bsvc.ReadBulkUploadFileRequest.FAILED_RECORDS if failed_only
+                     else bsvc.ReadBulkUploadFileRequest.ORIGINAL)
+        backoff = backoff or Backoff(initial=0.2, maximum=5.0)
+        at, attempt = offset, 0
+        while True:
+            left = limit - (at - offset) if limit else 0
+            call = self.bulk_stub.ReadBulkUploadFile(bsvc.ReadBulkUploadFileRequest(
+                id=upload_id, selection=selection, read_offset=at, read_limit=left))
+            try:
+                for msg in call:
+                    if zlib.crc32(msg.data) != msg.crc32:
+                        raise MediaJobsError(
+                            grpc.StatusCode.DATA_LOSS,
+                            f"the piece of bulk upload {upload_id}'s file at byte {at} has crc32 "
+                            f"{zlib.crc32(msg.data)}, not the {msg.crc32} the server sent",
+                            reason="CHUNK_CHECKSUM_MISMATCH")
+                    if msg.data:
+                        attempt = 0
+                        at += len(msg.data)
+                        yield msg.data
+                return
+            except grpc.RpcError as e:
+                err = MediaJobsError.from_rpc_error(e)
+                if failed_only or not is_retryable(e) or attempt >= max_retries:
+                    raise err from None
+            finally:
+                call.cancel()
+            time.sleep(backoff.delay(attempt))
+            attempt += 1
+
+    def read_bulk_upload_log(
+        self,
+        upload_id: str,
+        *,
+        format: str = "csv",
+        statuses: Sequence[BulkUploadResult.Status.ValueType | int | str] = (),
+    ) -> BulkLogStream:
+        """The log, one row per record with its result: `format` "csv" (the
+        original columns, then line, record, result_status, object_id, ...;
+        formula cells neutralised) or "jsonl" (one BulkUploadResult per
+        line, with row_data). `statuses` keeps those results only. Returns
+        an iterator of bytes; its `complete` says, once exhausted, whether
+        every record had a result."""
+        formats = {"csv": bsvc.ReadBulkUploadLogRequest.CSV, "jsonl": bsvc.ReadBulkUploadLogRequest.JSONL}
+        if format.lower() not in formats:
+            raise ValueError(f"unknown log format {format!r}; use csv or jsonl")
+        req = bsvc.ReadBulkUploadLogRequest(id=upload_id, format=formats[format.lower()],
+                                            statuses=[parse_result_status(s) for s in statuses])
+        call = self.bulk_stub.ReadBulkUploadLog(req)
+        return BulkLogStream(call, call.cancel)
+
+    def list_bulk_upload_results(
+        self,
+        upload_id: str,
+        *,
+        statuses: Sequence[BulkUploadResult.Status.ValueType | int | str] = (),
+        full: bool = False,
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> bsvc.ListBulkUploadResultsResponse:
+        """One page of results by record index; `full` adds each record's
+        `row_data` (read from the stored file)."""
+        req = bsvc.ListBulkUploadResultsRequest(
+            id=upload_id,
+            statuses=[parse_result_status(s) for s in statuses],
+            page_size=page_size,
+            page_token=page_token,
+            view=bsvc.ListBulkUploadResultsRequest.FULL if full else bsvc.ListBulkUploadResultsRequest.BASIC,
+        )
+        return self._call(self.bulk_stub.ListBulkUploadResults, req)
+
+    def iter_bulk_upload_results(self, upload_id: str, *, limit: int | None = None,
+                                 **filters: Any) -> Iterator[BulkUploadResult]:
+        """Every matching result across pages (at most `limit`); takes
+        list_bulk_upload_results' keyword arguments."""
+        if limit is not None and limit <= 0:
+            return
+        if limit is not None and not filters.get("page_size"):
+            filters["page_size"] = min(limit, 1000)
+        token = filters.pop("page_token", "")
+        n = 0
+        while True:
+            page = self.list_bulk_upload_results(upload_id, page_token=token, **filters)
+            for r in page.results:
+                yield r
+                n += 1
+                if limit is not None and n >= limit:
+                    return
+            token = page.next_page_token
+            if not token:
+                return
+
+    def count_bulk_upload_results(self, upload_id: str) -> bsvc.CountBulkUploadResultsResponse:
+        """Results by status (Kaltura `batch.countBulkUploadEntries`: created
+        = not ERROR, error)."""
+        return self._call(self.bulk_stub.CountBulkUploadResults, bsvc.CountBulkUploadResultsRequest(id=upload_id))
+
+    def get_bulk_upload_last_result(self, upload_id: str) -> BulkUploadResult | None:
+        """The result with the highest record index, None before the first."""
+        resp = self._call(self.bulk_stub.GetBulkUploadLastResult, bsvc.GetBulkUploadLastResultRequest(id=upload_id))
+        return resp.result if resp.HasField("result") else None
+
+    def update_bulk_upload_results(self, upload_id: str) -> bsvc.UpdateBulkUploadResultsResponse:
+        """Re-derive every IN_PROGRESS result from its entry and settle the
+        upload when none is left open."""
+        return self._call(self.bulk_stub.UpdateBulkUploadResults, bsvc.UpdateBulkUploadResultsRequest(id=upload_id))

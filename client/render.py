@@ -1,5 +1,5 @@
-"""Output for the CLI: hand-aligned tables, job, entry, media-info and
-template details, and JSON documents."""
+"""Output for the CLI: hand-aligned tables, job, entry, media-info,
+template and bulk upload details, and JSON documents."""
 from __future__ import annotations
 
 import datetime as dt
@@ -10,8 +10,10 @@ import grpc
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
-from google.rpc import status_pb2
+from google.rpc import error_details_pb2, status_pb2
 
+from mediajobs.v1 import bulk_resources_pb2 as bres
+from mediajobs.v1 import bulk_upload_service_pb2 as bsvc
 from mediajobs.v1 import job_service_pb2 as svc
 from mediajobs.v1 import media_resources_pb2 as mres
 from mediajobs.v1 import resources_pb2 as res
@@ -484,6 +486,176 @@ def template_details(t: mres.JobTemplate) -> str:
         pairs.append(("labels", [f"{k}={v}" for k, v in sorted(t.labels.items())]))
     pairs += [("create_time", fmt_time(t.create_time)), ("update_time", fmt_time(t.update_time))]
     return details(pairs) + "\noutputs:\n" + _indent(outputs_table(t.outputs))
+
+
+# -- bulk uploads ----------------------------------------------------------------
+
+
+BulkUpload = bres.BulkUpload
+BulkUploadResult = bres.BulkUploadResult
+
+
+def bulk_state_name(s: int) -> str:
+    return BulkUpload.State.Name(s) if s in BulkUpload.State.values() else str(s)  # type: ignore[arg-type]
+
+
+def result_status_name(s: int) -> str:
+    return (BulkUploadResult.Status.Name(s) if s in BulkUploadResult.Status.values()  # type: ignore[arg-type]
+            else str(s))
+
+
+def _enum_name(enum: Any, v: int) -> str:
+    return enum.Name(v) if v in enum.values() else str(v)
+
+
+def status_reason(st: status_pb2.Status) -> str:
+    """The ErrorInfo reason of a google.rpc.Status ("" when none)."""
+    for d in st.details:
+        if d.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            d.Unpack(info)
+            return info.reason
+    return ""
+
+
+def status_violations(st: status_pb2.Status) -> list[tuple[str, str]]:
+    """The (field, description) pairs of a google.rpc.Status's BadRequest."""
+    out: list[tuple[str, str]] = []
+    for d in st.details:
+        if d.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            br = error_details_pb2.BadRequest()
+            d.Unpack(br)
+            out += [(v.field, v.description) for v in br.field_violations]
+    return out
+
+
+def bulk_error_lines(st: status_pb2.Status) -> list[str]:
+    """An upload's error: `CODE: message`, its reason, and its violations."""
+    lines = [status_text(st)]
+    reason = status_reason(st)
+    if reason:
+        lines.append(f"reason: {reason}")
+    lines += [f"field {f}: {d}" for f, d in status_violations(st)]
+    return lines
+
+
+def bulk_percent(u: BulkUpload) -> int:
+    """Records applied, in percent (100 once terminal)."""
+    total = u.counts.total_records
+    if not total:
+        return 100 if u.state in _BULK_TERMINAL else 0
+    return max(0, min(100, u.counts.applied * 100 // total))
+
+
+_BULK_TERMINAL = frozenset({BulkUpload.SUCCEEDED, BulkUpload.PARTIALLY_SUCCEEDED, BulkUpload.FAILED,
+                            BulkUpload.ABORTED, BulkUpload.EXPIRED, BulkUpload.VALIDATED})
+
+
+def bulk_counts_text(c: BulkUpload.Counts) -> str:
+    """`3 records: 2 ok, 1 error` (and in progress, not processed, applied
+    so far when they matter)."""
+    parts = [f"{c.ok} ok", f"{c.error} error{'' if c.error == 1 else 's'}"]
+    if c.in_progress:
+        parts.append(f"{c.in_progress} in progress")
+    if c.not_processed:
+        parts.append(f"{c.not_processed} not processed")
+    done = c.ok + c.error + c.in_progress + c.not_processed
+    head = f"{c.total_records} record{'' if c.total_records == 1 else 's'}"
+    if done < c.total_records:
+        head += f" ({c.applied} applied)"
+    return f"{head}: " + ", ".join(parts)
+
+
+BULK_LIST_HEADERS = ("ID", "NUMBER", "STATE", "FILE", "RECORDS", "OK", "ERRORS", "CREATED", "UPLOADED BY")
+
+
+def bulk_uploads_table(uploads: Iterable[BulkUpload]) -> str:
+    return table(BULK_LIST_HEADERS, (
+        [u.id, u.number, bulk_state_name(u.state), u.file_name or "-",
+         u.counts.total_records if u.upload_complete_time.seconds else "-", u.counts.ok, u.counts.error,
+         fmt_time(u.create_time), u.uploaded_by or "-"] for u in uploads))
+
+
+def bulk_upload_details(u: BulkUpload) -> str:
+    """An upload as `label: value` lines: id, number, state, file, counts,
+    job, sha256, options, warnings and error."""
+    pairs: list[tuple[str, str | Sequence[str]]] = [
+        ("id", u.id), ("number", str(u.number)), ("state", bulk_state_name(u.state))]
+    if u.HasField("error"):
+        pairs.append(("error", bulk_error_lines(u.error)))
+    size = f"{fmt_size(u.file_size_bytes)} ({u.file_size_bytes} bytes)" if u.file_size_bytes else "-"
+    if u.state == BulkUpload.UPLOADING:
+        size = f"{u.uploaded_bytes} of {u.file_size_bytes or '?'} bytes written"
+    pairs += [("file", u.file_name or "-"), ("size", size), ("sha256", u.sha256 or "-")]
+    if u.upload_complete_time.seconds:
+        c = u.counts
+        pairs.append(("records", [
+            f"{c.total_records} total, {c.applied} applied ({bulk_percent(u)}%)",
+            f"ok {c.ok}, error {c.error}, in progress {c.in_progress}, not processed {c.not_processed}",
+            f"entries created {c.objects_created}, lines skipped {c.skipped_lines}"]))
+        csv_text = f"version {u.csv_version}" if u.csv_version else "plain header"
+        pairs.append(("csv", f"{csv_text}; columns: {', '.join(u.columns) or '-'}"))
+    options = []
+    if u.validate_only:
+        options.append("validate only")
+    if u.error_policy == BulkUpload.VALIDATE_FIRST:
+        options.append("validate first")
+    if u.max_errors:
+        options.append(f"max errors {u.max_errors}")
+    if u.ignore_unknown_columns:
+        options.append("ignore unknown columns")
+    if u.csv.delimiter and u.csv.delimiter != ",":
+        options.append(f"delimiter {u.csv.delimiter!r}")
+    if u.csv.encoding:
+        options.append(f"encoding {u.csv.encoding}")
+    if u.csv.header:
+        options.append(f"header {_enum_name(BulkUpload.CsvOptions.Header, u.csv.header)}")
+    pairs += [("template_id", u.template_id or "-"), ("options", ", ".join(options) or "-"),
+              ("job_id", u.job_id or "-"), ("generation", str(u.generation)), ("uploaded_by", u.uploaded_by or "-")]
+    if u.description:
+        pairs.append(("description", u.description))
+    if u.labels:
+        pairs.append(("labels", [f"{k}={v}" for k, v in sorted(u.labels.items())]))
+    pairs += [("create_time", fmt_time(u.create_time)), ("upload_complete_time", fmt_time(u.upload_complete_time)),
+              ("end_time", fmt_time(u.end_time))]
+    if u.warnings:
+        pairs.append(("warnings", list(u.warnings)))
+    return details(pairs)
+
+
+def bulk_upload_summary(u: BulkUpload) -> str:
+    """The last line of `bulk upload` and `bulk watch`: `bulk upload ID
+    (#N) PARTIALLY_SUCCEEDED after 2.1 s: 3 records: 2 ok, 1 error`."""
+    head = f"bulk upload {u.id} (#{u.number}) {bulk_state_name(u.state)}"
+    took = _elapsed_between(u.create_time, u.end_time)
+    if took is not None and u.state in _BULK_TERMINAL:
+        head += f" after {fmt_elapsed(took)}"
+    if not u.upload_complete_time.seconds:
+        return head
+    return f"{head}: {bulk_counts_text(u.counts)}"
+
+
+def bulk_result_error(r: BulkUploadResult) -> str:
+    """`REASON (column C): message`, or the entry's processing error."""
+    if r.HasField("error"):
+        reason = status_reason(r.error) or status_code_name(r.error.code)
+        cols = [f for f, _ in status_violations(r.error)]
+        where = f" (column {', '.join(cols)})" if cols else ""
+        text = f"{reason}{where}: {r.error.message}"
+        return f"{text}; {r.object_error}" if r.object_error else text
+    return r.object_error or "-"
+
+
+def bulk_results_table(results: Iterable[BulkUploadResult]) -> str:
+    return table(("RECORD", "LINE", "STATUS", "ACTION", "OBJECT", "OBJECT STATE", "ERROR"), (
+        [r.record_index, r.line_number, result_status_name(r.status),
+         _enum_name(BulkUploadResult.Action, r.action) if r.action else "-", r.object_id or "-",
+         r.object_state or "-", bulk_result_error(r)] for r in results))
+
+
+def bulk_count_details(c: bsvc.CountBulkUploadResultsResponse) -> str:
+    return details([("created", str(c.created)), ("error", str(c.error)), ("ok", str(c.ok)),
+                    ("in_progress", str(c.in_progress)), ("not_processed", str(c.not_processed))])
 
 
 # -- errors --------------------------------------------------------------------

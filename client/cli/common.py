@@ -170,7 +170,8 @@ def _add_globals(p: argparse.ArgumentParser, sub: bool) -> None:
     p.add_argument("--server", metavar="HOST:PORT", default=argparse.SUPPRESS if sub else None,
                    help=f"server address (default: env {ENV_SERVER}, else {DEFAULT_TARGET})")
     p.add_argument("--json", action="store_true", default=argparse.SUPPRESS if sub else False,
-                   help="print JSON (one document; JSON lines for jobs watch, entries add and mediainfo) "
+                   help="print JSON (one document; JSON lines for jobs watch, entries add, mediainfo, bulk upload "
+                        "and bulk watch) "
                         "instead of tables")
 
 
