@@ -362,3 +362,55 @@ async def test_kill_9_halfway_resumes_and_no_record_makes_two_entries(tmp_path: 
         entries, distinct = conn.execute("SELECT COUNT(*), COUNT(DISTINCT reference_id) FROM entries").fetchone()
         lines = conn.execute("SELECT COUNT(*) FROM bulk_upload_lines").fetchone()[0]
     assert (entries, distinct, lines) == (n, n, n)
+
+
+async def test_an_external_engine_adds_results_under_its_lease(tmp_path: Path) -> None:
+    """Kaltura's batch.addBulkUploadResult, countBulkUploadEntries,
+    getBulkUploadLastResult and updateBulkUploadResults, for an engine that
+    applies the records itself (here: users, which mediajobs does not make)."""
+    app = await start_app(str(tmp_path / "db.sqlite"), storage_root=tmp_path / "s", bulk_runners=0)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as ch:
+            bulk = bulk_upload_service_pb2_grpc.BulkUploadServiceStub(ch)
+            workers = worker_service_pb2_grpc.WorkerServiceStub(ch)
+            u = await start_inline(bulk, b"name\nalice\nbob\n")
+            got = await workers.AcquireJobs(wsvc.AcquireJobsRequest(job_types=["BULK_UPLOAD"], identity="engine"))
+            (leased,) = got.jobs
+            assert leased.job.id == u.job_id
+            running = await bulk.GetBulkUpload(bsvc.GetBulkUploadRequest(id=u.id))
+            assert running.state == BulkUpload.PROCESSING
+            ok = Result(record_index=1, status=Result.OK, action=Result.ADD, object_type=BulkUpload.USER,
+                        object_id="alice", kaltura_object_type="KalturaBulkUploadResultUser",
+                        external_fields={"userId": "alice", "screenName": "Alice", "email": "a@example.com"})
+            bad = Result(record_index=2, status=Result.ERROR, action=Result.ADD, object_type=BulkUpload.USER,
+                         error=status_pb2.Status(code=6, message="user exists"), error_type=Result.OBJECT)
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await bulk.AddBulkUploadResults(bsvc.AddBulkUploadResultsRequest(
+                    id=u.id, lease_token="not-the-token", results=[ok]))
+            assert e.value.code() == grpc.StatusCode.ABORTED and error_info(e.value).reason == "LEASE_LOST"
+            ssh = Result(record_index=1, status=Result.OK, external_fields={"sshPrivateKey": "KEY"})
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await bulk.AddBulkUploadResults(bsvc.AddBulkUploadResultsRequest(
+                    id=u.id, lease_token=leased.lease_token, results=[ssh]))
+            assert error_info(e.value).reason == "SSH_KEYS_NOT_ACCEPTED"
+            added = await bulk.AddBulkUploadResults(bsvc.AddBulkUploadResultsRequest(
+                id=u.id, lease_token=leased.lease_token, results=[ok, bad]))
+            assert (added.bulk_upload.counts.ok, added.bulk_upload.counts.error) == (1, 1)
+            # An upsert per record: reporting record 2 again replaces its result.
+            fixed = Result(record_index=2, status=Result.OK, action=Result.ADD, object_type=BulkUpload.USER,
+                           object_id="bob")
+            again = await bulk.AddBulkUploadResults(bsvc.AddBulkUploadResultsRequest(
+                id=u.id, lease_token=leased.lease_token, results=[fixed]))
+            assert (again.bulk_upload.counts.ok, again.bulk_upload.counts.error, again.bulk_upload.counts.applied) == (
+                2, 0, 2)
+            counted = await bulk.CountBulkUploadResults(bsvc.CountBulkUploadResultsRequest(id=u.id))
+            assert (counted.created, counted.error) == (2, 0)
+            last = await bulk.GetBulkUploadLastResult(bsvc.GetBulkUploadLastResultRequest(id=u.id))
+            assert last.result.record_index == 2 and last.result.object_id == "bob"
+            first = (await all_results(bulk, u.id))[0]
+            assert first.external_fields["screenName"] == "Alice" and first.object_type == BulkUpload.USER
+            await workers.CompleteJob(wsvc.CompleteJobRequest(job_id=leased.job.id, lease_token=leased.lease_token))
+            done = await bulk.UpdateBulkUploadResults(bsvc.UpdateBulkUploadResultsRequest(id=u.id))
+            assert done.open_count == 0 and done.bulk_upload.state == BulkUpload.SUCCEEDED
+    finally:
+        await app.stop(None)

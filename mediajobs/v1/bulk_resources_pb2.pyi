@@ -132,13 +132,34 @@ class BulkUpload(_message.Message):
         OBJECT_TYPE_UNSPECIFIED: BulkUpload._ObjectType.ValueType  # 0
         """= ENTRY"""
         ENTRY: BulkUpload._ObjectType.ValueType  # 1
+        CATEGORY: BulkUpload._ObjectType.ValueType  # 2
+        USER: BulkUpload._ObjectType.ValueType  # 3
+        CATEGORY_USER: BulkUpload._ObjectType.ValueType  # 4
+        CATEGORY_ENTRY: BulkUpload._ObjectType.ValueType  # 5
+        USER_ENTRY: BulkUpload._ObjectType.ValueType  # 6
+        VENDOR_CATALOG_ITEM: BulkUpload._ObjectType.ValueType  # 7
+        JOB: BulkUpload._ObjectType.ValueType  # 8
+        SCHEDULE_EVENT: BulkUpload._ObjectType.ValueType  # 9
+        SCHEDULE_RESOURCE: BulkUpload._ObjectType.ValueType  # 10
 
     class ObjectType(_ObjectType, metaclass=_ObjectTypeEnumTypeWrapper):
-        """What the records create (Kaltura `bulkUploadObjectType`)."""
+        """What the records create (Kaltura `bulkUploadObjectType`, same numbers).
+        mediajobs applies ENTRY records itself; results of the other types are
+        recorded for external engines (AddBulkUploadResults).
+        """
 
     OBJECT_TYPE_UNSPECIFIED: BulkUpload.ObjectType.ValueType  # 0
     """= ENTRY"""
     ENTRY: BulkUpload.ObjectType.ValueType  # 1
+    CATEGORY: BulkUpload.ObjectType.ValueType  # 2
+    USER: BulkUpload.ObjectType.ValueType  # 3
+    CATEGORY_USER: BulkUpload.ObjectType.ValueType  # 4
+    CATEGORY_ENTRY: BulkUpload.ObjectType.ValueType  # 5
+    USER_ENTRY: BulkUpload.ObjectType.ValueType  # 6
+    VENDOR_CATALOG_ITEM: BulkUpload.ObjectType.ValueType  # 7
+    JOB: BulkUpload.ObjectType.ValueType  # 8
+    SCHEDULE_EVENT: BulkUpload.ObjectType.ValueType  # 9
+    SCHEDULE_RESOURCE: BulkUpload.ObjectType.ValueType  # 10
 
     class _ErrorPolicy:
         ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -575,6 +596,26 @@ class BulkUploadResult(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class ExternalFieldsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     UPLOAD_ID_FIELD_NUMBER: _builtins.int
     RECORD_INDEX_FIELD_NUMBER: _builtins.int
     LINE_NUMBER_FIELD_NUMBER: _builtins.int
@@ -596,6 +637,9 @@ class BulkUploadResult(_message.Message):
     PARTNER_DATA_FIELD_NUMBER: _builtins.int
     TITLE_FIELD_NUMBER: _builtins.int
     REFERENCE_ID_FIELD_NUMBER: _builtins.int
+    ENTRY_FIELD_NUMBER: _builtins.int
+    EXTERNAL_FIELDS_FIELD_NUMBER: _builtins.int
+    KALTURA_OBJECT_TYPE_FIELD_NUMBER: _builtins.int
     upload_id: _builtins.str
     """Kaltura `bulkUploadJobId`."""
     record_index: _builtins.int
@@ -631,6 +675,10 @@ class BulkUploadResult(_message.Message):
     the file).
     """
     reference_id: _builtins.str
+    kaltura_object_type: _builtins.str
+    """Kaltura `objectType`: the result class (e.g.
+    `KalturaBulkUploadResultUser`), as an external engine reported it.
+    """
     @_builtins.property
     def job_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The processing jobs the record created."""
@@ -649,6 +697,21 @@ class BulkUploadResult(_message.Message):
 
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def entry(self) -> Global___BulkUploadEntryFields:
+        """The entry fields of a result an external engine reported
+        (AddBulkUploadResults; Kaltura KalturaBulkUploadResultEntry).
+        """
+
+    @_builtins.property
+    def external_fields(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The fields of a user, category, category-user, category-entry or
+        schedule-resource result an external engine reported, by their Kaltura
+        names (`userId`, `screenName`, `relativePath`, `categoryId`,
+        `resourceId`, ...; the 33 `bulkUploadResult[...]` fields of those
+        classes). mediajobs has none of these objects; it keeps what it is told.
+        """
+
     def __init__(
         self,
         *,
@@ -673,11 +736,95 @@ class BulkUploadResult(_message.Message):
         partner_data: _builtins.str = ...,
         title: _builtins.str = ...,
         reference_id: _builtins.str = ...,
+        entry: Global___BulkUploadEntryFields | None = ...,
+        external_fields: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        kaltura_object_type: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry", "error", b"error", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "attempts", b"attempts", "byte_length", b"byte_length", "byte_offset", b"byte_offset", "error", b"error", "error_type", b"error_type", "job_ids", b"job_ids", "line_number", b"line_number", "object_error", b"object_error", "object_id", b"object_id", "object_state", b"object_state", "object_type", b"object_type", "partner_data", b"partner_data", "plugins_data", b"plugins_data", "record_index", b"record_index", "reference_id", b"reference_id", "row_data", b"row_data", "status", b"status", "title", b"title", "update_time", b"update_time", "upload_id", b"upload_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "attempts", b"attempts", "byte_length", b"byte_length", "byte_offset", b"byte_offset", "entry", b"entry", "error", b"error", "error_type", b"error_type", "external_fields", b"external_fields", "job_ids", b"job_ids", "kaltura_object_type", b"kaltura_object_type", "line_number", b"line_number", "object_error", b"object_error", "object_id", b"object_id", "object_state", b"object_state", "object_type", b"object_type", "partner_data", b"partner_data", "plugins_data", b"plugins_data", "record_index", b"record_index", "reference_id", b"reference_id", "row_data", b"row_data", "status", b"status", "title", b"title", "update_time", b"update_time", "upload_id", b"upload_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___BulkUploadResult: _TypeAlias = BulkUploadResult  # noqa: Y015
+
+@_typing.final
+class BulkUploadEntryFields(_message.Message):
+    """The entry fields of a bulk upload result (Kaltura
+    KalturaBulkUploadResultEntry). Its SSH key fields are not accepted:
+    mediajobs keeps no key material.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRY_ID_FIELD_NUMBER: _builtins.int
+    TITLE_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    CONTENT_TYPE_FIELD_NUMBER: _builtins.int
+    CONVERSION_PROFILE_ID_FIELD_NUMBER: _builtins.int
+    ACCESS_CONTROL_PROFILE_ID_FIELD_NUMBER: _builtins.int
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    SCHEDULE_START_DATE_FIELD_NUMBER: _builtins.int
+    SCHEDULE_END_DATE_FIELD_NUMBER: _builtins.int
+    ENTRY_STATUS_FIELD_NUMBER: _builtins.int
+    THUMBNAIL_URL_FIELD_NUMBER: _builtins.int
+    THUMBNAIL_SAVED_FIELD_NUMBER: _builtins.int
+    CREATOR_ID_FIELD_NUMBER: _builtins.int
+    ENTITLED_USERS_EDIT_FIELD_NUMBER: _builtins.int
+    ENTITLED_USERS_PUBLISH_FIELD_NUMBER: _builtins.int
+    OWNER_ID_FIELD_NUMBER: _builtins.int
+    REFERENCE_ID_FIELD_NUMBER: _builtins.int
+    TEMPLATE_ENTRY_ID_FIELD_NUMBER: _builtins.int
+    entry_id: _builtins.str
+    title: _builtins.str
+    description: _builtins.str
+    tags: _builtins.str
+    url: _builtins.str
+    content_type: _builtins.str
+    conversion_profile_id: _builtins.str
+    access_control_profile_id: _builtins.str
+    category: _builtins.str
+    schedule_start_date: _builtins.str
+    schedule_end_date: _builtins.str
+    entry_status: _builtins.str
+    thumbnail_url: _builtins.str
+    thumbnail_saved: _builtins.bool
+    creator_id: _builtins.str
+    entitled_users_edit: _builtins.str
+    entitled_users_publish: _builtins.str
+    owner_id: _builtins.str
+    reference_id: _builtins.str
+    template_entry_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        entry_id: _builtins.str = ...,
+        title: _builtins.str = ...,
+        description: _builtins.str = ...,
+        tags: _builtins.str = ...,
+        url: _builtins.str = ...,
+        content_type: _builtins.str = ...,
+        conversion_profile_id: _builtins.str = ...,
+        access_control_profile_id: _builtins.str = ...,
+        category: _builtins.str = ...,
+        schedule_start_date: _builtins.str = ...,
+        schedule_end_date: _builtins.str = ...,
+        entry_status: _builtins.str = ...,
+        thumbnail_url: _builtins.str = ...,
+        thumbnail_saved: _builtins.bool = ...,
+        creator_id: _builtins.str = ...,
+        entitled_users_edit: _builtins.str = ...,
+        entitled_users_publish: _builtins.str = ...,
+        owner_id: _builtins.str = ...,
+        reference_id: _builtins.str = ...,
+        template_entry_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_control_profile_id", b"access_control_profile_id", "category", b"category", "content_type", b"content_type", "conversion_profile_id", b"conversion_profile_id", "creator_id", b"creator_id", "description", b"description", "entitled_users_edit", b"entitled_users_edit", "entitled_users_publish", b"entitled_users_publish", "entry_id", b"entry_id", "entry_status", b"entry_status", "owner_id", b"owner_id", "reference_id", b"reference_id", "schedule_end_date", b"schedule_end_date", "schedule_start_date", b"schedule_start_date", "tags", b"tags", "template_entry_id", b"template_entry_id", "thumbnail_saved", b"thumbnail_saved", "thumbnail_url", b"thumbnail_url", "title", b"title", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BulkUploadEntryFields: _TypeAlias = BulkUploadEntryFields  # noqa: Y015

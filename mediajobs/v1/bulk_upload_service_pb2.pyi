@@ -708,6 +708,68 @@ class GetBulkUploadLastResultResponse(_message.Message):
 Global___GetBulkUploadLastResultResponse: _TypeAlias = GetBulkUploadLastResultResponse  # noqa: Y015
 
 @_typing.final
+class AddBulkUploadResultsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    LEASE_TOKEN_FIELD_NUMBER: _builtins.int
+    RESULTS_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Kaltura `bulkUploadJobId`."""
+    lease_token: _builtins.str
+    """The lease token of the upload's BULK_UPLOAD job."""
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[_bulk_resources_pb2.BulkUploadResult]:
+        """At most 1,000. Per result: `record_index` (Kaltura `lineIndex`, >= 1),
+        `status` and `action` required; `upload_id` empty or this upload;
+        output-only fields (`attempts`, `update_time`, `byte_offset`,
+        `byte_length`) empty.
+        """
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        lease_token: _builtins.str = ...,
+        results: _abc.Iterable[_bulk_resources_pb2.BulkUploadResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "lease_token", b"lease_token", "results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddBulkUploadResultsRequest: _TypeAlias = AddBulkUploadResultsRequest  # noqa: Y015
+
+@_typing.final
+class AddBulkUploadResultsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    BULK_UPLOAD_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[_bulk_resources_pb2.BulkUploadResult]:
+        """The results as stored."""
+
+    @_builtins.property
+    def bulk_upload(self) -> _bulk_resources_pb2.BulkUpload:
+        """The upload with its counts."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[_bulk_resources_pb2.BulkUploadResult] | None = ...,
+        bulk_upload: _bulk_resources_pb2.BulkUpload | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bulk_upload", b"bulk_upload"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bulk_upload", b"bulk_upload", "results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddBulkUploadResultsResponse: _TypeAlias = AddBulkUploadResultsResponse  # noqa: Y015
+
+@_typing.final
 class UpdateBulkUploadResultsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

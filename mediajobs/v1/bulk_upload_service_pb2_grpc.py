@@ -100,6 +100,11 @@ class BulkUploadServiceStub:
                 request_serializer=mediajobs_dot_v1_dot_bulk__upload__service__pb2.GetBulkUploadLastResultRequest.SerializeToString,
                 response_deserializer=mediajobs_dot_v1_dot_bulk__upload__service__pb2.GetBulkUploadLastResultResponse.FromString,
                 _registered_method=True)
+        self.AddBulkUploadResults = channel.unary_unary(
+                '/mediajobs.v1.BulkUploadService/AddBulkUploadResults',
+                request_serializer=mediajobs_dot_v1_dot_bulk__upload__service__pb2.AddBulkUploadResultsRequest.SerializeToString,
+                response_deserializer=mediajobs_dot_v1_dot_bulk__upload__service__pb2.AddBulkUploadResultsResponse.FromString,
+                _registered_method=True)
         self.UpdateBulkUploadResults = channel.unary_unary(
                 '/mediajobs.v1.BulkUploadService/UpdateBulkUploadResults',
                 request_serializer=mediajobs_dot_v1_dot_bulk__upload__service__pb2.UpdateBulkUploadResultsRequest.SerializeToString,
@@ -244,6 +249,20 @@ class BulkUploadServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddBulkUploadResults(self, request, context):
+        """Kaltura `batch.addBulkUploadResult`, for external engines that apply an
+        upload's records themselves (Kaltura's per-object-type engines): stores
+        up to 1,000 results, each an upsert on (upload, record_index), fenced by
+        the lease token of the upload's BULK_UPLOAD job (lease it with
+        WorkerService.AcquireJobs; run the server with --bulk-runners 0, or the
+        runner inside the server may take it first). Counts follow.
+        Errors: NOT_FOUND, ABORTED (LEASE_LOST: not the current lease),
+        INVALID_ARGUMENT (a field; SSH_KEYS_NOT_ACCEPTED for SSH key fields).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def UpdateBulkUploadResults(self, request, context):
         """Kaltura `batch.updateBulkUploadResults`: re-derives every IN_PROGRESS
         result from its entry (results normally follow their entries on their
@@ -321,6 +340,11 @@ def add_BulkUploadServiceServicer_to_server(servicer, server):
                     servicer.GetBulkUploadLastResult,
                     request_deserializer=mediajobs_dot_v1_dot_bulk__upload__service__pb2.GetBulkUploadLastResultRequest.FromString,
                     response_serializer=mediajobs_dot_v1_dot_bulk__upload__service__pb2.GetBulkUploadLastResultResponse.SerializeToString,
+            ),
+            'AddBulkUploadResults': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddBulkUploadResults,
+                    request_deserializer=mediajobs_dot_v1_dot_bulk__upload__service__pb2.AddBulkUploadResultsRequest.FromString,
+                    response_serializer=mediajobs_dot_v1_dot_bulk__upload__service__pb2.AddBulkUploadResultsResponse.SerializeToString,
             ),
             'UpdateBulkUploadResults': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdateBulkUploadResults,
@@ -679,6 +703,33 @@ class BulkUploadService:
             '/mediajobs.v1.BulkUploadService/GetBulkUploadLastResult',
             mediajobs_dot_v1_dot_bulk__upload__service__pb2.GetBulkUploadLastResultRequest.SerializeToString,
             mediajobs_dot_v1_dot_bulk__upload__service__pb2.GetBulkUploadLastResultResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddBulkUploadResults(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mediajobs.v1.BulkUploadService/AddBulkUploadResults',
+            mediajobs_dot_v1_dot_bulk__upload__service__pb2.AddBulkUploadResultsRequest.SerializeToString,
+            mediajobs_dot_v1_dot_bulk__upload__service__pb2.AddBulkUploadResultsResponse.FromString,
             options,
             channel_credentials,
             insecure,

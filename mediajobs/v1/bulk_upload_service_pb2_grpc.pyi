@@ -126,6 +126,16 @@ class BulkUploadServiceStub:
     """Kaltura `batch.getBulkUploadLastResult`: the result with the highest
     record index (unset when none). Errors: NOT_FOUND.
     """
+    AddBulkUploadResults: _grpc.UnaryUnaryMultiCallable[_bulk_upload_service_pb2.AddBulkUploadResultsRequest, _bulk_upload_service_pb2.AddBulkUploadResultsResponse]
+    """Kaltura `batch.addBulkUploadResult`, for external engines that apply an
+    upload's records themselves (Kaltura's per-object-type engines): stores
+    up to 1,000 results, each an upsert on (upload, record_index), fenced by
+    the lease token of the upload's BULK_UPLOAD job (lease it with
+    WorkerService.AcquireJobs; run the server with --bulk-runners 0, or the
+    runner inside the server may take it first). Counts follow.
+    Errors: NOT_FOUND, ABORTED (LEASE_LOST: not the current lease),
+    INVALID_ARGUMENT (a field; SSH_KEYS_NOT_ACCEPTED for SSH key fields).
+    """
     UpdateBulkUploadResults: _grpc.UnaryUnaryMultiCallable[_bulk_upload_service_pb2.UpdateBulkUploadResultsRequest, _bulk_upload_service_pb2.UpdateBulkUploadResultsResponse]
     """Kaltura `batch.updateBulkUploadResults`: re-derives every IN_PROGRESS
     result from its entry (results normally follow their entries on their
@@ -216,6 +226,16 @@ class BulkUploadServiceAsyncStub(BulkUploadServiceStub):
     GetBulkUploadLastResult: _aio.UnaryUnaryMultiCallable[_bulk_upload_service_pb2.GetBulkUploadLastResultRequest, _bulk_upload_service_pb2.GetBulkUploadLastResultResponse]  # type: ignore[assignment]
     """Kaltura `batch.getBulkUploadLastResult`: the result with the highest
     record index (unset when none). Errors: NOT_FOUND.
+    """
+    AddBulkUploadResults: _aio.UnaryUnaryMultiCallable[_bulk_upload_service_pb2.AddBulkUploadResultsRequest, _bulk_upload_service_pb2.AddBulkUploadResultsResponse]  # type: ignore[assignment]
+    """Kaltura `batch.addBulkUploadResult`, for external engines that apply an
+    upload's records themselves (Kaltura's per-object-type engines): stores
+    up to 1,000 results, each an upsert on (upload, record_index), fenced by
+    the lease token of the upload's BULK_UPLOAD job (lease it with
+    WorkerService.AcquireJobs; run the server with --bulk-runners 0, or the
+    runner inside the server may take it first). Counts follow.
+    Errors: NOT_FOUND, ABORTED (LEASE_LOST: not the current lease),
+    INVALID_ARGUMENT (a field; SSH_KEYS_NOT_ACCEPTED for SSH key fields).
     """
     UpdateBulkUploadResults: _aio.UnaryUnaryMultiCallable[_bulk_upload_service_pb2.UpdateBulkUploadResultsRequest, _bulk_upload_service_pb2.UpdateBulkUploadResultsResponse]  # type: ignore[assignment]
     """Kaltura `batch.updateBulkUploadResults`: re-derives every IN_PROGRESS
@@ -382,6 +402,22 @@ class BulkUploadServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_bulk_upload_service_pb2.GetBulkUploadLastResultResponse, _abc.Awaitable[_bulk_upload_service_pb2.GetBulkUploadLastResultResponse]]:
         """Kaltura `batch.getBulkUploadLastResult`: the result with the highest
         record index (unset when none). Errors: NOT_FOUND.
+        """
+
+    @_abc_1.abstractmethod
+    def AddBulkUploadResults(
+        self,
+        request: _bulk_upload_service_pb2.AddBulkUploadResultsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_bulk_upload_service_pb2.AddBulkUploadResultsResponse, _abc.Awaitable[_bulk_upload_service_pb2.AddBulkUploadResultsResponse]]:
+        """Kaltura `batch.addBulkUploadResult`, for external engines that apply an
+        upload's records themselves (Kaltura's per-object-type engines): stores
+        up to 1,000 results, each an upsert on (upload, record_index), fenced by
+        the lease token of the upload's BULK_UPLOAD job (lease it with
+        WorkerService.AcquireJobs; run the server with --bulk-runners 0, or the
+        runner inside the server may take it first). Counts follow.
+        Errors: NOT_FOUND, ABORTED (LEASE_LOST: not the current lease),
+        INVALID_ARGUMENT (a field; SSH_KEYS_NOT_ACCEPTED for SSH key fields).
         """
 
     @_abc_1.abstractmethod

@@ -197,17 +197,25 @@ class BulkRunner:
                      selection: frozenset[int] | None, validate: bool) -> str:
         size = VALIDATE_BATCH if validate else APPLY_BATCH
         it = await self.store.read(lambda db, p: self._batches(db, p, upload.id, options, layout, start, size))
-        while (batch := await self._next(it)) is not None:
-            last = batch[-1]
-            resume = store_bulk.ResumePoint(last.byte_offset + last.byte_length, last.line_number + last.line_count,
-                                            last.index + 1) if generation == 1 else None
-            out = await self.store.write(lambda tx: store_bulk.apply_batch(
-                tx, upload.id, job.id, token, batch, resume, generation, selection, validate),
-                bounded=False)
-            if out.stop:
-                return out.stop
-            c = out.upload.counts
-            if upload.max_errors and c.error >= upload.max_errors:
-                return "max_errors"
-        return ""
+        # The next batch is read and checked (a read thread) while this one
+        # is written (the writer thread): the two overlap.
+        ahead = asyncio.ensure_future(self._next(it))
+        try:
+            while (batch := await ahead) is not None:
+                ahead = asyncio.ensure_future(self._next(it))
+                last = batch[-1]
+                resume = store_bulk.ResumePoint(last.byte_offset + last.byte_length,
+                                                last.line_number + last.line_count, last.index + 1) \
+                    if generation == 1 else None
+                out = await self.store.write(lambda tx: store_bulk.apply_batch(
+                    tx, upload.id, job.id, token, batch, resume, generation, selection, validate), bounded=False)
+                if out.stop:
+                    return out.stop
+                if upload.max_errors and out.upload.counts.error >= upload.max_errors:
+                    return "max_errors"
+            return ""
+        finally:
+            if not ahead.done():
+                with contextlib.suppress(Exception):
+                    await ahead  # never leave the reader running on its own
 

@@ -87,6 +87,61 @@ def validate_spec(u: BulkUpload, content: bytes) -> None:
         raise invalid_argument(v)
 
 
+def validate_results(req: bsvc.AddBulkUploadResultsRequest) -> None:
+    """What AddBulkUploadResults takes (Kaltura addBulkUploadResult fields)."""
+    v: list[tuple[str, str]] = []
+    if not req.lease_token:
+        v.append(("lease_token", "required: the lease token of the upload's BULK_UPLOAD job (AcquireJobs)"))
+    if not req.results:
+        v.append(("results", "required: at least one result"))
+    if len(req.results) > store_bulk.MAX_ADD_RESULTS:
+        v.append(("results", f"at most {store_bulk.MAX_ADD_RESULTS} per call, got {len(req.results)}"))
+    seen: set[int] = set()
+    for i, r in enumerate(req.results[:store_bulk.MAX_ADD_RESULTS]):
+        f = f"results[{i}]"
+        if r.record_index < 1:
+            v.append((f"{f}.record_index", "required: the record's 1-based index (Kaltura lineIndex)"))
+        elif r.record_index in seen:
+            v.append((f"{f}.record_index", f"record {r.record_index} appears twice in this call"))
+        seen.add(r.record_index)
+        if r.upload_id and r.upload_id.upper() != req.id:
+            v.append((f"{f}.upload_id", "must be empty or this upload's id"))
+        if r.status not in Result.Status.values() or r.status == 0:
+            v.append((f"{f}.status", "required: ERROR, OK, IN_PROGRESS or NOT_PROCESSED"))
+        if r.action not in Result.Action.values():
+            v.append((f"{f}.action", f"unknown action {r.action}; use ADD 1, UPDATE 2, DELETE 3, REPLACE 4, "
+                                     "ADD_OR_UPDATE 6"))
+        if r.object_type not in BulkUpload.ObjectType.values():
+            v.append((f"{f}.object_type", f"unknown object type {r.object_type}"))
+        if r.error_type not in Result.ErrorType.values():
+            v.append((f"{f}.error_type", f"unknown error type {r.error_type}"))
+        for out in ("attempts", "byte_offset", "byte_length"):
+            if getattr(r, out):
+                v.append((f"{f}.{out}", "output only; leave it empty"))
+        if r.HasField("update_time"):
+            v.append((f"{f}.update_time", "output only; leave it empty"))
+        for name in r.external_fields:
+            if name in store_bulk.SSH_FIELDS:
+                raise invalid_argument([(f"{f}.external_fields[{clip(name, 32)}]",
+                                         "SSH key fields are not accepted: mediajobs keeps no key material")],
+                                       reason="SSH_KEYS_NOT_ACCEPTED")
+            if name not in store_bulk.EXTERNAL_FIELDS:
+                v.append((f"{f}.external_fields[{clip(name, 32)}]",
+                          "not a Kaltura user, category, category-user or schedule-resource result field"))
+        v += payloads.metadata_violations(r.external_fields, f"{f}.external_fields")
+        v += payloads.metadata_violations(r.plugins_data, f"{f}.plugins_data")
+        if len(r.row_data) > 65536:
+            v.append((f"{f}.row_data", "at most 64 KiB (a record's limit)"))
+        if r.ByteSize() > 256 * 1024:
+            v.append((f, f"{r.ByteSize()} bytes serialized; at most 256 KiB"))
+        if r.HasField("error"):
+            v += payloads.status_violations(r.error, f"{f}.error", payloads.MAX_ERROR_BYTES)
+        if len(v) >= 20:
+            break
+    if v:
+        raise invalid_argument(v)
+
+
 def _base_name(name: str) -> str:
     return re.split(r"[\\/]", name)[-1]
 
@@ -359,6 +414,14 @@ class BulkUploadService(bsvc_grpc.BulkUploadServiceServicer):
                                       context: grpc.aio.ServicerContext) -> bsvc.GetBulkUploadLastResultResponse:
         check_ulid(request.id, "id", "bulk upload")
         return await self.store.read_point(store_bulk.last_result, request.id.upper())
+
+    @handle_errors
+    async def AddBulkUploadResults(self, request: bsvc.AddBulkUploadResultsRequest,
+                                   context: grpc.aio.ServicerContext) -> bsvc.AddBulkUploadResultsResponse:
+        check_ulid(request.id, "id", "bulk upload")
+        request.id = request.id.upper()
+        validate_results(request)
+        return await self.store.write(lambda tx: store_bulk.add_results(tx, request))
 
     @handle_errors
     async def UpdateBulkUploadResults(self, request: bsvc.UpdateBulkUploadResultsRequest,

@@ -459,6 +459,37 @@ def apply_batch(
         f"AND record_index >= {p} AND record_index <= {p}", (upload_id, lo, hi)).fetchall()}
     c = upload.counts
     new_rows: list[tuple[Any, ...]] = []
+    objects: list[tuple[Any, ...]] = []
+    adds: list[tuple[Planned, Result, tuple[int, int] | None, msvc.CreateEntryRequest]] = []
+
+    def record(result: Result, old: tuple[int, int] | None) -> None:
+        if old is None:
+            result.attempts = 1
+            set_ts(result.update_time, tx.now)
+            new_rows.append((upload_id, result.record_index, result.status, generation, result.SerializeToString()))
+            c.applied += 1
+        else:
+            result.attempts = _attempts(tx, upload_id, result.record_index) + 1
+            _put_result(tx, upload_id, result, generation, replace=True)
+            _counts_add(c, old[0], -1)
+        _counts_add(c, result.status, 1)
+        if result.status == Result.IN_PROGRESS:
+            objects.append((tx.project, result.object_id, upload_id, result.record_index))
+
+    def flush_adds() -> None:
+        """The pending ADD records, created together (their order among
+        themselves does not matter: nothing in one can refer to another)."""
+        if not adds:
+            return
+        made = store_entries.create_entries(tx, [(req, rec.source) for rec, _, _, req in adds])
+        for (rec, r, old, _req), entry in zip(adds, made):
+            if isinstance(entry, ServiceError):
+                record(_record_error(r, entry, _column_of(entry), Result.OBJECT), old)
+                continue
+            c.objects_created += 1
+            record(_entry_result(r, entry), old)
+        adds.clear()
+
     for rec in records:
         old = stored.get(rec.index)
         if selection is None:
@@ -470,22 +501,24 @@ def apply_batch(
             continue  # not selected for this re-run
         if upload.max_errors and c.error >= upload.max_errors and not validate:
             continue  # stopped: left without a result, NOT_PROCESSED when the upload ends
-        result = _apply_one(tx, upload, rec, validate)
-        result.attempts = 1 if old is None else _attempts(tx, upload_id, rec.index) + 1
-        if old is None:
-            set_ts(result.update_time, tx.now)
-            new_rows.append((upload_id, result.record_index, result.status, generation, result.SerializeToString()))
-        else:
-            _put_result(tx, upload_id, result, generation, replace=True)
-        if old is None:
-            c.applied += 1
-        else:
-            _counts_add(c, old[0], -1)
-        _counts_add(c, result.status, 1)
+        if not validate and rec.error is None and rec.fields.action == Result.ADD:
+            r = _new_result(upload, rec)
+            try:
+                adds.append((rec, r, old, _add_request(upload, rec)))
+            except ServiceError as e:
+                record(_record_error(r, e, _column_of(e), Result.VALIDATION), old)
+            continue
+        flush_adds()  # an update or delete may name an entry added just before
+        record(_apply_one(tx, upload, rec, validate), old)
+    flush_adds()
+    cursor = tx.db.cursor()
     if new_rows:
-        cursor = tx.db.cursor()
         cursor.executemany(f"INSERT INTO bulk_upload_lines (upload_id, record_index, status, generation, data) "
                            f"VALUES ({p}, {p}, {p}, {p}, {p})", new_rows)
+    if objects:
+        cursor.executemany(f"INSERT INTO bulk_upload_objects (project, object_id, upload_id, record_index) "
+                           f"VALUES ({p}, {p}, {p}, {p}) ON CONFLICT (project, object_id) DO UPDATE SET "
+                           "upload_id = excluded.upload_id, record_index = excluded.record_index", objects)
     _save(tx, upload, resume)
     return BatchOutcome(upload, "")
 
@@ -539,13 +572,6 @@ def _apply_one(tx: WriteTx, upload: BulkUpload, rec: Planned, validate: bool) ->
     if validate:
         r.status = Result.OK
         return r
-    if rec.fields.action == Result.ADD:
-        # Adding checks everything before its first write (create_entry):
-        # a refused record has written nothing, and needs no savepoint.
-        try:
-            return _change_entry(tx, upload, rec, r)
-        except ServiceError as e:
-            return _record_error(r, e, _column_of(e), Result.OBJECT)
     mark = tx.mark()
     try:
         with tx.db.atomic():  # a savepoint: a failing record leaves nothing behind
@@ -589,17 +615,7 @@ def _change_entry(tx: WriteTx, upload: BulkUpload, rec: Planned, r: Result) -> R
     template_id = f.template_id or upload.template_id
     priority = f.priority or upload.priority or Job.LOW
     if action == Result.ADD:
-        if not f.name:
-            raise invalid_argument([("name", "required to add an entry: give the record a title / name")],
-                                   reason="MISSING_VALUE")
-        entry_msg = Entry(name=f.name, description=f.description, tags=f.tags, reference_id=f.reference_id,
-                          template_id=template_id if rec.source else "", labels=_entry_labels(upload, f))
-        violations = payloads.metadata_violations(entry_msg.labels, "labels")
-        if violations:
-            raise invalid_argument(violations, reason="LABELS_INVALID")
-        req = msvc.CreateEntryRequest(entry=entry_msg, priority=priority,  # type: ignore[arg-type]
-                                      creator=f.owner or upload.uploaded_by)
-        entry = store_entries.create_entry(tx, req, rec.source)
+        entry = store_entries.create_entry(tx, _add_request(upload, rec), rec.source)
         upload.counts.objects_created += 1
     elif action == Result.DELETE:
         store_entries.delete_entry(tx, f.entry_id, allow_missing=False)
@@ -615,16 +631,33 @@ def _change_entry(tx: WriteTx, upload: BulkUpload, rec: Planned, r: Result) -> R
         )
         if action == Result.REPLACE or (rec.source and rec.source != entry.source_uri):
             entry = store_entries.replace_source(tx, entry_id, rec.source, template_id, priority)
+    return _entry_result(r, entry)
+
+
+def _add_request(upload: BulkUpload, rec: Planned) -> msvc.CreateEntryRequest:
+    """The CreateEntry a record that adds an entry stands for; refuses a
+    record without a name or with labels past the limits."""
+    f = rec.fields
+    if not f.name:
+        raise invalid_argument([("name", "required to add an entry: give the record a title / name")],
+                               reason="MISSING_VALUE")
+    template_id = f.template_id or upload.template_id
+    entry_msg = Entry(name=f.name, description=f.description, tags=f.tags, reference_id=f.reference_id,
+                      template_id=template_id if rec.source else "", labels=_entry_labels(upload, f))
+    violations = payloads.metadata_violations(entry_msg.labels, "labels")
+    if violations:
+        raise invalid_argument(violations, reason="LABELS_INVALID")
+    return msvc.CreateEntryRequest(entry=entry_msg, priority=f.priority or upload.priority or Job.LOW,  # type: ignore[arg-type]
+                                   creator=f.owner or upload.uploaded_by)
+
+
+def _entry_result(r: Result, entry: Entry) -> Result:
+    """A record's result from the entry it made or changed."""
     r.object_id = entry.id
     r.object_state = Entry.State.Name(entry.state)
     r.job_ids[:] = list(entry.job_ids)[-8:]
     if entry.state in (Entry.PENDING, Entry.PROCESSING) and entry.job_ids:
         r.status = Result.IN_PROGRESS
-        p = tx.db.param
-        tx.db.execute_sql(f"INSERT INTO bulk_upload_objects (project, object_id, upload_id, record_index) "
-                          f"VALUES ({p}, {p}, {p}, {p}) ON CONFLICT (project, object_id) DO UPDATE SET "
-                          "upload_id = excluded.upload_id, record_index = excluded.record_index",
-                          (tx.project, entry.id, upload.id, rec.index))
     elif entry.state == Entry.ERROR:
         r.status = Result.ERROR
         r.error_type = Result.OBJECT
@@ -740,9 +773,10 @@ def on_entry_state(tx: WriteTx, entry: Entry) -> None:
 
 
 def on_job_state(tx: WriteTx, job: Job, etype: int, prev_state: int) -> None:
-    """jobs.STATE_HOOKS member: a BULK_UPLOAD job aborted or failed (by the
-    runner, AbortJob or the lease sweeper) takes its upload along."""
-    if job.type != JOB_TYPE or job.state not in (Job.ABORTED, Job.FAILED):
+    """jobs.STATE_HOOKS member: the upload follows its BULK_UPLOAD job:
+    leased -> PROCESSING; succeeded -> settled; aborted or failed (by the
+    runner, AbortJob or the lease sweeper) -> ABORTED or FAILED."""
+    if job.type != JOB_TYPE or job.state not in (Job.RUNNING, Job.SUCCEEDED, Job.ABORTED, Job.FAILED):
         return
     upload_id = job.metadata.get(UPLOAD_KEY)
     if not upload_id:
@@ -752,6 +786,16 @@ def on_job_state(tx: WriteTx, job: Job, etype: int, prev_state: int) -> None:
     except ServiceError:
         return
     if upload.job_id != job.id or upload.state in TERMINAL:
+        return
+    if job.state == Job.RUNNING:  # leased (by the runner, or an external engine)
+        if upload.state == BulkUpload.QUEUED:
+            upload.state = BulkUpload.PROCESSING
+            _save(tx, upload)
+        return
+    if job.state == Job.SUCCEEDED:  # finish_run refines this for the runner's own uploads
+        if upload.state == BulkUpload.PROCESSING:
+            settle(tx, upload)
+            _save(tx, upload)
         return
     if job.state == Job.ABORTED:
         _end(tx, upload, BulkUpload.ABORTED)
@@ -886,3 +930,59 @@ def refresh_results(tx: WriteTx, upload_id: str, after: int) -> int:
         settle(tx, upload)
         _save(tx, upload)
     return rows[-1].record_index if len(rows) == REFRESH_STEP else 0
+
+
+# Kaltura's result fields of the object types mediajobs does not create
+# itself (KalturaBulkUploadResultUser, ...Category, ...CategoryUser /
+# ...CategoryEntry, ...ScheduleResource): kept as reported.
+EXTERNAL_FIELDS = frozenset({
+    "userId", "screenName", "email", "dateOfBirth", "country", "state", "city", "zip", "gender", "firstName",
+    "lastName", "group",
+    "relativePath", "name", "appearInList", "privacy", "inheritanceType", "userJoinPolicy", "defaultPermissionLevel",
+    "owner", "contributionPolicy", "partnerSortValue", "moderation",
+    "categoryId", "categoryReferenceId", "permissionLevel", "updateMethod", "requiredObjectStatus",
+    "resourceId", "type", "systemName", "parentType", "parentSystemName",
+})
+SSH_FIELDS = frozenset({"sshPrivateKey", "sshPublicKey", "sshKeyPassphrase"})
+MAX_ADD_RESULTS = 1000
+
+
+def add_results(tx: WriteTx, req: bsvc.AddBulkUploadResultsRequest) -> bsvc.AddBulkUploadResultsResponse:
+    """Kaltura `batch.addBulkUploadResult`: upsert results reported by an
+    external engine holding the upload's job lease; counts follow."""
+    upload = load_upload(tx.db, tx.project, req.id)
+    if not upload.job_id:
+        raise wrong_state(upload, "add results to", "UPLOAD_NOT_COMPLETE", "finish writing the file first")
+    _lease_check(tx, upload.job_id, req.lease_token)
+    total = upload.counts.total_records
+    for i, r in enumerate(req.results):
+        if total and r.record_index > total:
+            raise invalid_argument([(f"results[{i}].record_index",
+                                     f"{r.record_index} is past the file's last record ({total})")])
+    p = tx.db.param
+    out = bsvc.AddBulkUploadResultsResponse()
+    c = upload.counts
+    for r in req.results:
+        row = tx.db.execute_sql(f"SELECT data, generation FROM bulk_upload_lines WHERE upload_id = {p} "
+                                f"AND record_index = {p}", (upload.id, r.record_index)).fetchone()
+        stored = Result()
+        stored.CopyFrom(r)
+        stored.upload_id = upload.id
+        if not stored.object_type:
+            stored.object_type = upload.object_type or BulkUpload.ENTRY
+        if row is None:
+            stored.attempts = 1
+            _put_result(tx, upload.id, stored, upload.generation, replace=False)
+            c.applied += 1
+        else:
+            before = Result.FromString(bytes(row[0]))
+            stored.attempts = before.attempts or 1
+            stored.line_number = stored.line_number or before.line_number
+            stored.byte_offset, stored.byte_length = before.byte_offset, before.byte_length
+            _put_result(tx, upload.id, stored, upload.generation, replace=True)
+            _counts_add(c, before.status, -1)
+        _counts_add(c, stored.status, 1)
+        out.results.append(stored)
+    _save(tx, upload)
+    out.bulk_upload.CopyFrom(upload)
+    return out
