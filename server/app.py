@@ -33,6 +33,7 @@ from .services.jobs import JobService
 from .services.media import MediaService
 from .services.workers import WorkerService
 from .store import Store
+from .store import bulk_uploads as store_bulk
 from .store import events as store_events
 from .store import jobs as store_jobs
 from .store import leases as store_leases
@@ -197,7 +198,8 @@ class App:
         await asyncio.to_thread(self.store.close)
 
     async def sweep_once(self) -> None:
-        """Compact change events past retention and expire old request ids."""
+        """Compact change events past retention, expire old request ids and
+        bulk uploads abandoned while being written."""
         now = self.store.clock()
         retention_us = int(self.cfg.event_retention_s * 1_000_000)
         ttl_us = int(self.cfg.request_id_ttl_s * 1_000_000)
@@ -206,6 +208,8 @@ class App:
             rev, more = await self.store.write(lambda tx: store_events.compact(tx, now - retention_us), bounded=False)
             self.hub.set_compact_revision(rev)
         await self.store.write(lambda tx: store_jobs.expire_request_ids(tx, now - ttl_us), bounded=False)
+        while await self.store.write(lambda tx: store_bulk.expire_idle_uploads(tx, now), bounded=False):
+            pass  # abandoned bulk uploads: their bytes go
 
     async def recover_leases_once(self) -> store_leases.Recovered:
         """Recover every job whose lease expired (the server's own cleanExclusiveJobs)."""

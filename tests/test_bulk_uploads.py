@@ -316,12 +316,12 @@ async def test_abort_a_queued_upload(tmp_path: Path) -> None:
         await app.stop(None)
 
 
-def _server(db: Path, root: Path) -> Any:
+def _server(db: str, root: Path) -> Any:
     import os
     import subprocess
     import sys
 
-    env = dict(os.environ, MEDIAJOBS_DATA_DIR=str(db.parent))
+    env = dict(os.environ, MEDIAJOBS_DATA_DIR=str(root.parent))
     proc = subprocess.Popen(
         [sys.executable, "-m", "mediajobs.server", "--listen", "127.0.0.1:0", "--db", str(db),
          "--storage-root", str(root), "--durability", "fast"],
@@ -332,11 +332,10 @@ def _server(db: Path, root: Path) -> Any:
     return proc, int(line.split("listening on 127.0.0.1:")[1].split()[0])
 
 
-async def test_kill_9_halfway_resumes_and_no_record_makes_two_entries(tmp_path: Path) -> None:
+async def test_kill_9_halfway_resumes_and_no_record_makes_two_entries(db_url: str, tmp_path: Path) -> None:
     import signal
-    import sqlite3
 
-    db, root = tmp_path / "bulk.db", tmp_path / "storage"
+    db, root = db_url, tmp_path / "storage"
     n = 60_000
     body = b"name,reference_id\n" + b"".join(f"Item {i},ref-{i}\n".encode() for i in range(n))
     proc, port = _server(db, root)
@@ -358,9 +357,15 @@ async def test_kill_9_halfway_resumes_and_no_record_makes_two_entries(tmp_path: 
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
-    with sqlite3.connect(db) as conn:
-        entries, distinct = conn.execute("SELECT COUNT(*), COUNT(DISTINCT reference_id) FROM entries").fetchone()
-        lines = conn.execute("SELECT COUNT(*) FROM bulk_upload_lines").fetchone()[0]
+    from mediajobs.server.store import Store
+
+    store = Store(db)  # reads the rows themselves: no entry twice, a result per record
+    try:
+        entries, distinct = store.read_sync(lambda d, p: d.execute_sql(
+            "SELECT COUNT(*), COUNT(DISTINCT reference_id) FROM entries").fetchone())
+        lines = store.read_sync(lambda d, p: d.execute_sql("SELECT COUNT(*) FROM bulk_upload_lines").fetchone()[0])
+    finally:
+        store.close()
     assert (entries, distinct, lines) == (n, n, n)
 
 
@@ -412,5 +417,37 @@ async def test_an_external_engine_adds_results_under_its_lease(tmp_path: Path) -
             await workers.CompleteJob(wsvc.CompleteJobRequest(job_id=leased.job.id, lease_token=leased.lease_token))
             done = await bulk.UpdateBulkUploadResults(bsvc.UpdateBulkUploadResultsRequest(id=u.id))
             assert done.open_count == 0 and done.bulk_upload.state == BulkUpload.SUCCEEDED
+    finally:
+        await app.stop(None)
+
+
+async def test_an_abandoned_upload_expires_after_a_day(tmp_path: Path) -> None:
+    from conftest import FakeClock
+
+    clock = FakeClock()
+    app = await start_app(str(tmp_path / "db.sqlite"), clock=clock, storage_root=tmp_path / "s")
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as ch:
+            bulk = bulk_upload_service_pb2_grpc.BulkUploadServiceStub(ch)
+            u = await bulk.StartBulkUpload(bsvc.StartBulkUploadRequest(bulk_upload=BulkUpload()))
+            data = b"name\nA\n"
+            await bulk.WriteBulkUploadFile(iter([bsvc.WriteBulkUploadFileRequest(
+                upload_id=u.id, data=data, crc32=zlib.crc32(data))]))
+            clock.advance(23 * 3600)
+            await app.sweep_once()
+            kept = await bulk.GetBulkUpload(bsvc.GetBulkUploadRequest(id=u.id))
+            assert kept.state == BulkUpload.UPLOADING and kept.uploaded_bytes == len(data)
+            clock.advance(2 * 3600)
+            await app.sweep_once()
+            gone = await bulk.GetBulkUpload(bsvc.GetBulkUploadRequest(id=u.id))
+            assert gone.state == BulkUpload.EXPIRED and gone.uploaded_bytes == 0 and "expired" in gone.error.message
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                async for _ in bulk.ReadBulkUploadFile(bsvc.ReadBulkUploadFileRequest(id=u.id)):
+                    pass
+            assert error_info(e.value).reason == "FILE_PURGED"
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await bulk.WriteBulkUploadFile(iter([bsvc.WriteBulkUploadFileRequest(
+                    upload_id=u.id, write_offset=0, data=data, crc32=zlib.crc32(data))]))
+            assert error_info(e.value).reason == "UPLOAD_NOT_WRITABLE"
     finally:
         await app.stop(None)

@@ -326,7 +326,8 @@ class BulkUploadService(bsvc_grpc.BulkUploadServiceServicer):
         if upload.state in (BulkUpload.UPLOADING,) and selection == bsvc.ReadBulkUploadFileRequest.FAILED_RECORDS:
             raise store_bulk.wrong_state(upload, "list the failed records of", "UPLOAD_NOT_COMPLETE",
                                          "finish writing the file first")
-        if upload.uploaded_bytes == 0 and upload.state == BulkUpload.FAILED and upload.HasField("error"):
+        if upload.state == BulkUpload.EXPIRED or (upload.uploaded_bytes == 0 and upload.state == BulkUpload.FAILED
+                                                 and upload.HasField("error")):
             raise store_bulk.wrong_state(upload, "read the file of", "FILE_PURGED",
                                          "a file refused as a whole is not kept: upload it again once fixed")
         if selection == bsvc.ReadBulkUploadFileRequest.ORIGINAL:

@@ -986,3 +986,29 @@ def add_results(tx: WriteTx, req: bsvc.AddBulkUploadResultsRequest) -> bsvc.AddB
     _save(tx, upload)
     out.bulk_upload.CopyFrom(upload)
     return out
+
+
+# An upload still being written after this long without a write expires:
+# its bytes go, and it no longer counts against the open uploads limit.
+UPLOAD_IDLE_US = 24 * 3600 * 1_000_000
+EXPIRE_STEP = 50
+
+
+def expire_idle_uploads(tx: WriteTx, now_us: int) -> int:
+    """UPLOADING uploads idle for UPLOAD_IDLE_US -> EXPIRED, chunks deleted
+    (a bounded step; returns how many)."""
+    p = tx.db.param
+    rows = tx.db.execute_sql(f"SELECT id FROM bulk_uploads WHERE project = {p} AND state = {p} AND update_time < {p} "
+                             f"LIMIT {EXPIRE_STEP}", (tx.project, BulkUpload.UPLOADING, now_us - UPLOAD_IDLE_US)
+                             ).fetchall()
+    for (upload_id,) in rows:
+        upload = load_upload(tx.db, tx.project, upload_id)
+        _delete_chunks(tx, upload_id)
+        upload.uploaded_bytes = 0
+        _end(tx, upload, BulkUpload.EXPIRED)
+        upload.error.CopyFrom(status_pb2.Status(
+            code=code_pb2.DEADLINE_EXCEEDED,
+            message="nothing was written for 24 h: the upload expired and its bytes were removed; upload the file "
+                    "again"))
+        _save(tx, upload)
+    return len(rows)
