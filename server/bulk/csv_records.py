@@ -630,7 +630,12 @@ def read_layout(chunks: Iterable[bytes], options: CsvOptions) -> Layout:
                 continue
             first = (rec, parsed)
         else:
-            first = (rec, RecordError("UNBALANCED_QUOTE" if rec[0] == _UNBALANCED else "RECORD_TOO_LARGE", ""))
+            if rec[0] == _UNBALANCED:
+                first = (rec, RecordError("UNBALANCED_QUOTE", "a quote opened on it is not closed within "
+                                          f"{MAX_RECORD_LINES} lines and {MAX_RECORD_BYTES} bytes"))
+            else:
+                first = (rec, RecordError("RECORD_TOO_LARGE", f"it has {rec[4]} bytes; a record (a header "
+                                          f"included) may have at most {MAX_RECORD_BYTES} bytes (64 KiB)"))
         break
     if first is None:
         if options.header == "present":

@@ -108,28 +108,53 @@ def check_size_and_sha(summary: FileSummary, upload: BulkUpload, expected_sha: s
             metadata={"sha256": summary.sha256})
 
 
-def slices(chunks: Iterable[bytes], spans: Iterable[tuple[int, int]], start: int = 0) -> Iterator[bytes]:
+PIECE_BYTES = 1024 * 1024
+
+
+def pieces(chunks: Iterable[bytes], spans: Iterable[tuple[int, int]], start: int = 0
+           ) -> Iterator[tuple[int, bytes, bool]]:
     """The bytes of each (offset, length) span, in order (spans ascending,
-    not overlapping), from a stream of the file that begins at `start`."""
+    not overlapping), from a stream of the file that begins at `start`, as
+    (span number, piece of at most PIECE_BYTES, last piece of the span).
+    Nothing larger than a piece is ever held, whatever the span's size."""
     it = iter(chunks)
-    buf = b""
-    buf_start = start
-    for off, length in spans:
+    buf = memoryview(b"")
+    at = start  # the file offset of buf[0]
+    for n, (off, length) in enumerate(spans):
         end = off + length
-        while buf_start + len(buf) < end:
-            try:
-                nxt = next(it)
-            except StopIteration:
-                break
-            # Drop what lies before this span before growing the buffer.
-            if off > buf_start:
-                cut = min(off - buf_start, len(buf))
-                buf = buf[cut:]
-                buf_start += cut
-            buf += nxt
-        lo = max(off - buf_start, 0)
-        yield buf[lo:lo + length]
-        if end > buf_start:
-            cut = min(end - buf_start, len(buf))
-            buf = buf[cut:]
-            buf_start += cut
+        if length == 0:
+            yield n, b"", True
+            continue
+        pos = off
+        while pos < end:
+            if at + len(buf) <= pos:  # the buffer ends before what is wanted next
+                try:
+                    nxt = next(it)
+                except StopIteration:
+                    yield n, b"", True  # the file ended early (cannot happen for stored spans)
+                    break
+                at += len(buf)  # (skipping what lies between, if anything)
+                buf = memoryview(nxt)
+                continue
+            lo = pos - at
+            if lo < 0:
+                raise ValueError("spans must ascend")
+            take = min(len(buf) - lo, end - pos, PIECE_BYTES)
+            piece = bytes(buf[lo:lo + take])
+            pos += take
+            yield n, piece, pos >= end
+
+
+def heads(chunks: Iterable[bytes], spans: Iterable[tuple[int, int]], limit: int, start: int = 0) -> Iterator[bytes]:
+    """Of each span, its first `limit` bytes (the rest is skipped, never held)."""
+    current = -1
+    got: list[bytes] = []
+    size = 0
+    for n, piece, last in pieces(chunks, spans, start):
+        if n != current:
+            current, got, size = n, [], 0
+        if size < limit:
+            got.append(piece[:limit - size])
+            size += len(got[-1])
+        if last:
+            yield b"".join(got)

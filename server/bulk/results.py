@@ -21,56 +21,88 @@ from mediajobs.v1 import bulk_resources_pb2 as bres
 
 from ..store import bulk_uploads as store_bulk
 from . import csv_records
-from .files import csv_options, slices
+from .files import csv_options, heads, pieces
 
 BulkUpload = bres.BulkUpload
 Result = bres.BulkUploadResult
 
 ROWS_PER_QUERY = 1000
 MESSAGE_BYTES = 1024 * 1024
+# row_data (and a log row) shows at most this much of a record: a record
+# that is larger is an error anyway (RECORD_TOO_LARGE), and every page and
+# log message must stay readable.
+MAX_ROW_DATA_BYTES = csv_records.MAX_RECORD_BYTES
 LOG_COLUMNS = ["line", "record", "result_status", "object_id", "object_state", "job_ids", "error_code",
                "error_column", "error_message"]
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
-def iter_results(db: Any, project: str, upload: BulkUpload, after: int = 0,
-                 statuses: Iterable[int] = ()) -> Iterator[Result]:
+class ResultScan:
     """Results of records after index `after`, in record order, optionally
-    only of some statuses."""
-    wanted = set(statuses)
-    ended = upload.state in store_bulk.TERMINAL
-    missing = upload.counts.total_records - upload.counts.applied
-    if not ended or missing <= 0 or (wanted and bres.BulkUploadResult.NOT_PROCESSED not in wanted):
-        last = after
+    only of some statuses; iterate it. `position` is where the file scan
+    (if one is needed) stands after the last result yielded, so that the
+    next page can start there instead of at the top of the file."""
+
+    def __init__(self, db: Any, project: str, upload: BulkUpload, after: int = 0, statuses: Iterable[int] = (),
+                 start: csv_records.Position | None = None) -> None:
+        self.db, self.project, self.upload, self.after = db, project, upload, after
+        self.wanted = set(statuses)
+        self.start = start
+        self.position: csv_records.Position | None = None
+        ended = upload.state in store_bulk.TERMINAL
+        missing = upload.counts.total_records - upload.counts.applied
+        # Only an ended upload with records that never got a result needs
+        # the file: those records are NOT_PROCESSED.
+        self.scans = ended and missing > 0 and (not self.wanted or Result.NOT_PROCESSED in self.wanted)
+
+    def __iter__(self) -> Iterator[Result]:
+        return self._merged() if self.scans else self._stored()
+
+    def _stored(self) -> Iterator[Result]:
+        last = self.after
         while True:
-            rows = store_bulk.result_rows(db, upload.id, last, ROWS_PER_QUERY, sorted(wanted) or None)
+            rows = store_bulk.result_rows(self.db, self.upload.id, last, ROWS_PER_QUERY, sorted(self.wanted) or None)
             yield from rows
             if len(rows) < ROWS_PER_QUERY:
                 return
             last = rows[-1].record_index
-    # Merge the stored results with a scan of the file for the records that
-    # have none (NOT_PROCESSED).
-    options = csv_options(upload)
-    layout = csv_records.read_layout(store_bulk.iter_file(db, project, upload.id), options)
-    stored = _stored_after(db, upload.id, after)
-    nxt = next(stored, None)
-    for rec in csv_records.scan_records(store_bulk.iter_file(db, project, upload.id), options, layout):
-        if rec.index <= after:
-            continue
-        while nxt is not None and nxt.record_index < rec.index:
-            nxt = next(stored, None)
-        if nxt is not None and nxt.record_index == rec.index:
-            r = nxt
+
+    def _merged(self) -> Iterator[Result]:
+        """The stored results merged with a scan of the file for the records
+        that have none."""
+        db, project, upload = self.db, self.project, self.upload
+        options = csv_options(upload)
+        layout = csv_records.read_layout(store_bulk.iter_file(db, project, upload.id), options)
+        if self.start is not None and self.start.next_index > 1:
+            records = csv_records.scan_records(
+                store_bulk.iter_file(db, project, upload.id, self.start.byte_offset), options, layout, self.start)
         else:
-            r = Result(upload_id=upload.id, record_index=rec.index, line_number=rec.line_number,
-                       status=Result.NOT_PROCESSED, object_type=BulkUpload.ENTRY, byte_offset=rec.byte_offset,
-                       byte_length=rec.byte_length)
-            if rec.fields is not None:
-                r.action = rec.fields.action  # type: ignore[assignment]
-                r.title = rec.fields.name
-                r.reference_id = rec.fields.reference_id
-        if not wanted or r.status in wanted:
-            yield r
+            records = csv_records.scan_records(store_bulk.iter_file(db, project, upload.id), options, layout)
+        stored = _stored_after(db, upload.id, self.after)
+        nxt = next(stored, None)
+        for rec in records:
+            self.position = rec.end
+            if rec.index <= self.after:
+                continue
+            while nxt is not None and nxt.record_index < rec.index:
+                nxt = next(stored, None)
+            if nxt is not None and nxt.record_index == rec.index:
+                r = nxt
+            else:
+                r = Result(upload_id=upload.id, record_index=rec.index, line_number=rec.line_number,
+                           status=Result.NOT_PROCESSED, object_type=BulkUpload.ENTRY, byte_offset=rec.byte_offset,
+                           byte_length=rec.byte_length)
+                if rec.fields is not None:
+                    r.action = rec.fields.action  # type: ignore[assignment]
+                    r.title = rec.fields.name
+                    r.reference_id = rec.fields.reference_id
+            if not self.wanted or r.status in self.wanted:
+                yield r
+
+
+def iter_results(db: Any, project: str, upload: BulkUpload, after: int = 0,
+                 statuses: Iterable[int] = ()) -> Iterator[Result]:
+    return iter(ResultScan(db, project, upload, after, statuses))
 
 
 def _stored_after(db: Any, upload_id: str, after: int) -> Iterator[Result]:
@@ -84,19 +116,27 @@ def _stored_after(db: Any, upload_id: str, after: int) -> Iterator[Result]:
 
 
 def with_row_data(db: Any, project: str, upload: BulkUpload, results: list[Result]) -> None:
-    """Fill row_data (the record as written, decoded) from the stored file."""
-    if not results:
+    """Fill row_data (the record as written, decoded) from the stored file;
+    a record larger than MAX_ROW_DATA_BYTES shows only its beginning."""
+    spans = [(r.byte_offset, r.byte_length) for r in results if r.byte_length]
+    if not spans:
         return
-    enc = "windows-1252" if (upload.csv.encoding or "").lower() in ("windows-1252", "cp1252") else "utf-8"
-    start = results[0].byte_offset
-    chunks = store_bulk.iter_file(db, project, upload.id, start)
-    for r, raw in zip(results, slices(chunks, [(r.byte_offset, r.byte_length) for r in results], start)):
-        r.row_data = raw.decode(enc, errors="replace").rstrip("\r\n")
+    enc = "windows-1252" if csv_options(upload).encoding == "windows-1252" else "utf-8"
+    start = spans[0][0]
+    heads_it = heads(store_bulk.iter_file(db, project, upload.id, start), spans, MAX_ROW_DATA_BYTES, start)
+    for r in results:
+        if not r.byte_length:
+            continue
+        raw = next(heads_it)
+        text = raw.decode(enc, errors="replace")
+        if r.byte_length > MAX_ROW_DATA_BYTES:
+            text += f"… ({r.byte_length} bytes in all; the file has the whole record)"
+        r.row_data = text.rstrip("\r\n")
 
 
 def failed_records_file(db: Any, project: str, upload: BulkUpload) -> Iterator[bytes]:
     """The header (the file's bytes before its first record) and the ERROR
-    and NOT_PROCESSED records, byte-exact."""
+    and NOT_PROCESSED records, byte-exact, in pieces of at most 1 MiB."""
     options = csv_options(upload)
     layout = csv_records.read_layout(store_bulk.iter_file(db, project, upload.id), options)
     yield from store_bulk.iter_file(db, project, upload.id, 0, layout.data_start.byte_offset)
@@ -110,9 +150,14 @@ def failed_records_file(db: Any, project: str, upload: BulkUpload) -> Iterator[b
         yield first
         yield from spans
 
-    for raw in slices(store_bulk.iter_file(db, project, upload.id, first[0]), all_spans(), first[0]):
-        # A last record without a line break gets one, so that records never join.
-        yield raw if raw.endswith(b"\n") else raw + b"\n"
+    ends_line = True
+    for _n, piece, last in pieces(store_bulk.iter_file(db, project, upload.id, first[0]), all_spans(), first[0]):
+        if piece:
+            yield piece
+            ends_line = piece.endswith(b"\n")
+        if last and not ends_line:
+            yield b"\n"  # a last record without a line break gets one, so that records never join
+            ends_line = True
 
 
 def neutralise(cell: str) -> str:
@@ -143,7 +188,6 @@ def _status_parts(r: Result) -> tuple[str, str, str]:
 def log_lines(db: Any, project: str, upload: BulkUpload, fmt: str, statuses: Iterable[int]) -> Iterator[bytes]:
     """The log, a row per record (CSV with a header row, or JSON lines)."""
     options = csv_options(upload)
-    enc = "windows-1252" if options.encoding == "windows-1252" else "utf-8"
     if fmt == "csv":
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\r\n")
@@ -153,14 +197,14 @@ def log_lines(db: Any, project: str, upload: BulkUpload, fmt: str, statuses: Ite
     for r in iter_results(db, project, upload, 0, statuses):
         batch.append(r)
         if len(batch) >= ROWS_PER_QUERY:
-            yield from _log_batch(db, project, upload, batch, fmt, options, enc)
+            yield from _log_batch(db, project, upload, batch, fmt, options)
             batch = []
     if batch:
-        yield from _log_batch(db, project, upload, batch, fmt, options, enc)
+        yield from _log_batch(db, project, upload, batch, fmt, options)
 
 
 def _log_batch(db: Any, project: str, upload: BulkUpload, batch: list[Result], fmt: str,
-               options: csv_records.CsvOptions, enc: str) -> Iterator[bytes]:
+               options: csv_records.CsvOptions) -> Iterator[bytes]:
     with_row_data(db, project, upload, batch)
     buf = io.StringIO()
     if fmt == "jsonl":
@@ -181,7 +225,6 @@ def _log_batch(db: Any, project: str, upload: BulkUpload, batch: list[Result], f
                         r.object_state, " ".join(r.job_ids), code, column, message.replace("\n", " ")]
         w.writerow([neutralise(c) for c in row])
     yield buf.getvalue().encode()
-    del enc
 
 
 def messages(parts: Iterator[bytes], limit: int = MESSAGE_BYTES) -> Iterator[tuple[bytes, int]]:

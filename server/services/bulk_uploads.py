@@ -16,6 +16,7 @@ from mediajobs.v1 import resources_pb2 as res
 
 from .. import payloads
 from ..admission import Admission, unlimited
+from ..bulk import csv_records
 from ..bulk import files as bulk_files
 from ..bulk import results as bulk_results
 from ..errors import ServiceError, UndecodableRequest, clip, handle_errors, invalid_argument
@@ -375,19 +376,25 @@ class BulkUploadService(bsvc_grpc.BulkUploadServiceServicer):
         size = store_jobs.page_size(request.page_size, default=DEFAULT_RESULTS_PAGE)
         fp = store_jobs.list_fingerprint(request)
         after = 0
+        start: csv_records.Position | None = None
         if request.page_token:
-            (after,) = store_jobs.decode_token(request.page_token, fp)
+            token = store_jobs.decode_token(request.page_token, fp)
+            after = int(token[0])
+            if len(token) == 4:  # where the file scan stood (see ResultScan)
+                start = csv_records.Position(int(token[1]), int(token[2]), int(token[3]))
         upload = await self.store.read_point(store_bulk.load_upload, request.id.upper())
         full = request.view == bsvc.ListBulkUploadResultsRequest.FULL
 
         def page(db: Any, p: str) -> bsvc.ListBulkUploadResultsResponse:
             out = bsvc.ListBulkUploadResultsResponse()
             got: list[Result] = []
-            it = bulk_results.iter_results(db, p, upload, int(after), statuses)
+            scan = bulk_results.ResultScan(db, p, upload, after, statuses, start)
+            it = iter(scan)
             for r in it:
                 got.append(r)
                 if len(got) == size:
                     break
+            position = scan.position
             if full:
                 bulk_results.with_row_data(db, p, upload, got)
             budget = payloads.MessageBudget()
@@ -397,7 +404,12 @@ class BulkUploadService(bsvc_grpc.BulkUploadServiceServicer):
                 out.results.append(r)
             more = len(out.results) < len(got) or (len(got) == size and next(it, None) is not None)
             if more and out.results:
-                out.next_page_token = store_jobs.encode_token([out.results[-1].record_index], fp)
+                last = out.results[-1]
+                if position is not None and len(out.results) == len(got):
+                    token = [last.record_index, position.byte_offset, position.line_number, position.next_index]
+                else:
+                    token = [last.record_index]
+                out.next_page_token = store_jobs.encode_token(token, fp)
             return out
 
         return await self.store.read(page)
