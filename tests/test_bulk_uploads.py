@@ -17,6 +17,7 @@ import pytest
 from google.rpc import status_pb2
 
 from mediajobs.server.app import App
+from mediajobs.server.store import jobs as store_jobs
 from mediajobs.v1 import bulk_resources_pb2 as bres
 from mediajobs.v1 import bulk_upload_service_pb2 as bsvc
 from mediajobs.v1 import bulk_upload_service_pb2_grpc
@@ -451,3 +452,27 @@ async def test_an_abandoned_upload_expires_after_a_day(tmp_path: Path) -> None:
             assert error_info(e.value).reason == "UPLOAD_NOT_WRITABLE"
     finally:
         await app.stop(None)
+
+
+async def test_a_records_template_wins_and_replace_reprocesses(env: dict[str, Any]) -> None:
+    bulk, media, root = env["bulk"], env["media"], env["root"]
+    (root / "in").mkdir(parents=True)
+    for name in ("a.mov", "b.mov", "c.mov"):
+        (root / "in" / name).write_bytes(b"media")
+    body = b"*title,url,conversionProfileId\nOwn,in/a.mov,audio-aac\nUpload's,in/b.mov,\n"
+    u = await start_inline(bulk, body, template_id="mp4-h264-360p")
+    await until_state(bulk, u.id, BulkUpload.WAITING_FOR_OBJECTS)
+    own, default = await all_results(bulk, u.id)
+    assert (await media.GetEntry(msvc.GetEntryRequest(id=own.object_id))).template_id == "audio-aac"
+    assert (await media.GetEntry(msvc.GetEntryRequest(id=default.object_id))).template_id == "mp4-h264-360p"
+    before = await media.GetEntry(msvc.GetEntryRequest(id=default.object_id))
+    replace = f"*entryId,action,url\n{default.object_id},replace,in/c.mov\n".encode()
+    r = await start_inline(bulk, replace)
+    await until_state(bulk, r.id, BulkUpload.WAITING_FOR_OBJECTS)
+    (res_,) = await all_results(bulk, r.id)
+    assert res_.action == Result.REPLACE and res_.status == Result.IN_PROGRESS
+    after = await media.GetEntry(msvc.GetEntryRequest(id=default.object_id))
+    assert after.source_uri == "in/c.mov" and after.state == mres.Entry.PENDING
+    assert len(after.job_ids) == len(before.job_ids) + 1  # a new EXTRACT_MEDIA job; the old one aborted
+    old_job = await env["app"].store.read(store_jobs.get_job, before.job_ids[0])
+    assert old_job.state == Job.ABORTED
