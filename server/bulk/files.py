@@ -5,7 +5,11 @@ Everything here streams over the file's chunks (store/bulk_uploads.iter_file)
 and runs in a thread, never on the event loop."""
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import itertools
+import queue
+import threading
 from typing import Iterable, Iterator
 
 import grpc
@@ -73,7 +77,7 @@ def summarize(chunks_at_0: Iterable[bytes], chunks_again: Iterable[bytes], uploa
     records = 0
     record_lines = 0
     try:
-        for rec in csv_records.scan_records(tee, options, layout):
+        for rec in csv_records.scan_records(tee, options, layout, check_fields=False):
             records += 1
             record_lines += rec.line_count
             if records > MAX_RECORDS:
@@ -90,6 +94,104 @@ def summarize(chunks_at_0: Iterable[bytes], chunks_again: Iterable[bytes], uploa
         skipped_lines=max(lines - record_lines - (1 if has_header else 0), 0),
         data_offset=layout.data_start.byte_offset, data_line=layout.data_start.line_number,
     )
+
+
+class RunningSummary:
+    """The finish-time check of a file (summarize), run while the file
+    arrives: a thread consumes the bytes a stream writes from byte 0, so
+    that finishing costs little more than the last message. A stream that
+    starts elsewhere (a resumed upload) does not use it: the check then
+    reads the stored file at the end."""
+
+    PREFIX_BYTES = 1024 * 1024  # the header is read from at least this much
+    QUEUE_CHUNKS = 8  # messages waiting for the thread (bounded memory)
+
+    def __init__(self, upload: BulkUpload) -> None:
+        self.upload = upload
+        self._q: queue.Queue[bytes | None] = queue.Queue(self.QUEUE_CHUNKS)
+        loop = asyncio.get_running_loop()
+        self._task: asyncio.Future[FileSummary | None] = loop.create_future()
+        self._closed = False
+
+        def run() -> None:
+            try:
+                out = self._run()
+            except BaseException as e:  # noqa: BLE001 - handed to the awaiting stream
+                loop.call_soon_threadsafe(_settle, self._task, None, e)
+            else:
+                loop.call_soon_threadsafe(_settle, self._task, out, None)
+
+        # Its own thread, not a pool's: a pool thread waiting for a stream's
+        # next bytes could hold up the very call that would deliver them.
+        threading.Thread(target=run, name="mediajobs-bulk-check", daemon=True).start()
+
+    async def feed(self, data: bytes) -> None:
+        try:
+            self._q.put_nowait(data)
+        except queue.Full:
+            await asyncio.to_thread(self._q.put, data)
+
+    async def result(self) -> FileSummary | None:
+        """The summary (None when the header did not fit the prefix: then
+        check the stored file); raises ServiceError for a refused file."""
+        await self.feed(b"")  # flush: nothing more comes
+        self._close()
+        return await self._task
+
+    def abandon(self) -> None:
+        """The stream ended without finishing: let the thread go."""
+        self._close()
+        self._task.add_done_callback(lambda t: t.exception())
+
+    def _close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        while True:
+            try:
+                self._q.put_nowait(None)
+                return
+            except queue.Full:  # the thread is busy: make room, it will stop at the marker
+                try:
+                    self._q.get_nowait()
+                except queue.Empty:
+                    pass
+
+    def _chunks(self) -> Iterator[bytes]:
+        while (c := self._q.get()) is not None:
+            if c:
+                yield c
+
+    def _run(self) -> FileSummary | None:
+        it = self._chunks()
+        prefix: list[bytes] = []
+        size = 0
+        for c in it:
+            prefix.append(c)
+            size += len(c)
+            if size >= self.PREFIX_BYTES:
+                break
+        whole = size < self.PREFIX_BYTES  # the stream ended within the prefix
+        if not whole:
+            try:
+                layout = csv_records.read_layout(list(prefix), csv_options(self.upload))
+            except csv_records.FileError:
+                layout = None
+            if layout is None or layout.data_start.byte_offset > size - csv_records.MAX_RECORD_BYTES:
+                for _ in it:  # the header is not surely inside the prefix: check the stored file instead
+                    pass
+                return None
+        return summarize(list(prefix), itertools.chain(prefix, it), self.upload)
+
+
+def _settle(fut: "asyncio.Future[FileSummary | None]", value: FileSummary | None, error: BaseException | None
+            ) -> None:
+    if fut.done():
+        return
+    if error is not None:
+        fut.set_exception(error)
+    else:
+        fut.set_result(value)
 
 
 def check_size_and_sha(summary: FileSummary, upload: BulkUpload, expected_sha: str) -> None:

@@ -51,9 +51,13 @@ class ResultScan:
         self.position: csv_records.Position | None = None
         ended = upload.state in store_bulk.TERMINAL
         missing = upload.counts.total_records - upload.counts.applied
-        # Only an ended upload with records that never got a result needs
-        # the file: those records are NOT_PROCESSED.
-        self.scans = ended and missing > 0 and (not self.wanted or Result.NOT_PROCESSED in self.wanted)
+        # Only an ended upload with records that have no stored result needs
+        # the file: such records are NOT_PROCESSED, or OK in a VALIDATED
+        # upload (valid records get no row).
+        self.validated = upload.state == BulkUpload.VALIDATED
+        made = Result.OK if self.validated else Result.NOT_PROCESSED
+        self.made_status = made
+        self.scans = ended and (missing > 0 or self.validated) and (not self.wanted or made in self.wanted)
 
     def __iter__(self) -> Iterator[Result]:
         return self._merged() if self.scans else self._stored()
@@ -90,8 +94,8 @@ class ResultScan:
                 r = nxt
             else:
                 r = Result(upload_id=upload.id, record_index=rec.index, line_number=rec.line_number,
-                           status=Result.NOT_PROCESSED, object_type=BulkUpload.ENTRY, byte_offset=rec.byte_offset,
-                           byte_length=rec.byte_length)
+                           status=self.made_status, object_type=BulkUpload.ENTRY, byte_offset=rec.byte_offset,
+                           byte_length=rec.byte_length, attempts=1 if self.validated else 0)
                 if rec.fields is not None:
                     r.action = rec.fields.action  # type: ignore[assignment]
                     r.title = rec.fields.name

@@ -60,6 +60,9 @@ class BulkRunner:
         self.identity = f"server/bulk-runner-{index}"
         self._wake = asyncio.Event()
         self.applied_uploads = 0
+        # The upload whose ADD records are being prepared while read (None:
+        # validating, or re-running, where the writer prepares them).
+        self._prepare: BulkUpload | None = None
 
     def on_publish(self, events: list[PendingEvent]) -> None:
         """Watch hub listener: a BULK_UPLOAD job became leasable."""
@@ -129,7 +132,12 @@ class BulkRunner:
             if bad:
                 stopped = "validate_first_failed"
         if not stopped:
-            stopped = await self._apply(upload, job, token, options, layout, start, generation, selection, validate)
+            self._prepare = upload if not validate else None
+            try:
+                stopped = await self._apply(upload, job, token, options, layout, start, generation, selection,
+                                            validate)
+            finally:
+                self._prepare = None
         await self.store.write(lambda tx: store_bulk.finish_run(tx, upload_id, job.id, token, stopped), bounded=False)
         self.applied_uploads += 1
 
@@ -144,15 +152,19 @@ class BulkRunner:
             chunks = store_bulk.iter_file(db, project, upload_id, start.byte_offset)
             records = csv_records.scan_records(chunks, options, layout, start)
         batch: list[store_bulk.Planned] = []
+        # Sources checked in this batch: a catalogue often names one file
+        # many times (and a file's state is read once per batch anyway).
+        sources: dict[str, str | ServiceError] = {}
         for rec in records:
-            batch.append(self._plan(rec))
+            batch.append(self._plan(rec, sources))
             if len(batch) >= size:
                 yield batch
                 batch = []
+                sources = {}
         if batch:
             yield batch
 
-    def _plan(self, rec: csv_records.Record) -> store_bulk.Planned:
+    def _plan(self, rec: csv_records.Record, sources: dict[str, str | ServiceError]) -> store_bulk.Planned:
         planned = store_bulk.Planned(rec.index, rec.line_number, rec.line_count, rec.byte_offset, rec.byte_length,
                                      rec.fields, None)
         if rec.error is not None:
@@ -161,11 +173,24 @@ class BulkRunner:
             return planned
         f = rec.fields
         if f is not None and f.source:
+            found = sources.get(f.source)
+            if found is None:
+                try:
+                    found = store_entries.source_relative_path(self.storage_root, f.source, "source_uri")
+                except ServiceError as e:
+                    found = e
+                sources[f.source] = found
+            if isinstance(found, ServiceError):
+                planned.error = found
+                planned.error_column = "source_uri"
+            else:
+                planned.source = found
+        if f is not None and planned.error is None and self._prepare is not None and f.action == csv_records.ADD:
             try:
-                planned.source = store_entries.source_relative_path(self.storage_root, f.source, "source_uri")
+                planned.add = store_bulk.add_request(self._prepare, planned)
             except ServiceError as e:
                 planned.error = e
-                planned.error_column = "source_uri"
+                planned.error_column = "name" if e.reason == "MISSING_VALUE" else "labels"
         return planned
 
     async def _next(self, it: Iterator[list[store_bulk.Planned]]) -> list[store_bulk.Planned] | None:
@@ -207,8 +232,14 @@ class BulkRunner:
                 resume = store_bulk.ResumePoint(last.byte_offset + last.byte_length,
                                                 last.line_number + last.line_count, last.index + 1) \
                     if generation == 1 else None
+                valid = 0
+                if validate and generation == 1:
+                    # Valid records get no row (they show as OK once VALIDATED): only errors go to the writer.
+                    bad = [r for r in batch if r.error is not None]
+                    valid, batch = len(batch) - len(bad), bad
                 out = await self.store.write(lambda tx: store_bulk.apply_batch(
-                    tx, upload.id, job.id, token, batch, resume, generation, selection, validate), bounded=False)
+                    tx, upload.id, job.id, token, batch, resume, generation, selection, validate, valid),
+                    bounded=False)
                 if out.stop:
                     return out.stop
                 if upload.max_errors and out.upload.counts.error >= upload.max_errors:

@@ -195,48 +195,66 @@ class BulkUploadService(bsvc_grpc.BulkUploadServiceServicer):
         upload_id = ""
         offset = 0
         first = True
-        async for msg in request_iterator:
-            if type(msg) is UndecodableRequest:
-                raise msg.error
-            if first:
-                check_ulid(msg.upload_id, "upload_id", "bulk upload")
-                upload_id = msg.upload_id.upper()
-                if msg.write_offset < 0:
-                    raise invalid_argument([("write_offset", "must not be negative")])
-                offset = msg.write_offset
-                first = False
-            elif msg.upload_id and msg.upload_id.upper() != upload_id:
-                raise invalid_argument([("upload_id", "one stream writes one upload: set it in the first message")])
-            if len(msg.data) > store_bulk.MAX_WRITE_MESSAGE_BYTES:
-                raise invalid_argument([("data", f"{len(msg.data)} bytes in one message; at most "
-                                                 f"{store_bulk.MAX_WRITE_MESSAGE_BYTES} (2 MiB; 1 MiB is a good size)")])
-            if msg.data:
-                crc = zlib.crc32(msg.data)
-                if crc != msg.crc32:
-                    raise ServiceError(
-                        grpc.StatusCode.DATA_LOSS, "CHUNK_CHECKSUM_MISMATCH",
-                        f"the message at offset {offset} has crc32 {crc}, not the {msg.crc32} sent: it was not "
-                        f"stored; resume with write_offset {offset}",
-                        metadata={"bulk_upload_id": upload_id, "committed_size": str(offset)})
-                data, at = msg.data, offset
-                offset = await self.store.write(lambda tx: store_bulk.append_chunk(tx, upload_id, at, data, crc))
-            if msg.finish_write:
-                upload = await self._finish(upload_id, offset, msg.sha256)
-                return bsvc.WriteBulkUploadFileResponse(committed_size=offset, bulk_upload=upload)
+        running: bulk_files.RunningSummary | None = None
+        try:
+            async for msg in request_iterator:
+                if type(msg) is UndecodableRequest:
+                    raise msg.error
+                if first:
+                    check_ulid(msg.upload_id, "upload_id", "bulk upload")
+                    upload_id = msg.upload_id.upper()
+                    if msg.write_offset < 0:
+                        raise invalid_argument([("write_offset", "must not be negative")])
+                    offset = msg.write_offset
+                    first = False
+                    if offset == 0 and not msg.finish_write:
+                        # The whole file comes through this stream: check it on the way.
+                        upload = await self.store.read_point(store_bulk.load_upload, upload_id)
+                        if upload.state == BulkUpload.UPLOADING and upload.uploaded_bytes == 0:
+                            running = bulk_files.RunningSummary(upload)
+                elif msg.upload_id and msg.upload_id.upper() != upload_id:
+                    raise invalid_argument([("upload_id", "one stream writes one upload: set it in the first "
+                                                          "message")])
+                if len(msg.data) > store_bulk.MAX_WRITE_MESSAGE_BYTES:
+                    raise invalid_argument([("data", f"{len(msg.data)} bytes in one message; at most "
+                                                     f"{store_bulk.MAX_WRITE_MESSAGE_BYTES} (2 MiB; 1 MiB is a good "
+                                                     "size)")])
+                if msg.data:
+                    crc = zlib.crc32(msg.data)
+                    if crc != msg.crc32:
+                        raise ServiceError(
+                            grpc.StatusCode.DATA_LOSS, "CHUNK_CHECKSUM_MISMATCH",
+                            f"the message at offset {offset} has crc32 {crc}, not the {msg.crc32} sent: it was "
+                            f"not stored; resume with write_offset {offset}",
+                            metadata={"bulk_upload_id": upload_id, "committed_size": str(offset)})
+                    data, at = msg.data, offset
+                    offset = await self.store.write(lambda tx: store_bulk.append_chunk(tx, upload_id, at, data, crc))
+                    if running is not None:
+                        await running.feed(data)
+                if msg.finish_write:
+                    upload = await self._finish(upload_id, offset, msg.sha256, running)
+                    running = None
+                    return bsvc.WriteBulkUploadFileResponse(committed_size=offset, bulk_upload=upload)
+        finally:
+            if running is not None:
+                running.abandon()
         if first:
             raise invalid_argument([("upload_id", "the stream had no message; send {upload_id, write_offset} first")])
         upload = await self.store.read_point(store_bulk.load_upload, upload_id)
         return bsvc.WriteBulkUploadFileResponse(committed_size=upload.uploaded_bytes, bulk_upload=upload)
 
-    async def _finish(self, upload_id: str, size: int, sha: str) -> BulkUpload:
+    async def _finish(self, upload_id: str, size: int, sha: str,
+                      running: bulk_files.RunningSummary | None = None) -> BulkUpload:
         if sha and not SHA_RE.match(sha):
             raise invalid_argument([("sha256", "64 hex digits (the whole file's sha256), or empty")])
         upload = await self.store.read_point(store_bulk.load_upload, upload_id)
         if upload.state != BulkUpload.UPLOADING:
             return upload  # finished already (a retried finish)
         try:
-            summary = await self.store.read(lambda db, p: bulk_files.summarize(
-                store_bulk.iter_file(db, p, upload_id), store_bulk.iter_file(db, p, upload_id), upload))
+            summary = await running.result() if running is not None else None
+            if summary is None or summary.size != upload.uploaded_bytes:
+                summary = await self.store.read(lambda db, p: bulk_files.summarize(
+                    store_bulk.iter_file(db, p, upload_id), store_bulk.iter_file(db, p, upload_id), upload))
             bulk_files.check_size_and_sha(summary, upload, sha)
         except ServiceError as e:
             if e.code == grpc.StatusCode.INVALID_ARGUMENT:  # the file is refused: the upload fails, bytes go

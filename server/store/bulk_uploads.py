@@ -426,6 +426,7 @@ class Planned:
     error: ServiceError | None  # the record is invalid (or its source is)
     error_column: str = ""
     source: str = ""  # resolved under the storage root
+    add: msvc.CreateEntryRequest | None = None  # prepared outside the writer (add_request)
 
 
 @dataclasses.dataclass
@@ -436,21 +437,26 @@ class BatchOutcome:
 
 def apply_batch(
     tx: WriteTx, upload_id: str, job_id: str, token: str, records: list[Planned], resume: ResumePoint | None,
-    generation: int, selection: frozenset[int] | None, validate: bool,
+    generation: int, selection: frozenset[int] | None, validate: bool, valid: int = 0,
 ) -> BatchOutcome:
     """Apply `records` (contiguous, in order) in this one transaction: each
     record's objects and result row, the counts and the resume point. A
     record that already has its result for this generation is left alone
     (a replay after a crash). `selection` (re-runs): only records whose
     stored status is in it (None: records without a result). `validate`:
-    results only, nothing created."""
+    results only, nothing created; `valid` more records (left out of
+    `records`) were valid, and are counted OK without a row."""
     from . import leases
 
     job, _ = leases.heartbeat(tx, job_id, token, 0, "", None, 0)
     upload = load_upload(tx.db, tx.project, upload_id)
     if job.state == Job.ABORTING or upload.state in (BulkUpload.ABORTING, BulkUpload.ABORTED):
         return BatchOutcome(upload, "aborted")
+    if valid:
+        upload.counts.applied += valid
+        upload.counts.ok += valid
     if not records:
+        _save(tx, upload, resume)
         return BatchOutcome(upload, "")
     p = tx.db.param
     lo, hi = records[0].index, records[-1].index
@@ -501,10 +507,16 @@ def apply_batch(
             continue  # not selected for this re-run
         if upload.max_errors and c.error >= upload.max_errors and not validate:
             continue  # stopped: left without a result, NOT_PROCESSED when the upload ends
+        if validate and rec.error is None and old is None:
+            # A valid record: counted, no row (results/ResultScan shows it OK
+            # once the upload is VALIDATED), so validation runs at parse speed.
+            c.applied += 1
+            c.ok += 1
+            continue
         if not validate and rec.error is None and rec.fields.action == Result.ADD:
             r = _new_result(upload, rec)
             try:
-                adds.append((rec, r, old, _add_request(upload, rec)))
+                adds.append((rec, r, old, rec.add or add_request(upload, rec)))
             except ServiceError as e:
                 record(_record_error(r, e, _column_of(e), Result.VALIDATION), old)
             continue
@@ -615,7 +627,7 @@ def _change_entry(tx: WriteTx, upload: BulkUpload, rec: Planned, r: Result) -> R
     template_id = f.template_id or upload.template_id
     priority = f.priority or upload.priority or Job.LOW
     if action == Result.ADD:
-        entry = store_entries.create_entry(tx, _add_request(upload, rec), rec.source)
+        entry = store_entries.create_entry(tx, add_request(upload, rec), rec.source)
         upload.counts.objects_created += 1
     elif action == Result.DELETE:
         store_entries.delete_entry(tx, f.entry_id, allow_missing=False)
@@ -634,9 +646,10 @@ def _change_entry(tx: WriteTx, upload: BulkUpload, rec: Planned, r: Result) -> R
     return _entry_result(r, entry)
 
 
-def _add_request(upload: BulkUpload, rec: Planned) -> msvc.CreateEntryRequest:
+def add_request(upload: BulkUpload, rec: Planned) -> msvc.CreateEntryRequest:
     """The CreateEntry a record that adds an entry stands for; refuses a
-    record without a name or with labels past the limits."""
+    record without a name or with labels past the limits. (The runner makes
+    it while it reads the record, outside the writer.)"""
     f = rec.fields
     if not f.name:
         raise invalid_argument([("name", "required to add an entry: give the record a title / name")],
@@ -889,6 +902,9 @@ def rerun_upload(tx: WriteTx, req: bsvc.RerunBulkUploadRequest) -> BulkUpload:
     upload.generation += 1
     if selection == bsvc.RerunBulkUploadRequest.ALL:
         upload.validate_only = False
+        # Valid records were counted but have no row: they are applied as new.
+        c.applied = c.error
+        c.ok = 0
     upload.state = BulkUpload.QUEUED
     upload.ClearField("error")
     upload.ClearField("end_time")

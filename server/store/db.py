@@ -32,7 +32,7 @@ SQLITE_PRAGMAS = {
     "journal_mode": "wal",
     "foreign_keys": 1,
     "busy_timeout": 30_000,  # other processes' writers wait instead of "database is locked"
-    "cache_size": -64_000,
+    "cache_size": -16_000,
 }
 
 

@@ -34,7 +34,7 @@ from mediajobs.v1 import media_service_pb2 as msvc
 from mediajobs.v1 import resources_pb2 as res
 
 from .. import payloads
-from ..convert import set_ts
+from ..convert import set_ts, ts_from_us
 from ..errors import ServiceError, clip, invalid_argument
 from ..storage import resolve_inside
 from . import jobs as store_jobs
@@ -201,6 +201,7 @@ def create_entries(tx: WriteTx, items: list[tuple[msvc.CreateEntryRequest, str]]
     entries and EXTRACT_MEDIA jobs, written with one executemany per table.
     An item whose template does not exist gets its error and writes nothing."""
     templates: dict[str, Any] = {}
+    now = ts_from_us(tx.now)
     out: list[Entry | ServiceError] = []
     made: list[Entry] = []
     job_reqs: list[svc.CreateJobRequest] = []
@@ -225,8 +226,8 @@ def create_entries(tx: WriteTx, items: list[tuple[msvc.CreateEntryRequest, str]]
             reference_id=src.reference_id, source_uri=source_rel, template_id=template_id,
             state=Entry.PENDING, creator=req.creator or "anonymous", labels=dict(src.labels),
         )
-        set_ts(entry.create_time, tx.now)
-        set_ts(entry.update_time, tx.now)
+        entry.create_time.CopyFrom(now)
+        entry.update_time.CopyFrom(now)
         if source_rel and template is not None:
             for o in template.outputs:
                 entry.flavor_assets.append(

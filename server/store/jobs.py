@@ -220,6 +220,11 @@ def new_jobs(tx: WriteTx, reqs: list[svc.CreateJobRequest], template_ids: list[s
     job_rows: list[tuple[Any, ...]] = []
     event_rows: list[tuple[Any, ...]] = []
     meta_rows: list[tuple[Any, ...]] = []
+    now = ts_from_us(tx.now)
+    # A CREATED JobEvent is its revision, its type, the job and its time: the
+    # job's bytes go in as they are, not serialized a second time.
+    created_type = payloads.encode_varint(2 << 3) + payloads.encode_varint(res.JobEvent.CREATED)
+    event_time = payloads.length_delimited(5, now.SerializeToString())
     for req, template_id in zip(reqs, template_ids):
         if req.template_id or (req.type not in BUILT_IN_TYPES):
             jobs.append(new_job(tx, req, template_id=template_id))
@@ -232,19 +237,19 @@ def new_jobs(tx: WriteTx, reqs: list[svc.CreateJobRequest], template_ids: list[s
         job.metadata.update(req.metadata)
         if req.HasField("params"):
             job.params.CopyFrom(req.params)
-        set_ts(job.create_time, tx.now)
+        job.create_time.CopyFrom(now)
         for hook in STATE_HOOKS:
             hook(tx, job, res.JobEvent.CREATED, Job.STATE_UNSPECIFIED)
         rev = tx.next_revision()
         job.revision = rev
-        set_ts(job.update_time, tx.now)
-        ev = res.JobEvent(revision=rev, type=res.JobEvent.CREATED, job=job, previous_state=Job.STATE_UNSPECIFIED)
-        set_ts(ev.event_time, tx.now)
-        data = ev.SerializeToString()
+        job.update_time.CopyFrom(now)
+        job_bytes = job.SerializeToString()
+        data = (payloads.encode_varint(1 << 3) + payloads.encode_varint(rev) + created_type
+                + payloads.length_delimited(3, job_bytes) + event_time)
         event_rows.append((rev, tx.project, job.id, job.type, job.state, Job.STATE_UNSPECIFIED, tx.now, data))
         tx.events.append(PendingEvent(rev, job.id, job.type, job.state, Job.STATE_UNSPECIFIED, data, 0))
         job_rows.append((job.id, job.project, job.type, job.state, job.priority, job.creator, tx.now, tx.now, 0, 0,
-                         job.revision, "", "", 0, 0, job.SerializeToString()))
+                         job.revision, "", "", 0, 0, job_bytes))
         meta_rows.extend((job.id, job.project, k, v) for k, v in job.metadata.items())
         jobs.append(job)
     cursor = tx.db.cursor()
