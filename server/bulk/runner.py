@@ -152,19 +152,24 @@ class BulkRunner:
             chunks = store_bulk.iter_file(db, project, upload_id, start.byte_offset)
             records = csv_records.scan_records(chunks, options, layout, start)
         batch: list[store_bulk.Planned] = []
-        # Sources checked in this batch: a catalogue often names one file
-        # many times (and a file's state is read once per batch anyway).
+        # Sources and templates looked up in this batch: a catalogue often
+        # names one file or template many times.
         sources: dict[str, str | ServiceError] = {}
+        templates: dict[str, Any] = {}
         for rec in records:
-            batch.append(self._plan(rec, sources))
+            batch.append(self._plan(db, project, rec, sources, templates))
             if len(batch) >= size:
                 yield batch
                 batch = []
-                sources = {}
+                sources, templates = {}, {}
         if batch:
             yield batch
 
-    def _plan(self, rec: csv_records.Record, sources: dict[str, str | ServiceError]) -> store_bulk.Planned:
+    def _plan(self, db: Any, project: str, rec: csv_records.Record, sources: dict[str, str | ServiceError],
+              templates: dict[str, Any]) -> store_bulk.Planned:
+        """A record made ready for the writer (in a read thread): checked,
+        its source resolved, and a record that adds an entry prepared whole
+        (ids, flavor assets, job), so the writer mostly writes rows."""
         planned = store_bulk.Planned(rec.index, rec.line_number, rec.line_count, rec.byte_offset, rec.byte_length,
                                      rec.fields, None)
         if rec.error is not None:
@@ -188,9 +193,12 @@ class BulkRunner:
         if f is not None and planned.error is None and self._prepare is not None and f.action == csv_records.ADD:
             try:
                 planned.add = store_bulk.add_request(self._prepare, planned)
+                planned.prepared = store_entries.prepare_entry(db, project, self.store.clock(), planned.add,
+                                                               planned.source, templates)
             except ServiceError as e:
                 planned.error = e
-                planned.error_column = "name" if e.reason == "MISSING_VALUE" else "labels"
+                planned.error_column = {"MISSING_VALUE": "name", "TEMPLATE_NOT_FOUND": "template_id"}.get(
+                    e.reason, "labels")
         return planned
 
     async def _next(self, it: Iterator[list[store_bulk.Planned]]) -> list[store_bulk.Planned] | None:

@@ -427,6 +427,7 @@ class Planned:
     error_column: str = ""
     source: str = ""  # resolved under the storage root
     add: msvc.CreateEntryRequest | None = None  # prepared outside the writer (add_request)
+    prepared: store_entries.PreparedEntry | None = None  # the entry itself, made ready outside the writer
 
 
 @dataclasses.dataclass
@@ -487,13 +488,21 @@ def apply_batch(
         themselves does not matter: nothing in one can refer to another)."""
         if not adds:
             return
-        made = store_entries.create_entries(tx, [(req, rec.source) for rec, _, _, req in adds])
-        for (rec, r, old, _req), entry in zip(adds, made):
-            if isinstance(entry, ServiceError):
-                record(_record_error(r, entry, _column_of(entry), Result.OBJECT), old)
-                continue
+        templates: dict[str, Any] = {}
+        ready: list[tuple[Planned, Result, tuple[int, int] | None, store_entries.PreparedEntry]] = []
+        for rec, r, old, req in adds:
+            pe = rec.prepared
+            if pe is None:
+                try:
+                    pe = store_entries.prepare_entry(tx.db, tx.project, tx.now, req, rec.source, templates)
+                except ServiceError as e:
+                    record(_record_error(r, e, _column_of(e), Result.OBJECT), old)
+                    continue
+            ready.append((rec, r, old, pe))
+        store_entries.insert_prepared(tx, [pe for _, _, _, pe in ready])
+        for _rec, r, old, pe in ready:
             c.objects_created += 1
-            record(_entry_result(r, entry), old)
+            record(_entry_result(r, pe.entry), old)
         adds.clear()
 
     for rec in records:

@@ -18,6 +18,7 @@ recovers its entry.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import unquote, urlsplit
@@ -34,7 +35,7 @@ from mediajobs.v1 import media_service_pb2 as msvc
 from mediajobs.v1 import resources_pb2 as res
 
 from .. import payloads
-from ..convert import set_ts, ts_from_us
+from ..convert import set_ts
 from ..errors import ServiceError, clip, invalid_argument
 from ..storage import resolve_inside
 from . import jobs as store_jobs
@@ -196,66 +197,73 @@ def create_entry(tx: WriteTx, req: msvc.CreateEntryRequest, source_rel: str) -> 
     return entry
 
 
-def create_entries(tx: WriteTx, items: list[tuple[msvc.CreateEntryRequest, str]]) -> list[Entry | ServiceError]:
-    """create_entry for many entries at once (bulk uploads): the same
-    entries and EXTRACT_MEDIA jobs, written with one executemany per table.
-    An item whose template does not exist gets its error and writes nothing."""
-    templates: dict[str, Any] = {}
-    now = ts_from_us(tx.now)
-    out: list[Entry | ServiceError] = []
-    made: list[Entry] = []
-    job_reqs: list[svc.CreateJobRequest] = []
-    job_templates: list[str] = []
-    job_owner: list[Entry] = []
-    for req, source_rel in items:
-        src = req.entry
-        template_id = src.template_id or (DEFAULT_TEMPLATE if source_rel else "")
-        template = None
-        if template_id:
-            if template_id not in templates:
-                try:
-                    templates[template_id] = get_template(tx.db, tx.project, template_id)
-                except ServiceError as e:
-                    templates[template_id] = e
-            template = templates[template_id]
-            if isinstance(template, ServiceError):
-                out.append(template)
-                continue
-        entry = Entry(
-            id=str(ULID()), name=src.name, description=src.description, tags=list(dict.fromkeys(src.tags)),
-            reference_id=src.reference_id, source_uri=source_rel, template_id=template_id,
-            state=Entry.PENDING, creator=req.creator or "anonymous", labels=dict(src.labels),
-        )
-        entry.create_time.CopyFrom(now)
-        entry.update_time.CopyFrom(now)
-        if source_rel and template is not None:
-            for o in template.outputs:
-                entry.flavor_assets.append(
-                    FlavorAsset(id=str(ULID()), output_name=o.name, state=FlavorAsset.QUEUED, output=o))
-            job_reqs.append(_job_request(entry, "EXTRACT_MEDIA", EXTRACT_STEP,
-                                         {"source": source_rel, "entry_id": entry.id}, req.priority, entry.creator))
-            job_templates.append(template_id)
-            job_owner.append(entry)
-        out.append(entry)
-        made.append(entry)
-    tx.flags.add(_IN_HOOK)  # the jobs made here are recorded below, not by the hook
+@dataclass
+class PreparedEntry:
+    """An entry (and its EXTRACT_MEDIA job) made ready outside the writer:
+    ids, flavor assets and the entry's bytes; insert_prepared writes it."""
+
+    entry: Entry
+    data: bytes
+    job: Job | None
+
+
+def prepare_entry(db: peewee.Database, project: str, now_us: int, req: msvc.CreateEntryRequest, source_rel: str,
+                  templates: dict[str, Any]) -> PreparedEntry:
+    """What create_entry makes, made ready without writing (bulk uploads
+    prepare their records in a read thread); raises NOT_FOUND
+    (TEMPLATE_NOT_FOUND). `templates` caches lookups across calls."""
+    src = req.entry
+    template_id = src.template_id or (DEFAULT_TEMPLATE if source_rel else "")
+    template = None
+    if template_id:
+        if template_id not in templates:
+            try:
+                templates[template_id] = get_template(db, project, template_id)
+            except ServiceError as e:
+                templates[template_id] = e
+        template = templates[template_id]
+        if isinstance(template, ServiceError):
+            raise template
+    entry = Entry(
+        id=src.id or str(ULID()), name=src.name, description=src.description, tags=list(dict.fromkeys(src.tags)),
+        reference_id=src.reference_id, source_uri=source_rel, template_id=template_id,
+        state=Entry.PENDING, creator=req.creator or "anonymous", labels=dict(src.labels),
+    )
+    set_ts(entry.create_time, now_us)
+    entry.update_time.CopyFrom(entry.create_time)
+    job = None
+    if source_rel and template is not None:
+        for o in template.outputs:
+            entry.flavor_assets.append(
+                FlavorAsset(id=str(ULID()), output_name=o.name, state=FlavorAsset.QUEUED, output=o))
+        job = store_jobs.build_job(
+            _job_request(entry, "EXTRACT_MEDIA", EXTRACT_STEP, {"source": source_rel, "entry_id": entry.id},
+                         req.priority, entry.creator),
+            project, now_us, template_id)
+        entry.job_ids.append(job.id)
+    return PreparedEntry(entry, entry.SerializeToString(), job)
+
+
+def insert_prepared(tx: WriteTx, prepared: list[PreparedEntry]) -> None:
+    """Write prepared entries and their jobs (with events and hooks); one
+    executemany per table."""
+    tx.flags.add(_IN_HOOK)  # the jobs are recorded in their entries already, not by the hook
     try:
-        for entry, job in zip(job_owner, store_jobs.new_jobs(tx, job_reqs, job_templates)):
-            entry.job_ids.append(job.id)
+        store_jobs.insert_created(tx, [pe.job for pe in prepared if pe.job is not None])
     finally:
         tx.flags.discard(_IN_HOOK)
     p = tx.db.param
     cursor = tx.db.cursor()
-    if made:
+    if prepared:
         cursor.executemany(
             "INSERT INTO entries (id, project, state, reference_id, template_id, create_time, update_time, data) "
             f"VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p})",
-            [(e.id, tx.project, e.state, e.reference_id, e.template_id, tx.now, tx.now, e.SerializeToString())
-             for e in made])
-    tags = [(e.id, tx.project, t) for e in made for t in e.tags]
+            [(pe.entry.id, tx.project, pe.entry.state, pe.entry.reference_id, pe.entry.template_id,
+              store_jobs._us(pe.entry.create_time), store_jobs._us(pe.entry.update_time), pe.data)
+             for pe in prepared])
+    tags = [(pe.entry.id, tx.project, t) for pe in prepared for t in pe.entry.tags]
     if tags:
         cursor.executemany(f"INSERT INTO entry_tags (entry_id, project, tag) VALUES ({p}, {p}, {p})", tags)
-    return out
 
 
 def find_by_reference(db: peewee.Database, project: str, reference_id: str) -> str:

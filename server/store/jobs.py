@@ -211,12 +211,47 @@ def new_job(tx: WriteTx, req: svc.CreateJobRequest, rerun_of: str = "", template
     return job
 
 
+def build_job(req: svc.CreateJobRequest, project: str, now_us: int, template_id: str = "", job_id: str = "") -> Job:
+    """A new PENDING job from a request whose own template_id is empty,
+    without revision (insert_created gives it one): what new_job makes,
+    and what a bulk upload prepares outside the writer."""
+    job = Job(
+        id=job_id or str(ULID()), type=req.type, state=Job.PENDING, priority=req.priority or Job.MEDIUM,
+        creator=req.creator or "anonymous", project=project,
+        max_attempts=req.max_attempts or DEFAULT_MAX_ATTEMPTS, template_id=template_id,
+    )
+    job.metadata.update(req.metadata)
+    if req.HasField("params"):
+        job.params.CopyFrom(req.params)
+    set_ts(job.create_time, now_us)
+    return job
+
+
 def new_jobs(tx: WriteTx, reqs: list[svc.CreateJobRequest], template_ids: list[str]) -> list[Job]:
     """new_job for many jobs at once (bulk uploads): the same jobs, events
     and hooks, written with one executemany per table. A request with its
-    own template_id (outputs copied in) goes through new_job."""
-    h = hot(tx.db)
+    own template_id (outputs copied in), or of a custom type, goes through
+    new_job."""
     jobs: list[Job] = []
+    simple: list[Job] = []
+    for req, template_id in zip(reqs, template_ids):
+        if req.template_id or (req.type not in BUILT_IN_TYPES):
+            jobs.append(new_job(tx, req, template_id=template_id))
+            continue
+        job = build_job(req, tx.project, tx.now, template_id)
+        simple.append(job)
+        jobs.append(job)
+    insert_created(tx, simple)
+    return jobs
+
+
+def insert_created(tx: WriteTx, jobs: list[Job]) -> None:
+    """Write new jobs of built-in types (build_job) with their CREATED
+    events, running the state hooks first as emit() does; one executemany
+    per table."""
+    if not jobs:
+        return
+    h = hot(tx.db)
     job_rows: list[tuple[Any, ...]] = []
     event_rows: list[tuple[Any, ...]] = []
     meta_rows: list[tuple[Any, ...]] = []
@@ -225,19 +260,7 @@ def new_jobs(tx: WriteTx, reqs: list[svc.CreateJobRequest], template_ids: list[s
     # job's bytes go in as they are, not serialized a second time.
     created_type = payloads.encode_varint(2 << 3) + payloads.encode_varint(res.JobEvent.CREATED)
     event_time = payloads.length_delimited(5, now.SerializeToString())
-    for req, template_id in zip(reqs, template_ids):
-        if req.template_id or (req.type not in BUILT_IN_TYPES):
-            jobs.append(new_job(tx, req, template_id=template_id))
-            continue
-        job = Job(
-            id=str(ULID()), type=req.type, state=Job.PENDING, priority=req.priority or Job.MEDIUM,
-            creator=req.creator or "anonymous", project=tx.project,
-            max_attempts=req.max_attempts or DEFAULT_MAX_ATTEMPTS, template_id=template_id,
-        )
-        job.metadata.update(req.metadata)
-        if req.HasField("params"):
-            job.params.CopyFrom(req.params)
-        job.create_time.CopyFrom(now)
+    for job in jobs:
         for hook in STATE_HOOKS:
             hook(tx, job, res.JobEvent.CREATED, Job.STATE_UNSPECIFIED)
         rev = tx.next_revision()
@@ -248,17 +271,14 @@ def new_jobs(tx: WriteTx, reqs: list[svc.CreateJobRequest], template_ids: list[s
                 + payloads.length_delimited(3, job_bytes) + event_time)
         event_rows.append((rev, tx.project, job.id, job.type, job.state, Job.STATE_UNSPECIFIED, tx.now, data))
         tx.events.append(PendingEvent(rev, job.id, job.type, job.state, Job.STATE_UNSPECIFIED, data, 0))
-        job_rows.append((job.id, job.project, job.type, job.state, job.priority, job.creator, tx.now, tx.now, 0, 0,
-                         job.revision, "", "", 0, 0, job_bytes))
+        job_rows.append((job.id, job.project, job.type, job.state, job.priority, job.creator, _us(job.create_time),
+                         tx.now, 0, 0, job.revision, "", "", 0, 0, job_bytes))
         meta_rows.extend((job.id, job.project, k, v) for k, v in job.metadata.items())
-        jobs.append(job)
     cursor = tx.db.cursor()
-    if event_rows:
-        cursor.executemany(h.insert_event, event_rows)
-        cursor.executemany(h.insert_job, job_rows)
+    cursor.executemany(h.insert_event, event_rows)
+    cursor.executemany(h.insert_job, job_rows)
     if meta_rows:
         cursor.executemany(h.insert_meta, meta_rows)
-    return jobs
 
 
 def update_priority(tx: WriteTx, job_id: str, priority: int) -> Job:
