@@ -665,7 +665,9 @@ class BulkUploadResult(_message.Message):
     """The record's bytes in the original file."""
     byte_length: _builtins.int
     row_data: _builtins.str
-    """Kaltura `rowData`: the record as written in the file (view FULL only)."""
+    """Kaltura `rowData`: the record as written in the file (view FULL only;
+    a record over 64 KiB shows its first 64 KiB and says how long it is).
+    """
     attempts: _builtins.int
     """How many times the record was applied (re-runs add one)."""
     partner_data: _builtins.str

@@ -509,7 +509,9 @@ class ReadBulkUploadLogResponse(_message.Message):
     DATA_FIELD_NUMBER: _builtins.int
     COMPLETE_FIELD_NUMBER: _builtins.int
     data: _builtins.bytes
-    """At most 1 MiB of log text (whole rows)."""
+    """At most 1 MiB of log text; a row may continue in the next message, so
+    concatenate `data` in order.
+    """
     complete: _builtins.bool
     """On the last message: whether every record had a result when the log was
     read (false while the upload is still processing).
@@ -566,7 +568,8 @@ class ListBulkUploadResultsRequest(_message.Message):
     @_builtins.property
     def statuses(self) -> _containers.RepeatedScalarFieldContainer[_bulk_resources_pb2.BulkUploadResult.Status.ValueType]:
         """Optional. Only these statuses (NOT_PROCESSED includes records not
-        reached by an ended upload).
+        reached by an ended upload; in a VALIDATED upload every valid record is
+        OK).
         """
 
     def __init__(
