@@ -663,14 +663,21 @@ def add_request(upload: BulkUpload, rec: Planned) -> msvc.CreateEntryRequest:
     if not f.name:
         raise invalid_argument([("name", "required to add an entry: give the record a title / name")],
                                reason="MISSING_VALUE")
-    template_id = f.template_id or upload.template_id
-    entry_msg = Entry(name=f.name, description=f.description, tags=f.tags, reference_id=f.reference_id,
-                      template_id=template_id if rec.source else "", labels=_entry_labels(upload, f))
-    violations = payloads.metadata_violations(entry_msg.labels, "labels")
+    labels = _entry_labels(upload, f)
+    violations = payloads.metadata_violations(labels, "labels")
     if violations:
         raise invalid_argument(violations, reason="LABELS_INVALID")
-    return msvc.CreateEntryRequest(entry=entry_msg, priority=f.priority or upload.priority or Job.LOW,  # type: ignore[arg-type]
-                                   creator=f.owner or upload.uploaded_by)
+    req = msvc.CreateEntryRequest(priority=f.priority or upload.priority or Job.LOW,  # type: ignore[arg-type]
+                                  creator=f.owner or upload.uploaded_by)
+    e = req.entry  # filled in place: a message given to a constructor would be copied
+    e.name = f.name
+    e.description = f.description
+    e.tags.extend(f.tags)
+    e.reference_id = f.reference_id
+    if rec.source:
+        e.template_id = f.template_id or upload.template_id
+    e.labels.update(labels)
+    return req
 
 
 def _entry_result(r: Result, entry: Entry) -> Result:

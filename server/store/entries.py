@@ -152,7 +152,12 @@ def _save_entry(tx: WriteTx, entry: Entry) -> None:
 def _job_request(entry: Entry, job_type: str, step: str, params: dict[str, Any], priority: int, creator: str) -> svc.CreateJobRequest:
     req = svc.CreateJobRequest(type=job_type, priority=priority, creator=creator,  # type: ignore[arg-type]
                                metadata={ENTRY_KEY: entry.id, STEP_KEY: step})
-    req.params.update(params)
+    fields = req.params.fields
+    for k, v in params.items():
+        if isinstance(v, str):
+            fields[k].string_value = v  # (Struct.update is several times slower for plain strings)
+        else:
+            req.params.update({k: v})
     return req
 
 
@@ -211,9 +216,10 @@ def prepare_entry(db: peewee.Database, project: str, now_us: int, req: msvc.Crea
                   templates: dict[str, Any]) -> PreparedEntry:
     """What create_entry makes, made ready without writing (bulk uploads
     prepare their records in a read thread); raises NOT_FOUND
-    (TEMPLATE_NOT_FOUND). `templates` caches lookups across calls."""
-    src = req.entry
-    template_id = src.template_id or (DEFAULT_TEMPLATE if source_rel else "")
+    (TEMPLATE_NOT_FOUND). `templates` caches lookups across calls. The
+    entry is made from `req.entry` in place: the request is used up."""
+    entry = req.entry
+    template_id = entry.template_id or (DEFAULT_TEMPLATE if source_rel else "")
     template = None
     if template_id:
         if template_id not in templates:
@@ -224,11 +230,14 @@ def prepare_entry(db: peewee.Database, project: str, now_us: int, req: msvc.Crea
         template = templates[template_id]
         if isinstance(template, ServiceError):
             raise template
-    entry = Entry(
-        id=src.id or str(ULID()), name=src.name, description=src.description, tags=list(dict.fromkeys(src.tags)),
-        reference_id=src.reference_id, source_uri=source_rel, template_id=template_id,
-        state=Entry.PENDING, creator=req.creator or "anonymous", labels=dict(src.labels),
-    )
+    if not entry.id:
+        entry.id = str(ULID())
+    if len(set(entry.tags)) != len(entry.tags):
+        entry.tags[:] = list(dict.fromkeys(entry.tags))
+    entry.source_uri = source_rel
+    entry.template_id = template_id
+    entry.state = Entry.PENDING
+    entry.creator = req.creator or "anonymous"
     set_ts(entry.create_time, now_us)
     entry.update_time.CopyFrom(entry.create_time)
     job = None
@@ -382,8 +391,10 @@ def delete_entry(tx: WriteTx, entry_id: str, allow_missing: bool) -> None:
 
 def on_job_state(tx: WriteTx, job: Job, etype: int, prev_state: int) -> None:
     """jobs.STATE_HOOKS member: update the job's entry, if it has one."""
+    if _IN_HOOK in tx.flags or etype == res.JobEvent.DELETED:
+        return
     entry_id = job.metadata.get(ENTRY_KEY)
-    if not entry_id or _IN_HOOK in tx.flags or etype == res.JobEvent.DELETED:
+    if not entry_id:
         return
     try:
         entry = load_entry(tx.db, tx.project, entry_id)
