@@ -63,13 +63,7 @@ class ResultScan:
         return self._merged() if self.scans else self._stored()
 
     def _stored(self) -> Iterator[Result]:
-        last = self.after
-        while True:
-            rows = store_bulk.result_rows(self.db, self.upload.id, last, ROWS_PER_QUERY, sorted(self.wanted) or None)
-            yield from rows
-            if len(rows) < ROWS_PER_QUERY:
-                return
-            last = rows[-1].record_index
+        return _stored_after(self.db, self.upload.id, self.after, sorted(self.wanted) or None)
 
     def _merged(self) -> Iterator[Result]:
         """The stored results merged with a scan of the file for the records
@@ -109,10 +103,11 @@ def iter_results(db: Any, project: str, upload: BulkUpload, after: int = 0,
     return iter(ResultScan(db, project, upload, after, statuses))
 
 
-def _stored_after(db: Any, upload_id: str, after: int) -> Iterator[Result]:
+def _stored_after(db: Any, upload_id: str, after: int, statuses: list[int] | None = None) -> Iterator[Result]:
+    """Stored results after record `after`, in record order, a page of rows at a time."""
     last = after
     while True:
-        rows = store_bulk.result_rows(db, upload_id, last, ROWS_PER_QUERY)
+        rows = store_bulk.result_rows(db, upload_id, last, ROWS_PER_QUERY, statuses)
         yield from rows
         if len(rows) < ROWS_PER_QUERY:
             return

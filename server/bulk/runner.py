@@ -111,7 +111,8 @@ class BulkRunner:
     async def process(self, job: Job, token: str) -> None:
         upload_id = job.params.fields["bulk_upload_id"].string_value if "bulk_upload_id" in job.params.fields else ""
         selection_value = int(job.params.fields["selection"].number_value) if "selection" in job.params.fields else 0
-        upload = await self.store.write(lambda tx: store_bulk.begin(tx, upload_id, job.id, token), bounded=False)
+        # (Leasing the job made the upload PROCESSING: store/bulk_uploads.on_job_state.)
+        upload = await self.store.read_point(store_bulk.load_upload, upload_id)
         if upload.job_id != job.id:  # an older job of a re-run upload: nothing to do
             await self.store.write(lambda tx: leases.complete(tx, job.id, token, None), bounded=False)
             return

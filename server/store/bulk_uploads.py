@@ -395,17 +395,6 @@ def _counts_add(c: BulkUpload.Counts, status: int, n: int) -> None:
         c.not_processed += n
 
 
-def begin(tx: WriteTx, upload_id: str, job_id: str, token: str) -> BulkUpload:
-    """The runner starts (or, after a crash, resumes) the upload whose job it
-    leased: QUEUED -> PROCESSING."""
-    _lease_check(tx, job_id, token)
-    upload = load_upload(tx.db, tx.project, upload_id)
-    if upload.job_id == job_id and upload.state == BulkUpload.QUEUED:
-        upload.state = BulkUpload.PROCESSING
-        _save(tx, upload)
-    return upload
-
-
 def _lease_check(tx: WriteTx, job_id: str, token: str) -> Job:
     from . import leases
 
@@ -461,9 +450,17 @@ def apply_batch(
         return BatchOutcome(upload, "")
     p = tx.db.param
     lo, hi = records[0].index, records[-1].index
-    stored = {int(i): (int(s), int(g)) for i, s, g in tx.db.execute_sql(
-        f"SELECT record_index, status, generation FROM bulk_upload_lines WHERE upload_id = {p} "
-        f"AND record_index >= {p} AND record_index <= {p}", (upload_id, lo, hi)).fetchall()}
+    # Results already stored in this range: (status, generation), and for a
+    # re-run the attempts so far (the stored result is read only then).
+    data_col = "data" if selection is not None else "NULL"
+    stored: dict[int, tuple[int, int]] = {}
+    attempts: dict[int, int] = {}
+    for i, st, g, data in tx.db.execute_sql(
+            f"SELECT record_index, status, generation, {data_col} FROM bulk_upload_lines WHERE upload_id = {p} "
+            f"AND record_index >= {p} AND record_index <= {p}", (upload_id, lo, hi)).fetchall():
+        stored[int(i)] = (int(st), int(g))
+        if data is not None:
+            attempts[int(i)] = Result.FromString(bytes(data)).attempts
     c = upload.counts
     new_rows: list[tuple[Any, ...]] = []
     objects: list[tuple[Any, ...]] = []
@@ -476,7 +473,7 @@ def apply_batch(
             new_rows.append((upload_id, result.record_index, result.status, generation, result.SerializeToString()))
             c.applied += 1
         else:
-            result.attempts = _attempts(tx, upload_id, result.record_index) + 1
+            result.attempts = attempts.get(result.record_index, 0) + 1
             _put_result(tx, upload_id, result, generation, replace=True)
             _counts_add(c, old[0], -1)
         _counts_add(c, result.status, 1)
@@ -542,13 +539,6 @@ def apply_batch(
                            "upload_id = excluded.upload_id, record_index = excluded.record_index", objects)
     _save(tx, upload, resume)
     return BatchOutcome(upload, "")
-
-
-def _attempts(tx: WriteTx, upload_id: str, index: int) -> int:
-    p = tx.db.param
-    row = tx.db.execute_sql(f"SELECT data FROM bulk_upload_lines WHERE upload_id = {p} AND record_index = {p}",
-                            (upload_id, index)).fetchone()
-    return Result.FromString(bytes(row[0])).attempts if row is not None else 0
 
 
 def _put_result(tx: WriteTx, upload_id: str, result: Result, generation: int, replace: bool) -> None:

@@ -162,44 +162,12 @@ def _job_request(entry: Entry, job_type: str, step: str, params: dict[str, Any],
 
 
 def create_entry(tx: WriteTx, req: msvc.CreateEntryRequest, source_rel: str) -> Entry:
-    src = req.entry
-    template_id = src.template_id or (DEFAULT_TEMPLATE if source_rel else "")
-    template = get_template(tx.db, tx.project, template_id) if template_id else None
-    entry = Entry(
-        id=str(ULID()), name=src.name, description=src.description, tags=list(dict.fromkeys(src.tags)),
-        reference_id=src.reference_id, source_uri=source_rel, template_id=template_id,
-        state=Entry.PENDING, creator=req.creator or "anonymous", labels=dict(src.labels),
-    )
-    set_ts(entry.create_time, tx.now)
-    set_ts(entry.update_time, tx.now)
-    if source_rel and template is not None:
-        for out in template.outputs:
-            entry.flavor_assets.append(
-                FlavorAsset(id=str(ULID()), output_name=out.name, state=FlavorAsset.QUEUED, output=out)
-            )
-    tx.flags.add(_IN_HOOK)  # the jobs made here are recorded below, not by the hook
-    try:
-        if source_rel:
-            job = store_jobs.new_job(tx, _job_request(
-                entry, "EXTRACT_MEDIA", EXTRACT_STEP, {"source": source_rel, "entry_id": entry.id},
-                req.priority, entry.creator,
-            ), template_id=template_id)
-            entry.job_ids.append(job.id)
-    finally:
-        tx.flags.discard(_IN_HOOK)
-    # Prebuilt SQL, not Peewee's query builder: bulk uploads create entries
-    # by the thousand, and building the statement cost more than running it.
-    p = tx.db.param
-    tx.db.execute_sql(
-        "INSERT INTO entries (id, project, state, reference_id, template_id, create_time, update_time, data) "
-        f"VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p})",
-        (entry.id, tx.project, entry.state, entry.reference_id, entry.template_id, tx.now, tx.now,
-         entry.SerializeToString()),
-    )
-    for tag in entry.tags:
-        tx.db.execute_sql(f"INSERT INTO entry_tags (entry_id, project, tag) VALUES ({p}, {p}, {p})",
-                          (entry.id, tx.project, tag))
-    return entry
+    """One entry and, with a source, its EXTRACT_MEDIA job (`req` is left as it is)."""
+    own = msvc.CreateEntryRequest()
+    own.CopyFrom(req)
+    pe = prepare_entry(tx.db, tx.project, tx.now, own, source_rel, {})
+    insert_prepared(tx, [pe])
+    return pe.entry
 
 
 @dataclass

@@ -185,36 +185,23 @@ def _check_custom_type_count(tx: WriteTx) -> None:
 
 
 def new_job(tx: WriteTx, req: svc.CreateJobRequest, rerun_of: str = "", template_id: str = "") -> Job:
-    job = Job(
-        id=str(ULID()),
-        type=req.type,
-        state=Job.PENDING,
-        priority=req.priority or Job.MEDIUM,
-        creator=req.creator or "anonymous",
-        project=tx.project,
-        max_attempts=req.max_attempts or DEFAULT_MAX_ATTEMPTS,
-        rerun_of=rerun_of,
-        template_id=template_id or req.template_id,
-    )
-    job.metadata.update(req.metadata)
-    if req.HasField("params"):
-        job.params.CopyFrom(req.params)
+    job = build_job(req, tx.project, tx.now, template_id or req.template_id)
+    job.rerun_of = rerun_of
     if req.template_id:
         from .templates import get_template, outputs_as_params
 
         outputs = get_template(tx.db, tx.project, req.template_id).outputs  # NOT_FOUND if unknown
         if "outputs" not in job.params.fields:
             job.params.get_or_create_list("outputs").extend(outputs_as_params(outputs))  # type: ignore[arg-type]
-    set_ts(job.create_time, tx.now)
     emit(tx, job, res.JobEvent.CREATED, Job.STATE_UNSPECIFIED)
     insert_job(tx, job)
     return job
 
 
 def build_job(req: svc.CreateJobRequest, project: str, now_us: int, template_id: str = "", job_id: str = "") -> Job:
-    """A new PENDING job from a request whose own template_id is empty,
-    without revision (insert_created gives it one): what new_job makes,
-    and what a bulk upload prepares outside the writer."""
+    """A new PENDING job from a request, not yet written and without a
+    revision: new_job completes it (template outputs, event), and bulk
+    uploads prepare it outside the writer (insert_created writes it)."""
     job = Job(
         id=job_id or str(ULID()), type=req.type, state=Job.PENDING, priority=req.priority or Job.MEDIUM,
         creator=req.creator or "anonymous", project=project,
