@@ -27,6 +27,7 @@ from mediajobs.v1 import bulk_resources_pb2 as bres
 from mediajobs.v1 import resources_pb2 as res
 
 from ..errors import ServiceError
+from ..ids import IdBlock
 from ..store import Store, PendingEvent
 from ..store import bulk_uploads as store_bulk
 from ..store import entries as store_entries
@@ -157,8 +158,9 @@ class BulkRunner:
         # names one file or template many times.
         sources: dict[str, str | ServiceError] = {}
         templates: dict[str, Any] = {}
+        ids = IdBlock()
         for rec in records:
-            batch.append(self._plan(db, project, rec, sources, templates))
+            batch.append(self._plan(db, project, rec, sources, templates, ids))
             if len(batch) >= size:
                 yield batch
                 batch = []
@@ -167,7 +169,7 @@ class BulkRunner:
             yield batch
 
     def _plan(self, db: Any, project: str, rec: csv_records.Record, sources: dict[str, str | ServiceError],
-              templates: dict[str, Any]) -> store_bulk.Planned:
+              templates: dict[str, Any], ids: IdBlock) -> store_bulk.Planned:
         """A record made ready for the writer (in a read thread): checked,
         its source resolved, and a record that adds an entry prepared whole
         (ids, flavor assets, job), so the writer mostly writes rows."""
@@ -193,9 +195,8 @@ class BulkRunner:
                 planned.source = found
         if f is not None and planned.error is None and self._prepare is not None and f.action == csv_records.ADD:
             try:
-                planned.add = store_bulk.add_request(self._prepare, planned)
-                planned.prepared = store_entries.prepare_entry(db, project, self.store.clock(), planned.add,
-                                                               planned.source, templates)
+                store_bulk.prepare_add(db, project, self.store.clock(), self._prepare, planned, templates,
+                                       ids.take)
             except ServiceError as e:
                 planned.error = e
                 planned.error_column = {"MISSING_VALUE": "name", "TEMPLATE_NOT_FOUND": "template_id"}.get(

@@ -28,7 +28,7 @@ import grpc
 import peewee
 from google.protobuf import struct_pb2
 from google.rpc import code_pb2, status_pb2
-from ulid import ULID
+from ..ids import IdSource, new_id
 
 from mediajobs.v1 import bulk_resources_pb2 as bres
 from mediajobs.v1 import bulk_upload_service_pb2 as bsvc
@@ -156,7 +156,7 @@ def start_upload(tx: WriteTx, req: bsvc.StartBulkUploadRequest, creator: str) ->
         )
     upload = BulkUpload()
     upload.CopyFrom(spec)
-    upload.id = str(ULID())
+    upload.id = new_id()
     upload.number = _next_number(tx)
     upload.state = BulkUpload.UPLOADING
     upload.format = BulkUpload.CSV
@@ -417,6 +417,18 @@ class Planned:
     source: str = ""  # resolved under the storage root
     add: msvc.CreateEntryRequest | None = None  # prepared outside the writer (add_request)
     prepared: store_entries.PreparedEntry | None = None  # the entry itself, made ready outside the writer
+    result: Result | None = None  # with `prepared`: its result, but for attempts and update_time
+
+
+def prepare_add(db: Any, project: str, now_us: int, upload: BulkUpload, rec: Planned, templates: dict[str, Any],
+                new_id: IdSource) -> None:
+    """Make a record that adds an entry ready outside the writer (the
+    runner's read thread): the entry, its job and its result, so that the
+    writer only numbers and writes them. Raises ServiceError for a record
+    that cannot add its entry."""
+    rec.add = add_request(upload, rec)
+    rec.prepared = store_entries.prepare_entry(db, project, now_us, rec.add, rec.source, templates, new_id)
+    rec.result = _entry_result(_new_result(upload, rec), rec.prepared.entry)
 
 
 @dataclasses.dataclass
@@ -464,7 +476,9 @@ def apply_batch(
     c = upload.counts
     new_rows: list[tuple[Any, ...]] = []
     objects: list[tuple[Any, ...]] = []
-    adds: list[tuple[Planned, Result, tuple[int, int] | None, msvc.CreateEntryRequest]] = []
+    # (record, its result, its stored (status, generation), the CreateEntry
+    # to make it from; None when the runner prepared the entry already)
+    adds: list[tuple[Planned, Result, tuple[int, int] | None, msvc.CreateEntryRequest | None]] = []
 
     def record(result: Result, old: tuple[int, int] | None) -> None:
         if old is None:
@@ -489,17 +503,18 @@ def apply_batch(
         ready: list[tuple[Planned, Result, tuple[int, int] | None, store_entries.PreparedEntry]] = []
         for rec, r, old, req in adds:
             pe = rec.prepared
-            if pe is None:
+            if pe is None and req is not None:
                 try:
                     pe = store_entries.prepare_entry(tx.db, tx.project, tx.now, req, rec.source, templates)
                 except ServiceError as e:
                     record(_record_error(r, e, _column_of(e), Result.OBJECT), old)
                     continue
+            assert pe is not None
             ready.append((rec, r, old, pe))
         store_entries.insert_prepared(tx, [pe for _, _, _, pe in ready])
-        for _rec, r, old, pe in ready:
+        for rec, r, old, pe in ready:
             c.objects_created += 1
-            record(_entry_result(r, pe.entry), old)
+            record(r if rec.result is not None else _entry_result(r, pe.entry), old)
         adds.clear()
 
     for rec in records:
@@ -520,6 +535,9 @@ def apply_batch(
             c.ok += 1
             continue
         if not validate and rec.error is None and rec.fields.action == Result.ADD:
+            if rec.result is not None:
+                adds.append((rec, rec.result, old, None))  # prepared whole by the runner
+                continue
             r = _new_result(upload, rec)
             try:
                 adds.append((rec, r, old, rec.add or add_request(upload, rec)))
@@ -563,7 +581,8 @@ def _new_result(upload: BulkUpload, rec: Planned) -> Result:
         r.title = f.name
         r.reference_id = f.reference_id
         r.partner_data = f.partner_data
-        r.plugins_data.update(f.plugins_data)
+        if f.plugins_data:
+            r.plugins_data.update(f.plugins_data)
     return r
 
 
@@ -670,11 +689,15 @@ def add_request(upload: BulkUpload, rec: Planned) -> msvc.CreateEntryRequest:
     return req
 
 
+_ENTRY_STATE_NAMES = {v: k for k, v in Entry.State.items()}
+
+
 def _entry_result(r: Result, entry: Entry) -> Result:
     """A record's result from the entry it made or changed."""
     r.object_id = entry.id
-    r.object_state = Entry.State.Name(entry.state)
-    r.job_ids[:] = list(entry.job_ids)[-8:]
+    r.object_state = _ENTRY_STATE_NAMES[entry.state]
+    del r.job_ids[:]
+    r.job_ids.extend(entry.job_ids[-8:])
     if entry.state in (Entry.PENDING, Entry.PROCESSING) and entry.job_ids:
         r.status = Result.IN_PROGRESS
     elif entry.state == Entry.ERROR:

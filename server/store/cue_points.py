@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 import peewee
-from ulid import ULID
+from ..ids import new_id
 
 from mediajobs.v1 import media_resources_pb2 as mres
 
@@ -65,7 +65,7 @@ def insert_cue_points(tx: WriteTx, cue_points: Sequence[CuePoint]) -> None:
     with its tags. Tags must already be unique per cue point."""
     p = tx.db.param
     for cp in cue_points:
-        cp.id = str(ULID())
+        cp.id = new_id()
         set_ts(cp.create_time, tx.now)
     for chunk in _chunks(cue_points, _INSERT_ROWS):
         row = f"({', '.join([p] * 8)})"

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable
 import grpc
 import peewee
 from google.protobuf import field_mask_pb2
-from ulid import ULID
+from ..ids import new_id
 
 from mediajobs.v1 import job_service_pb2 as svc
 from mediajobs.v1 import resources_pb2 as res
@@ -200,36 +200,26 @@ def new_job(tx: WriteTx, req: svc.CreateJobRequest, rerun_of: str = "", template
 
 def build_job(req: svc.CreateJobRequest, project: str, now_us: int, template_id: str = "", job_id: str = "") -> Job:
     """A new PENDING job from a request, not yet written and without a
-    revision: new_job completes it (template outputs, event), and bulk
-    uploads prepare it outside the writer (insert_created writes it)."""
-    job = Job(
-        id=job_id or str(ULID()), type=req.type, state=Job.PENDING, priority=req.priority or Job.MEDIUM,
-        creator=req.creator or "anonymous", project=project,
-        max_attempts=req.max_attempts or DEFAULT_MAX_ATTEMPTS, template_id=template_id,
-    )
+    revision: new_job completes it (template outputs, event)."""
+    job = pending_job(req.type, project, now_us, req.priority, req.creator, template_id, job_id, req.max_attempts)
     job.metadata.update(req.metadata)
     if req.HasField("params"):
         job.params.CopyFrom(req.params)
-    set_ts(job.create_time, now_us)
     return job
 
 
-def new_jobs(tx: WriteTx, reqs: list[svc.CreateJobRequest], template_ids: list[str]) -> list[Job]:
-    """new_job for many jobs at once (bulk uploads): the same jobs, events
-    and hooks, written with one executemany per table. A request with its
-    own template_id (outputs copied in), or of a custom type, goes through
-    new_job."""
-    jobs: list[Job] = []
-    simple: list[Job] = []
-    for req, template_id in zip(reqs, template_ids):
-        if req.template_id or (req.type not in BUILT_IN_TYPES):
-            jobs.append(new_job(tx, req, template_id=template_id))
-            continue
-        job = build_job(req, tx.project, tx.now, template_id)
-        simple.append(job)
-        jobs.append(job)
-    insert_created(tx, simple)
-    return jobs
+def pending_job(job_type: str, project: str, now_us: int, priority: int, creator: str, template_id: str = "",
+                job_id: str = "", max_attempts: int = 0) -> Job:
+    """The fields every new job has (build_job; entries make their jobs with
+    it directly, metadata and params set in place, and bulk uploads do so
+    outside the writer: insert_created writes them)."""
+    job = Job(
+        id=job_id or new_id(), type=job_type, state=Job.PENDING, priority=priority or Job.MEDIUM,  # type: ignore[arg-type]
+        creator=creator or "anonymous", project=project,
+        max_attempts=max_attempts or DEFAULT_MAX_ATTEMPTS, template_id=template_id,
+    )
+    set_ts(job.create_time, now_us)
+    return job
 
 
 def insert_created(tx: WriteTx, jobs: list[Job]) -> None:
@@ -245,8 +235,11 @@ def insert_created(tx: WriteTx, jobs: list[Job]) -> None:
     now = ts_from_us(tx.now)
     # A CREATED JobEvent is its revision, its type, the job and its time: the
     # job's bytes go in as they are, not serialized a second time.
+    revision_tag = payloads.encode_varint(1 << 3)
+    job_tag = payloads.encode_varint(3 << 3 | 2)
     created_type = payloads.encode_varint(2 << 3) + payloads.encode_varint(res.JobEvent.CREATED)
     event_time = payloads.length_delimited(5, now.SerializeToString())
+    varint = payloads.encode_varint
     for job in jobs:
         for hook in STATE_HOOKS:
             hook(tx, job, res.JobEvent.CREATED, Job.STATE_UNSPECIFIED)
@@ -254,8 +247,8 @@ def insert_created(tx: WriteTx, jobs: list[Job]) -> None:
         job.revision = rev
         job.update_time.CopyFrom(now)
         job_bytes = job.SerializeToString()
-        data = (payloads.encode_varint(1 << 3) + payloads.encode_varint(rev) + created_type
-                + payloads.length_delimited(3, job_bytes) + event_time)
+        data = b"".join((revision_tag, varint(rev), created_type, job_tag, varint(len(job_bytes)), job_bytes,
+                         event_time))
         event_rows.append((rev, tx.project, job.id, job.type, job.state, Job.STATE_UNSPECIFIED, tx.now, data))
         tx.events.append(PendingEvent(rev, job.id, job.type, job.state, Job.STATE_UNSPECIFIED, data, 0))
         job_rows.append((job.id, job.project, job.type, job.state, job.priority, job.creator, _us(job.create_time),
@@ -362,7 +355,7 @@ def add_problem(tx: WriteTx, job_id: str, reason: str, message: str, details: di
     """Record an unresolved problem on a job (it also appears in Job.problems)."""
     m = models_for(tx.db)
     job, lease = load_job_for_update(tx, job_id)
-    p = res.JobProblem(id=str(ULID()), job_id=job_id, reason=reason, message=message, details=details)
+    p = res.JobProblem(id=new_id(), job_id=job_id, reason=reason, message=message, details=details)
     set_ts(p.create_time, tx.now)
     m.JobProblemRow.insert(
         id=p.id, project=tx.project, job_id=job_id, reason=reason, message=message,

@@ -20,6 +20,7 @@ from mediajobs.v1 import resources_pb2 as res
 from .. import payloads
 from ..convert import set_ts
 from ..errors import ServiceError, clip, illegal_transition, invalid_argument
+from ..ids import new_id
 from .db import is_postgres
 from .jobs import LeaseColumns, emit, load_job_for_update, save_job, state_name
 from .models import models_for
@@ -273,8 +274,6 @@ def recover_expired(tx: WriteTx, limit: int = 500) -> Recovered:
     """Jobs whose lease ran out: ABORTING -> ABORTED; RUNNING -> PENDING (at once
     after a first expiry, then with a growing backoff), or FAILED once its
     attempts are used up. Each records a problem."""
-    from ulid import ULID
-
     m = models_for(tx.db)
     rows = list(
         m.JobRow.select(m.JobRow.id)
@@ -301,7 +300,7 @@ def recover_expired(tx: WriteTx, limit: int = 500) -> Recovered:
             out.aborted.append(job_id)
             continue
         problem = res.JobProblem(
-            id=str(ULID()), job_id=job_id, reason="LEASE_EXPIRED",
+            id=new_id(), job_id=job_id, reason="LEASE_EXPIRED",
             message=f"worker {clip(worker)} stopped heartbeating (last at {last_hb or 'never'}); lease expired",
             details=details,
         )
