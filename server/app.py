@@ -19,7 +19,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from mediajobs.v1 import bulk_upload_service_pb2, job_service_pb2, media_service_pb2, worker_service_pb2
+from mediajobs.v1 import (bulk_upload_service_pb2, job_service_pb2, live_job_service_pb2, media_service_pb2,
+                          worker_service_pb2)
 
 from .admission import Admission
 from .bulk.runner import BulkRunner
@@ -30,6 +31,7 @@ from .errors import ServiceError
 from .registration import add_service
 from .services.bulk_uploads import BulkUploadService
 from .services.jobs import JobService
+from .services.live_jobs import LiveJobService
 from .services.media import MediaService
 from .services.workers import WorkerService
 from .store import Store
@@ -37,6 +39,7 @@ from .store import bulk_uploads as store_bulk
 from .store import events as store_events
 from .store import jobs as store_jobs
 from .store import leases as store_leases
+from .store import live_jobs as store_live
 from .store.db import DatabaseUrlError, durability_summary, is_postgres
 from .store.failures import DatabaseFailure, classify
 from .watch import BUFFER_SIZE, WatchHub, tail_log
@@ -48,6 +51,7 @@ SERVICE_NAMES = [
     worker_service_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name,
     media_service_pb2.DESCRIPTOR.services_by_name["MediaService"].full_name,
     bulk_upload_service_pb2.DESCRIPTOR.services_by_name["BulkUploadService"].full_name,
+    live_job_service_pb2.DESCRIPTOR.services_by_name["LiveJobService"].full_name,
 ]
 
 # How often the database is probed with a tiny write (health follows it),
@@ -292,6 +296,9 @@ async def build_server(cfg: Config, clock: Callable[[], int] = now_us) -> App:
                 MediaService(store, storage_root, admission))
     add_service(server, bulk_upload_service_pb2.DESCRIPTOR.services_by_name["BulkUploadService"],
                 BulkUploadService(store, admission))
+    live_settings = store_live.LiveSettings(cfg.live_ingest_url, cfg.live_playback_base_url, cfg.live_cdn_base_url)
+    add_service(server, live_job_service_pb2.DESCRIPTOR.services_by_name["LiveJobService"],
+                LiveJobService(store, live_settings, admission))
     bulk_runners = [BulkRunner(store, storage_root, i + 1) for i in range(cfg.bulk_runners)]
     for runner in bulk_runners:
         hub.listeners.append(runner.on_publish)

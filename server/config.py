@@ -60,6 +60,11 @@ class Config:
     # Runners inside the server that apply CSV bulk uploads (BULK_UPLOAD
     # jobs); 0 leaves them to external workers.
     bulk_runners: int = 1
+    # Live jobs: the ingest server publishers push to (what live workers
+    # listen on, as clients reach it), and where playlists are served from.
+    live_ingest_url: str = "rtmp://127.0.0.1:1935/live"
+    live_playback_base_url: str = ""
+    live_cdn_base_url: str = ""
 
     def db_url(self) -> str:
         return self.db or str(self.data_dir / "mediajobs.db")
@@ -122,6 +127,14 @@ _FLAGS: list[tuple[str, str, Callable[[str], object] | None, object, str]] = [
     ("--bulk-runners", "MEDIAJOBS_BULK_RUNNERS", _number(int, 0, 64, "a whole number"),
      Config.bulk_runners, "bulk uploads applied at once by the server itself (0-64; 0 leaves BULK_UPLOAD jobs to "
      "external workers)"),
+    ("--live-ingest-url", "MEDIAJOBS_LIVE_INGEST_URL", None, Config.live_ingest_url,
+     "the RTMP server live publishers push to, as they reach it (rtmp://HOST:PORT/APP; a live worker's "
+     "--rtmp-listen); live jobs' ingest URLs are this plus the stream key"),
+    ("--live-playback-base-url", "MEDIAJOBS_LIVE_PLAYBACK_BASE_URL", None, "",
+     "http(s) URL the storage root's live/ folder is served under, for live jobs' playback_url (default none: "
+     "the playlists' paths under the storage root are given instead)"),
+    ("--live-cdn-base-url", "MEDIAJOBS_LIVE_CDN_BASE_URL", None, "",
+     "http(s) URL of a CDN in front of the storage root, for the cdn URL of live jobs with cdn_distribution"),
     ("--log-level", "MEDIAJOBS_LOG_LEVEL", None, "INFO", "logging level: DEBUG, INFO, WARNING or ERROR"),
 ]
 
@@ -143,6 +156,15 @@ def _check_listen(listen: str) -> None:
     host, sep, port = listen.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(f"--listen: {listen[:60]!r} is not HOST:PORT (e.g. 127.0.0.1:50051, [::]:50051, 0.0.0.0:0)")
+
+
+def _check_url(flag: str, url: str, schemes: tuple[str, ...], required: bool = False) -> None:
+    if not url and not required:
+        return
+    if not url.startswith(schemes) or len(url) > 512 or any(c.isspace() for c in url) or \
+            not url.split("://", 1)[1].split("/", 1)[0]:
+        raise ConfigError(f"{flag}: {url[:60]!r} is not a {' or '.join(s[:-3] for s in schemes)} URL "
+                          f"(e.g. {schemes[0]}media.example.com{':1935/live' if 'rtmp' in schemes[0] else ''})")
 
 
 def parse_args(argv: list[str] | None = None, env: dict[str, str] | None = None) -> Config:
@@ -171,6 +193,9 @@ def parse_args(argv: list[str] | None = None, env: dict[str, str] | None = None)
         if a.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise ConfigError(f"--log-level: {a.log_level[:20]!r} is not a level: use DEBUG, INFO, WARNING or ERROR")
         _check_listen(a.listen)
+        _check_url("--live-ingest-url", a.live_ingest_url, ("rtmp://", "rtmps://"), required=True)
+        _check_url("--live-playback-base-url", a.live_playback_base_url, ("http://", "https://"))
+        _check_url("--live-cdn-base-url", a.live_cdn_base_url, ("http://", "https://"))
     except ConfigError as e:
         sys.stderr.write(f"mediajobs-server: {e}\n")
         raise SystemExit(2) from None
@@ -191,4 +216,7 @@ def parse_args(argv: list[str] | None = None, env: dict[str, str] | None = None)
         max_watch_streams=int(a.max_watch_streams),
         max_parked_acquires=int(a.max_parked_acquires),
         bulk_runners=int(a.bulk_runners),
+        live_ingest_url=a.live_ingest_url.rstrip("/"),
+        live_playback_base_url=a.live_playback_base_url.rstrip("/"),
+        live_cdn_base_url=a.live_cdn_base_url.rstrip("/"),
     )

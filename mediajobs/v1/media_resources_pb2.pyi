@@ -7,6 +7,7 @@ media info records, job templates (conversion profiles) and cue points.
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -332,7 +333,10 @@ class OutputSpec(_message.Message):
     letters, digits, `_`, `-`, `.`; at most 64 characters.
     """
     container: _builtins.str
-    """Required. Container format: `mp4` (others are refused for now)."""
+    """Required. Container format: `mp4` for files (entries, TRANSCODE), or
+    `hls` for a live rendition (HLS with MPEG-TS segments; live templates
+    have only `hls` outputs, each with h264 video and a height).
+    """
     video_codec: _builtins.str
     """Optional. `h264`, or empty for an audio-only output."""
     width: _builtins.int
@@ -431,6 +435,7 @@ class JobTemplate(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    SEGMENT_DURATION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Output only on reads; set on create through `job_template_id`. 4-63
     characters: lowercase letters, digits and `-`, starting with a letter.
@@ -457,6 +462,12 @@ class JobTemplate(_message.Message):
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Optional. Free-form labels."""
 
+    @_builtins.property
+    def segment_duration(self) -> _duration_pb2.Duration:
+        """Optional. Live templates (outputs of container `hls`): the HLS segment
+        length, 1-10 s (default 2 s).
+        """
+
     def __init__(
         self,
         *,
@@ -468,10 +479,11 @@ class JobTemplate(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        segment_duration: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "segment_duration", b"segment_duration", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["built_in", b"built_in", "create_time", b"create_time", "description", b"description", "display_name", b"display_name", "id", b"id", "labels", b"labels", "outputs", b"outputs", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["built_in", b"built_in", "create_time", b"create_time", "description", b"description", "display_name", b"display_name", "id", b"id", "labels", b"labels", "outputs", b"outputs", "segment_duration", b"segment_duration", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

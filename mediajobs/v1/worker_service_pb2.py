@@ -26,10 +26,11 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
+from mediajobs.v1 import live_resources_pb2 as mediajobs_dot_v1_dot_live__resources__pb2
 from mediajobs.v1 import resources_pb2 as mediajobs_dot_v1_dot_resources__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!mediajobs/v1/worker_service.proto\x12\x0cmediajobs.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\x1a\x1cmediajobs/v1/resources.proto\"\xe9\x01\n\x12\x41\x63quireJobsRequest\x12\x11\n\tjob_types\x18\x01 \x03(\t\x12\'\n\x08lock_key\x18\x02 \x01(\x0b\x32\x15.mediajobs.v1.LockKey\x12\x10\n\x08identity\x18\x03 \x01(\t\x12\x10\n\x08max_jobs\x18\x04 \x01(\x05\x12\x31\n\x0elease_duration\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0cwait_timeout\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07no_wait\x18\x07 \x01(\x08\"w\n\tLeasedJob\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.mediajobs.v1.Job\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12\x35\n\x11lease_expire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"o\n\x13\x41\x63quireJobsResponse\x12%\n\x04jobs\x18\x01 \x03(\x0b\x32\x17.mediajobs.v1.LeasedJob\x12\x31\n\x0elease_duration\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xb7\x01\n\x10HeartbeatRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12\x10\n\x08progress\x18\x03 \x01(\x05\x12\x0f\n\x07message\x18\x04 \x01(\t\x12(\n\x07\x64\x65tails\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x31\n\x0elease_duration\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\"z\n\x11HeartbeatResponse\x12\x35\n\x11lease_expire_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10\x63\x61ncel_requested\x18\x02 \x01(\x08\x12\x14\n\x0cskip_cleanup\x18\x03 \x01(\x08\"b\n\x12\x43ompleteJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12\'\n\x06result\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"L\n\x13\x43ompleteJobsRequest\x12\x35\n\x0b\x63ompletions\x18\x01 \x03(\x0b\x32 .mediajobs.v1.CompleteJobRequest\"H\n\x14\x43ompleteJobsResponse\x12\x30\n\x07results\x18\x01 \x03(\x0b\x32\x1f.mediajobs.v1.CompleteJobResult\"d\n\x11\x43ompleteJobResult\x12 \n\x03job\x18\x01 \x01(\x0b\x32\x11.mediajobs.v1.JobH\x00\x12#\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\x08\n\x06result\"\x9b\x01\n\x0e\x46\x61ilJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12!\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.google.rpc.Status\x12\x11\n\tretryable\x18\x04 \x01(\x08\x12.\n\x0bretry_delay\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"l\n\x11ReleaseJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12\x10\n\x08job_type\x18\x03 \x01(\t\x12 \n\x18reset_execution_attempts\x18\x04 \x01(\x08\"\x1b\n\x19\x43leanExpiredLeasesRequest\"f\n\x1a\x43leanExpiredLeasesResponse\x12\x17\n\x0fretried_job_ids\x18\x01 \x03(\t\x12\x16\n\x0e\x66\x61iled_job_ids\x18\x02 \x03(\t\x12\x17\n\x0f\x61\x62orted_job_ids\x18\x03 \x03(\t\"L\n\x16\x43heckFileExistsRequest\x12\x12\n\nlocal_path\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x10\n\x08\x61ny_size\x18\x03 \x01(\x08\"T\n\x17\x43heckFileExistsResponse\x12\x0e\n\x06\x65xists\x18\x01 \x01(\x08\x12\x14\n\x0csize_matches\x18\x02 \x01(\x08\x12\x13\n\x0b\x61\x63tual_size\x18\x03 \x01(\x03\x32\x93\x05\n\rWorkerService\x12R\n\x0b\x41\x63quireJobs\x12 .mediajobs.v1.AcquireJobsRequest\x1a!.mediajobs.v1.AcquireJobsResponse\x12L\n\tHeartbeat\x12\x1e.mediajobs.v1.HeartbeatRequest\x1a\x1f.mediajobs.v1.HeartbeatResponse\x12\x42\n\x0b\x43ompleteJob\x12 .mediajobs.v1.CompleteJobRequest\x1a\x11.mediajobs.v1.Job\x12U\n\x0c\x43ompleteJobs\x12!.mediajobs.v1.CompleteJobsRequest\x1a\".mediajobs.v1.CompleteJobsResponse\x12:\n\x07\x46\x61ilJob\x12\x1c.mediajobs.v1.FailJobRequest\x1a\x11.mediajobs.v1.Job\x12@\n\nReleaseJob\x12\x1f.mediajobs.v1.ReleaseJobRequest\x1a\x11.mediajobs.v1.Job\x12g\n\x12\x43leanExpiredLeases\x12\'.mediajobs.v1.CleanExpiredLeasesRequest\x1a(.mediajobs.v1.CleanExpiredLeasesResponse\x12^\n\x0f\x43heckFileExists\x12$.mediajobs.v1.CheckFileExistsRequest\x1a%.mediajobs.v1.CheckFileExistsResponseBS\n\x0fio.mediajobs.v1P\x01Z>github.com/mediajobs/mediajobs/gen/go/mediajobs/v1;mediajobsv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!mediajobs/v1/worker_service.proto\x12\x0cmediajobs.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\x1a!mediajobs/v1/live_resources.proto\x1a\x1cmediajobs/v1/resources.proto\"\xe9\x01\n\x12\x41\x63quireJobsRequest\x12\x11\n\tjob_types\x18\x01 \x03(\t\x12\'\n\x08lock_key\x18\x02 \x01(\x0b\x32\x15.mediajobs.v1.LockKey\x12\x10\n\x08identity\x18\x03 \x01(\t\x12\x10\n\x08max_jobs\x18\x04 \x01(\x05\x12\x31\n\x0elease_duration\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0cwait_timeout\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07no_wait\x18\x07 \x01(\x08\"w\n\tLeasedJob\x12\x1e\n\x03job\x18\x01 \x01(\x0b\x32\x11.mediajobs.v1.Job\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12\x35\n\x11lease_expire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"o\n\x13\x41\x63quireJobsResponse\x12%\n\x04jobs\x18\x01 \x03(\x0b\x32\x17.mediajobs.v1.LeasedJob\x12\x31\n\x0elease_duration\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xb7\x01\n\x10HeartbeatRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12\x10\n\x08progress\x18\x03 \x01(\x05\x12\x0f\n\x07message\x18\x04 \x01(\t\x12(\n\x07\x64\x65tails\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x31\n\x0elease_duration\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\"z\n\x11HeartbeatResponse\x12\x35\n\x11lease_expire_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10\x63\x61ncel_requested\x18\x02 \x01(\x08\x12\x14\n\x0cskip_cleanup\x18\x03 \x01(\x08\"b\n\x12\x43ompleteJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12\'\n\x06result\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"L\n\x13\x43ompleteJobsRequest\x12\x35\n\x0b\x63ompletions\x18\x01 \x03(\x0b\x32 .mediajobs.v1.CompleteJobRequest\"H\n\x14\x43ompleteJobsResponse\x12\x30\n\x07results\x18\x01 \x03(\x0b\x32\x1f.mediajobs.v1.CompleteJobResult\"d\n\x11\x43ompleteJobResult\x12 \n\x03job\x18\x01 \x01(\x0b\x32\x11.mediajobs.v1.JobH\x00\x12#\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\x08\n\x06result\"\x9b\x01\n\x0e\x46\x61ilJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12!\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.google.rpc.Status\x12\x11\n\tretryable\x18\x04 \x01(\x08\x12.\n\x0bretry_delay\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"l\n\x11ReleaseJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12\x10\n\x08job_type\x18\x03 \x01(\t\x12 \n\x18reset_execution_attempts\x18\x04 \x01(\x08\"\x1b\n\x19\x43leanExpiredLeasesRequest\"f\n\x1a\x43leanExpiredLeasesResponse\x12\x17\n\x0fretried_job_ids\x18\x01 \x03(\t\x12\x16\n\x0e\x66\x61iled_job_ids\x18\x02 \x03(\t\x12\x17\n\x0f\x61\x62orted_job_ids\x18\x03 \x03(\t\"L\n\x16\x43heckFileExistsRequest\x12\x12\n\nlocal_path\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x10\n\x08\x61ny_size\x18\x03 \x01(\x08\"T\n\x17\x43heckFileExistsResponse\x12\x0e\n\x06\x65xists\x18\x01 \x01(\x08\x12\x14\n\x0csize_matches\x18\x02 \x01(\x08\x12\x13\n\x0b\x61\x63tual_size\x18\x03 \x01(\x03\"/\n\x08LeaseRef\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\"\x82\x01\n\x17\x41uthorizePublishRequest\x12\x12\n\nstream_key\x18\x01 \x01(\t\x12&\n\x06leases\x18\x02 \x03(\x0b\x32\x16.mediajobs.v1.LeaseRef\x12\x0b\n\x03\x61pp\x18\x03 \x01(\t\x12\x10\n\x08protocol\x18\x04 \x01(\t\x12\x0c\n\x04peer\x18\x05 \x01(\t\"q\n\x18\x41uthorizePublishResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x13\n\x0blive_job_id\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\"\xa6\x02\n\x17ReportLiveStatusRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12/\n\nlive_state\x18\x03 \x01(\x0e\x32\x1b.mediajobs.v1.LiveJob.State\x12\x14\n\x0c\x63hild_status\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x30\n\nstatistics\x18\x06 \x01(\x0b\x32\x1c.mediajobs.v1.LiveStatistics\x12)\n\x07outputs\x18\x07 \x03(\x0b\x32\x18.mediajobs.v1.LiveOutput\x12\x31\n\x0elease_duration\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xe3\x02\n\x18ReportLiveStatusResponse\x12\x35\n\x11lease_expire_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0estop_requested\x18\x02 \x01(\x08\x12\x18\n\x10\x63\x61ncel_requested\x18\x03 \x01(\x08\x12/\n\x0b\x66inish_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x10reconnect_window\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0cmax_duration\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x16\n\x0ekey_generation\x18\x07 \x01(\x05\x12/\n\nlive_state\x18\x08 \x01(\x0e\x32\x1b.mediajobs.v1.LiveJob.State2\xd9\x06\n\rWorkerService\x12R\n\x0b\x41\x63quireJobs\x12 .mediajobs.v1.AcquireJobsRequest\x1a!.mediajobs.v1.AcquireJobsResponse\x12L\n\tHeartbeat\x12\x1e.mediajobs.v1.HeartbeatRequest\x1a\x1f.mediajobs.v1.HeartbeatResponse\x12\x42\n\x0b\x43ompleteJob\x12 .mediajobs.v1.CompleteJobRequest\x1a\x11.mediajobs.v1.Job\x12U\n\x0c\x43ompleteJobs\x12!.mediajobs.v1.CompleteJobsRequest\x1a\".mediajobs.v1.CompleteJobsResponse\x12:\n\x07\x46\x61ilJob\x12\x1c.mediajobs.v1.FailJobRequest\x1a\x11.mediajobs.v1.Job\x12@\n\nReleaseJob\x12\x1f.mediajobs.v1.ReleaseJobRequest\x1a\x11.mediajobs.v1.Job\x12g\n\x12\x43leanExpiredLeases\x12\'.mediajobs.v1.CleanExpiredLeasesRequest\x1a(.mediajobs.v1.CleanExpiredLeasesResponse\x12^\n\x0f\x43heckFileExists\x12$.mediajobs.v1.CheckFileExistsRequest\x1a%.mediajobs.v1.CheckFileExistsResponse\x12\x61\n\x10\x41uthorizePublish\x12%.mediajobs.v1.AuthorizePublishRequest\x1a&.mediajobs.v1.AuthorizePublishResponse\x12\x61\n\x10ReportLiveStatus\x12%.mediajobs.v1.ReportLiveStatusRequest\x1a&.mediajobs.v1.ReportLiveStatusResponseBS\n\x0fio.mediajobs.v1P\x01Z>github.com/mediajobs/mediajobs/gen/go/mediajobs/v1;mediajobsv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,36 +38,46 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mediajobs.v1.worker_service
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\017io.mediajobs.v1P\001Z>github.com/mediajobs/mediajobs/gen/go/mediajobs/v1;mediajobsv1'
-  _globals['_ACQUIREJOBSREQUEST']._serialized_start=202
-  _globals['_ACQUIREJOBSREQUEST']._serialized_end=435
-  _globals['_LEASEDJOB']._serialized_start=437
-  _globals['_LEASEDJOB']._serialized_end=556
-  _globals['_ACQUIREJOBSRESPONSE']._serialized_start=558
-  _globals['_ACQUIREJOBSRESPONSE']._serialized_end=669
-  _globals['_HEARTBEATREQUEST']._serialized_start=672
-  _globals['_HEARTBEATREQUEST']._serialized_end=855
-  _globals['_HEARTBEATRESPONSE']._serialized_start=857
-  _globals['_HEARTBEATRESPONSE']._serialized_end=979
-  _globals['_COMPLETEJOBREQUEST']._serialized_start=981
-  _globals['_COMPLETEJOBREQUEST']._serialized_end=1079
-  _globals['_COMPLETEJOBSREQUEST']._serialized_start=1081
-  _globals['_COMPLETEJOBSREQUEST']._serialized_end=1157
-  _globals['_COMPLETEJOBSRESPONSE']._serialized_start=1159
-  _globals['_COMPLETEJOBSRESPONSE']._serialized_end=1231
-  _globals['_COMPLETEJOBRESULT']._serialized_start=1233
-  _globals['_COMPLETEJOBRESULT']._serialized_end=1333
-  _globals['_FAILJOBREQUEST']._serialized_start=1336
-  _globals['_FAILJOBREQUEST']._serialized_end=1491
-  _globals['_RELEASEJOBREQUEST']._serialized_start=1493
-  _globals['_RELEASEJOBREQUEST']._serialized_end=1601
-  _globals['_CLEANEXPIREDLEASESREQUEST']._serialized_start=1603
-  _globals['_CLEANEXPIREDLEASESREQUEST']._serialized_end=1630
-  _globals['_CLEANEXPIREDLEASESRESPONSE']._serialized_start=1632
-  _globals['_CLEANEXPIREDLEASESRESPONSE']._serialized_end=1734
-  _globals['_CHECKFILEEXISTSREQUEST']._serialized_start=1736
-  _globals['_CHECKFILEEXISTSREQUEST']._serialized_end=1812
-  _globals['_CHECKFILEEXISTSRESPONSE']._serialized_start=1814
-  _globals['_CHECKFILEEXISTSRESPONSE']._serialized_end=1898
-  _globals['_WORKERSERVICE']._serialized_start=1901
-  _globals['_WORKERSERVICE']._serialized_end=2560
+  _globals['_ACQUIREJOBSREQUEST']._serialized_start=237
+  _globals['_ACQUIREJOBSREQUEST']._serialized_end=470
+  _globals['_LEASEDJOB']._serialized_start=472
+  _globals['_LEASEDJOB']._serialized_end=591
+  _globals['_ACQUIREJOBSRESPONSE']._serialized_start=593
+  _globals['_ACQUIREJOBSRESPONSE']._serialized_end=704
+  _globals['_HEARTBEATREQUEST']._serialized_start=707
+  _globals['_HEARTBEATREQUEST']._serialized_end=890
+  _globals['_HEARTBEATRESPONSE']._serialized_start=892
+  _globals['_HEARTBEATRESPONSE']._serialized_end=1014
+  _globals['_COMPLETEJOBREQUEST']._serialized_start=1016
+  _globals['_COMPLETEJOBREQUEST']._serialized_end=1114
+  _globals['_COMPLETEJOBSREQUEST']._serialized_start=1116
+  _globals['_COMPLETEJOBSREQUEST']._serialized_end=1192
+  _globals['_COMPLETEJOBSRESPONSE']._serialized_start=1194
+  _globals['_COMPLETEJOBSRESPONSE']._serialized_end=1266
+  _globals['_COMPLETEJOBRESULT']._serialized_start=1268
+  _globals['_COMPLETEJOBRESULT']._serialized_end=1368
+  _globals['_FAILJOBREQUEST']._serialized_start=1371
+  _globals['_FAILJOBREQUEST']._serialized_end=1526
+  _globals['_RELEASEJOBREQUEST']._serialized_start=1528
+  _globals['_RELEASEJOBREQUEST']._serialized_end=1636
+  _globals['_CLEANEXPIREDLEASESREQUEST']._serialized_start=1638
+  _globals['_CLEANEXPIREDLEASESREQUEST']._serialized_end=1665
+  _globals['_CLEANEXPIREDLEASESRESPONSE']._serialized_start=1667
+  _globals['_CLEANEXPIREDLEASESRESPONSE']._serialized_end=1769
+  _globals['_CHECKFILEEXISTSREQUEST']._serialized_start=1771
+  _globals['_CHECKFILEEXISTSREQUEST']._serialized_end=1847
+  _globals['_CHECKFILEEXISTSRESPONSE']._serialized_start=1849
+  _globals['_CHECKFILEEXISTSRESPONSE']._serialized_end=1933
+  _globals['_LEASEREF']._serialized_start=1935
+  _globals['_LEASEREF']._serialized_end=1982
+  _globals['_AUTHORIZEPUBLISHREQUEST']._serialized_start=1985
+  _globals['_AUTHORIZEPUBLISHREQUEST']._serialized_end=2115
+  _globals['_AUTHORIZEPUBLISHRESPONSE']._serialized_start=2117
+  _globals['_AUTHORIZEPUBLISHRESPONSE']._serialized_end=2230
+  _globals['_REPORTLIVESTATUSREQUEST']._serialized_start=2233
+  _globals['_REPORTLIVESTATUSREQUEST']._serialized_end=2527
+  _globals['_REPORTLIVESTATUSRESPONSE']._serialized_start=2530
+  _globals['_REPORTLIVESTATUSRESPONSE']._serialized_end=2885
+  _globals['_WORKERSERVICE']._serialized_start=2888
+  _globals['_WORKERSERVICE']._serialized_end=3745
 # @@protoc_insertion_point(module_scope)

@@ -18,6 +18,7 @@ from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.rpc import status_pb2 as _status_pb2
+from mediajobs.v1 import live_resources_pb2 as _live_resources_pb2
 from mediajobs.v1 import resources_pb2 as _resources_pb2
 import builtins as _builtins
 import sys
@@ -507,3 +508,218 @@ class CheckFileExistsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CheckFileExistsResponse: _TypeAlias = CheckFileExistsResponse  # noqa: Y015
+
+@_typing.final
+class LeaseRef(_message.Message):
+    """A lease a worker holds: the job id and its current token."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    LEASE_TOKEN_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    lease_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        lease_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "lease_token", b"lease_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeaseRef: _TypeAlias = LeaseRef  # noqa: Y015
+
+@_typing.final
+class AuthorizePublishRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STREAM_KEY_FIELD_NUMBER: _builtins.int
+    LEASES_FIELD_NUMBER: _builtins.int
+    APP_FIELD_NUMBER: _builtins.int
+    PROTOCOL_FIELD_NUMBER: _builtins.int
+    PEER_FIELD_NUMBER: _builtins.int
+    stream_key: _builtins.str
+    """Required. The stream key the publisher sent (at most 256 characters)."""
+    app: _builtins.str
+    """Optional. The RTMP application (`live`), protocol (`rtmp`, `srt`) and
+    the publisher's address, for the timings.
+    """
+    protocol: _builtins.str
+    peer: _builtins.str
+    @_builtins.property
+    def leases(self) -> _containers.RepeatedCompositeFieldContainer[Global___LeaseRef]:
+        """Required. The LIVE_ENCODE sessions this worker holds (1-100)."""
+
+    def __init__(
+        self,
+        *,
+        stream_key: _builtins.str = ...,
+        leases: _abc.Iterable[Global___LeaseRef] | None = ...,
+        app: _builtins.str = ...,
+        protocol: _builtins.str = ...,
+        peer: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "leases", b"leases", "peer", b"peer", "protocol", b"protocol", "stream_key", b"stream_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuthorizePublishRequest: _TypeAlias = AuthorizePublishRequest  # noqa: Y015
+
+@_typing.final
+class AuthorizePublishResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALLOWED_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    LIVE_JOB_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    allowed: _builtins.bool
+    """Whether the publisher may push."""
+    job_id: _builtins.str
+    """When allowed: the session job and its live job."""
+    live_job_id: _builtins.str
+    reason: _builtins.str
+    """When refused: UNKNOWN_STREAM_KEY, STREAM_KEY_RESET, NOT_STARTED,
+    NOT_AWAITING_INPUT (already live, stopping), and a sentence.
+    """
+    message: _builtins.str
+    def __init__(
+        self,
+        *,
+        allowed: _builtins.bool = ...,
+        job_id: _builtins.str = ...,
+        live_job_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "job_id", b"job_id", "live_job_id", b"live_job_id", "message", b"message", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuthorizePublishResponse: _TypeAlias = AuthorizePublishResponse  # noqa: Y015
+
+@_typing.final
+class ReportLiveStatusRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    LEASE_TOKEN_FIELD_NUMBER: _builtins.int
+    LIVE_STATE_FIELD_NUMBER: _builtins.int
+    CHILD_STATUS_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    STATISTICS_FIELD_NUMBER: _builtins.int
+    OUTPUTS_FIELD_NUMBER: _builtins.int
+    LEASE_DURATION_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    """Required. The session job and its lease token."""
+    lease_token: _builtins.str
+    live_state: _live_resources_pb2.LiveJob.State.ValueType
+    """Optional. The state the session is in now (AWAITING_INPUT, LIVE,
+    RECONNECTING, STOPPING); unset: no change.
+    """
+    child_status: _builtins.str
+    """Optional. What happened (a LiveTiming child_status such as CONNECTED,
+    DISCONNECTED, ENCODER_LAGGING) and a sentence; a timing is written for
+    every state change and for every child_status given.
+    """
+    message: _builtins.str
+    @_builtins.property
+    def statistics(self) -> _live_resources_pb2.LiveStatistics:
+        """Optional. The latest statistics of the stream."""
+
+    @_builtins.property
+    def outputs(self) -> _containers.RepeatedCompositeFieldContainer[_live_resources_pb2.LiveOutput]:
+        """Optional. The outputs' progress (matched by output_id)."""
+
+    @_builtins.property
+    def lease_duration(self) -> _duration_pb2.Duration:
+        """Optional. Extend the lease by this much from now (default: the granted
+        lease length).
+        """
+
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        lease_token: _builtins.str = ...,
+        live_state: _live_resources_pb2.LiveJob.State.ValueType = ...,
+        child_status: _builtins.str = ...,
+        message: _builtins.str = ...,
+        statistics: _live_resources_pb2.LiveStatistics | None = ...,
+        outputs: _abc.Iterable[_live_resources_pb2.LiveOutput] | None = ...,
+        lease_duration: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lease_duration", b"lease_duration", "statistics", b"statistics"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["child_status", b"child_status", "job_id", b"job_id", "lease_duration", b"lease_duration", "lease_token", b"lease_token", "live_state", b"live_state", "message", b"message", "outputs", b"outputs", "statistics", b"statistics"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportLiveStatusRequest: _TypeAlias = ReportLiveStatusRequest  # noqa: Y015
+
+@_typing.final
+class ReportLiveStatusResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEASE_EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    STOP_REQUESTED_FIELD_NUMBER: _builtins.int
+    CANCEL_REQUESTED_FIELD_NUMBER: _builtins.int
+    FINISH_TIME_FIELD_NUMBER: _builtins.int
+    RECONNECT_WINDOW_FIELD_NUMBER: _builtins.int
+    MAX_DURATION_FIELD_NUMBER: _builtins.int
+    KEY_GENERATION_FIELD_NUMBER: _builtins.int
+    LIVE_STATE_FIELD_NUMBER: _builtins.int
+    stop_requested: _builtins.bool
+    """Stop the session: close the playlists and complete the job."""
+    cancel_requested: _builtins.bool
+    """The session was aborted (AbortJob): close the playlists and complete
+    the job (it becomes ABORTED).
+    """
+    key_generation: _builtins.int
+    """Changes when the stream key is reset: a worker seeing a new value drops
+    the connected publisher.
+    """
+    live_state: _live_resources_pb2.LiveJob.State.ValueType
+    """The live job's state after this report."""
+    @_builtins.property
+    def lease_expire_time(self) -> _timestamp_pb2.Timestamp:
+        """The new expiry of the lease."""
+
+    @_builtins.property
+    def finish_time(self) -> _timestamp_pb2.Timestamp:
+        """When the session stops by itself, if set."""
+
+    @_builtins.property
+    def reconnect_window(self) -> _duration_pb2.Duration:
+        """The live job's reconnect window and maximum duration, as they are now."""
+
+    @_builtins.property
+    def max_duration(self) -> _duration_pb2.Duration: ...
+    def __init__(
+        self,
+        *,
+        lease_expire_time: _timestamp_pb2.Timestamp | None = ...,
+        stop_requested: _builtins.bool = ...,
+        cancel_requested: _builtins.bool = ...,
+        finish_time: _timestamp_pb2.Timestamp | None = ...,
+        reconnect_window: _duration_pb2.Duration | None = ...,
+        max_duration: _duration_pb2.Duration | None = ...,
+        key_generation: _builtins.int = ...,
+        live_state: _live_resources_pb2.LiveJob.State.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["finish_time", b"finish_time", "lease_expire_time", b"lease_expire_time", "max_duration", b"max_duration", "reconnect_window", b"reconnect_window"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_requested", b"cancel_requested", "finish_time", b"finish_time", "key_generation", b"key_generation", "lease_expire_time", b"lease_expire_time", "live_state", b"live_state", "max_duration", b"max_duration", "reconnect_window", b"reconnect_window", "stop_requested", b"stop_requested"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportLiveStatusResponse: _TypeAlias = ReportLiveStatusResponse  # noqa: Y015

@@ -75,6 +75,16 @@ class WorkerServiceStub:
                 request_serializer=mediajobs_dot_v1_dot_worker__service__pb2.CheckFileExistsRequest.SerializeToString,
                 response_deserializer=mediajobs_dot_v1_dot_worker__service__pb2.CheckFileExistsResponse.FromString,
                 _registered_method=True)
+        self.AuthorizePublish = channel.unary_unary(
+                '/mediajobs.v1.WorkerService/AuthorizePublish',
+                request_serializer=mediajobs_dot_v1_dot_worker__service__pb2.AuthorizePublishRequest.SerializeToString,
+                response_deserializer=mediajobs_dot_v1_dot_worker__service__pb2.AuthorizePublishResponse.FromString,
+                _registered_method=True)
+        self.ReportLiveStatus = channel.unary_unary(
+                '/mediajobs.v1.WorkerService/ReportLiveStatus',
+                request_serializer=mediajobs_dot_v1_dot_worker__service__pb2.ReportLiveStatusRequest.SerializeToString,
+                response_deserializer=mediajobs_dot_v1_dot_worker__service__pb2.ReportLiveStatusResponse.FromString,
+                _registered_method=True)
 
 
 class WorkerServiceServicer:
@@ -162,6 +172,32 @@ class WorkerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AuthorizePublish(self, request, context):
+        """Live workers: may this publisher push with this stream key? Asked by
+        the ingest front door when a publisher says `publish`, before any media
+        is accepted. `leases` are the LIVE_ENCODE sessions the worker holds;
+        the answer names the one the key belongs to when it is AWAITING_INPUT
+        or RECONNECTING. A refusal is a reply (not an error) with the reason,
+        and is written to the timings of the live job the key once belonged to,
+        or else of every live job the worker serves.
+        Errors: INVALID_ARGUMENT (no leases, a field too long).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportLiveStatus(self, request, context):
+        """Live workers: the session's state, statistics and outputs. Extends the
+        lease like Heartbeat, and answers with what the session should do
+        (stop, finish time, reconnect window). Each state change is written
+        with a timing and an update of the session job (WatchJobs sees it).
+        Errors: ABORTED (LEASE_LOST), NOT_FOUND, FAILED_PRECONDITION
+        (ILLEGAL_LIVE_TRANSITION), INVALID_ARGUMENT.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -204,6 +240,16 @@ def add_WorkerServiceServicer_to_server(servicer, server):
                     servicer.CheckFileExists,
                     request_deserializer=mediajobs_dot_v1_dot_worker__service__pb2.CheckFileExistsRequest.FromString,
                     response_serializer=mediajobs_dot_v1_dot_worker__service__pb2.CheckFileExistsResponse.SerializeToString,
+            ),
+            'AuthorizePublish': grpc.unary_unary_rpc_method_handler(
+                    servicer.AuthorizePublish,
+                    request_deserializer=mediajobs_dot_v1_dot_worker__service__pb2.AuthorizePublishRequest.FromString,
+                    response_serializer=mediajobs_dot_v1_dot_worker__service__pb2.AuthorizePublishResponse.SerializeToString,
+            ),
+            'ReportLiveStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportLiveStatus,
+                    request_deserializer=mediajobs_dot_v1_dot_worker__service__pb2.ReportLiveStatusRequest.FromString,
+                    response_serializer=mediajobs_dot_v1_dot_worker__service__pb2.ReportLiveStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -422,6 +468,60 @@ class WorkerService:
             '/mediajobs.v1.WorkerService/CheckFileExists',
             mediajobs_dot_v1_dot_worker__service__pb2.CheckFileExistsRequest.SerializeToString,
             mediajobs_dot_v1_dot_worker__service__pb2.CheckFileExistsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AuthorizePublish(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mediajobs.v1.WorkerService/AuthorizePublish',
+            mediajobs_dot_v1_dot_worker__service__pb2.AuthorizePublishRequest.SerializeToString,
+            mediajobs_dot_v1_dot_worker__service__pb2.AuthorizePublishResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportLiveStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mediajobs.v1.WorkerService/ReportLiveStatus',
+            mediajobs_dot_v1_dot_worker__service__pb2.ReportLiveStatusRequest.SerializeToString,
+            mediajobs_dot_v1_dot_worker__service__pb2.ReportLiveStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

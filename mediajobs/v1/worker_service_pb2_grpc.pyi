@@ -89,6 +89,24 @@ class WorkerServiceStub:
     segments and absolute paths are INVALID_ARGUMENT, a symlink leaving the
     root is PERMISSION_DENIED; nothing outside the root is ever looked at.
     """
+    AuthorizePublish: _grpc.UnaryUnaryMultiCallable[_worker_service_pb2.AuthorizePublishRequest, _worker_service_pb2.AuthorizePublishResponse]
+    """Live workers: may this publisher push with this stream key? Asked by
+    the ingest front door when a publisher says `publish`, before any media
+    is accepted. `leases` are the LIVE_ENCODE sessions the worker holds;
+    the answer names the one the key belongs to when it is AWAITING_INPUT
+    or RECONNECTING. A refusal is a reply (not an error) with the reason,
+    and is written to the timings of the live job the key once belonged to,
+    or else of every live job the worker serves.
+    Errors: INVALID_ARGUMENT (no leases, a field too long).
+    """
+    ReportLiveStatus: _grpc.UnaryUnaryMultiCallable[_worker_service_pb2.ReportLiveStatusRequest, _worker_service_pb2.ReportLiveStatusResponse]
+    """Live workers: the session's state, statistics and outputs. Extends the
+    lease like Heartbeat, and answers with what the session should do
+    (stop, finish time, reconnect window). Each state change is written
+    with a timing and an update of the session job (WatchJobs sees it).
+    Errors: ABORTED (LEASE_LOST), NOT_FOUND, FAILED_PRECONDITION
+    (ILLEGAL_LIVE_TRANSITION), INVALID_ARGUMENT.
+    """
 
 @_typing.type_check_only
 class WorkerServiceAsyncStub(WorkerServiceStub):
@@ -142,6 +160,24 @@ class WorkerServiceAsyncStub(WorkerServiceStub):
     root (Kaltura `checkFileExists`). Paths are relative to the root; `..`
     segments and absolute paths are INVALID_ARGUMENT, a symlink leaving the
     root is PERMISSION_DENIED; nothing outside the root is ever looked at.
+    """
+    AuthorizePublish: _aio.UnaryUnaryMultiCallable[_worker_service_pb2.AuthorizePublishRequest, _worker_service_pb2.AuthorizePublishResponse]  # type: ignore[assignment]
+    """Live workers: may this publisher push with this stream key? Asked by
+    the ingest front door when a publisher says `publish`, before any media
+    is accepted. `leases` are the LIVE_ENCODE sessions the worker holds;
+    the answer names the one the key belongs to when it is AWAITING_INPUT
+    or RECONNECTING. A refusal is a reply (not an error) with the reason,
+    and is written to the timings of the live job the key once belonged to,
+    or else of every live job the worker serves.
+    Errors: INVALID_ARGUMENT (no leases, a field too long).
+    """
+    ReportLiveStatus: _aio.UnaryUnaryMultiCallable[_worker_service_pb2.ReportLiveStatusRequest, _worker_service_pb2.ReportLiveStatusResponse]  # type: ignore[assignment]
+    """Live workers: the session's state, statistics and outputs. Extends the
+    lease like Heartbeat, and answers with what the session should do
+    (stop, finish time, reconnect window). Each state change is written
+    with a timing and an update of the session job (WatchJobs sees it).
+    Errors: ABORTED (LEASE_LOST), NOT_FOUND, FAILED_PRECONDITION
+    (ILLEGAL_LIVE_TRANSITION), INVALID_ARGUMENT.
     """
 
 class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -241,6 +277,36 @@ class WorkerServiceServicer(metaclass=_abc_1.ABCMeta):
         root (Kaltura `checkFileExists`). Paths are relative to the root; `..`
         segments and absolute paths are INVALID_ARGUMENT, a symlink leaving the
         root is PERMISSION_DENIED; nothing outside the root is ever looked at.
+        """
+
+    @_abc_1.abstractmethod
+    def AuthorizePublish(
+        self,
+        request: _worker_service_pb2.AuthorizePublishRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_worker_service_pb2.AuthorizePublishResponse, _abc.Awaitable[_worker_service_pb2.AuthorizePublishResponse]]:
+        """Live workers: may this publisher push with this stream key? Asked by
+        the ingest front door when a publisher says `publish`, before any media
+        is accepted. `leases` are the LIVE_ENCODE sessions the worker holds;
+        the answer names the one the key belongs to when it is AWAITING_INPUT
+        or RECONNECTING. A refusal is a reply (not an error) with the reason,
+        and is written to the timings of the live job the key once belonged to,
+        or else of every live job the worker serves.
+        Errors: INVALID_ARGUMENT (no leases, a field too long).
+        """
+
+    @_abc_1.abstractmethod
+    def ReportLiveStatus(
+        self,
+        request: _worker_service_pb2.ReportLiveStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_worker_service_pb2.ReportLiveStatusResponse, _abc.Awaitable[_worker_service_pb2.ReportLiveStatusResponse]]:
+        """Live workers: the session's state, statistics and outputs. Extends the
+        lease like Heartbeat, and answers with what the session should do
+        (stop, finish time, reconnect window). Each state change is written
+        with a timing and an update of the session job (WatchJobs sees it).
+        Errors: ABORTED (LEASE_LOST), NOT_FOUND, FAILED_PRECONDITION
+        (ILLEGAL_LIVE_TRANSITION), INVALID_ARGUMENT.
         """
 
 def add_WorkerServiceServicer_to_server(servicer: WorkerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

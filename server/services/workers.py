@@ -3,6 +3,7 @@ progress, completion, release, expiry recovery, and file checks."""
 from __future__ import annotations
 
 import asyncio
+import re
 import stat
 from pathlib import Path
 from typing import Any, Callable
@@ -23,7 +24,10 @@ from ..errors import ServiceError, clip, handle_errors, invalid_argument
 from ..storage import resolve_inside
 from ..store import Store
 from ..store import leases
+from ..store import live_jobs as store_live
 from .jobs import TYPE_RE, _check_job_id
+
+CHILD_RE = re.compile(r"^[A-Z][A-Z0-9_]*$")
 
 Job = res.Job
 DEFAULT_LEASE_S = 60.0
@@ -295,6 +299,51 @@ class WorkerService(wsvc_grpc.WorkerServiceServicer):
         return wsvc.CleanExpiredLeasesResponse(
             retried_job_ids=out.retried, failed_job_ids=out.failed, aborted_job_ids=out.aborted
         )
+
+    @handle_errors
+    async def AuthorizePublish(self, request: wsvc.AuthorizePublishRequest, context: grpc.aio.ServicerContext
+                               ) -> wsvc.AuthorizePublishResponse:
+        v: list[tuple[str, str]] = []
+        if not request.stream_key or len(request.stream_key) > 256:
+            v.append(("stream_key", "required: the key the publisher sent (at most 256 characters)"))
+        if not request.leases or len(request.leases) > 100:
+            v.append(("leases", "required: the LIVE_ENCODE sessions this worker holds (1-100)"))
+        for i, ref in enumerate(request.leases[:100]):
+            if not ref.job_id or len(ref.job_id) > 64 or not ref.lease_token or len(ref.lease_token) > 256:
+                v.append((f"leases[{i}]", "a job id and its lease token"))
+        for name, limit in (("app", 64), ("protocol", 16), ("peer", 128)):
+            if len(getattr(request, name)) > limit:
+                v.append((name, f"at most {limit} characters"))
+        if v:
+            raise invalid_argument(v)
+        return await self.store.write(lambda tx: store_live.authorize_publish(tx, request))
+
+    @handle_errors
+    async def ReportLiveStatus(self, request: wsvc.ReportLiveStatusRequest, context: grpc.aio.ServicerContext
+                               ) -> wsvc.ReportLiveStatusResponse:
+        _check_job_id(request.job_id, "job_id")
+        _check_token(request.lease_token)
+        v: list[tuple[str, str]] = []
+        if request.live_state and request.live_state not in store_live.WORKER_MOVES:
+            v.append(("live_state", "a worker reports AWAITING_INPUT, LIVE, RECONNECTING or STOPPING (or nothing)"))
+        if len(request.child_status) > 64 or (request.child_status and not CHILD_RE.match(request.child_status)):
+            v.append(("child_status", "UPPER_SNAKE_CASE, at most 64 characters (e.g. CONNECTED)"))
+        v += payloads.text_violations(request.message, "message", 1024)
+        if len(request.outputs) > 64:
+            v.append(("outputs", "at most 64"))
+        if request.HasField("statistics") and len(request.statistics.encoder) > 256:
+            v.append(("statistics.encoder", "at most 256 characters"))
+        for i, o in enumerate(request.outputs[:64]):
+            if len(o.encoder_id) > 128:
+                v.append((f"outputs[{i}].encoder_id", "at most 128 characters"))
+            if o.counter < 0:
+                v.append((f"outputs[{i}].counter", "must not be negative"))
+        if v:
+            raise invalid_argument(v)
+        lease_s = 0.0
+        if request.HasField("lease_duration") and _seconds(request.lease_duration):
+            lease_s = _lease_seconds(request.lease_duration, True, "lease_duration")
+        return await self.store.write(lambda tx: store_live.report_status(tx, request, int(lease_s * 1e6)))
 
     @handle_errors
     async def CheckFileExists(

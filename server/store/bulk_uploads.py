@@ -42,7 +42,7 @@ from ..convert import set_ts
 from ..errors import ServiceError, clip, invalid_argument
 from . import entries as store_entries
 from . import jobs as store_jobs
-from .templates import get_template
+from .templates import get_file_template
 from .writer import WriteTx
 
 BulkUpload = bres.BulkUpload
@@ -143,7 +143,7 @@ def start_upload(tx: WriteTx, req: bsvc.StartBulkUploadRequest, creator: str) ->
     file came inline)."""
     spec = req.bulk_upload
     if spec.template_id:
-        get_template(tx.db, tx.project, spec.template_id)  # NOT_FOUND (TEMPLATE_NOT_FOUND)
+        get_file_template(tx.db, tx.project, spec.template_id)  # NOT_FOUND, TEMPLATE_IS_LIVE
     p = tx.db.param
     open_now = tx.db.execute_sql(f"SELECT COUNT(*) FROM bulk_uploads WHERE project = {p} AND state = {p}",
                                  (tx.project, BulkUpload.UPLOADING)).fetchone()[0]

@@ -40,7 +40,7 @@ from ..errors import ServiceError, clip, invalid_argument
 from ..storage import resolve_inside
 from . import jobs as store_jobs
 from .models import models_for
-from .templates import DEFAULT_TEMPLATE, get_template, outputs_as_params
+from .templates import DEFAULT_TEMPLATE, get_file_template, outputs_as_params
 from .writer import WriteTx
 
 Entry = mres.Entry
@@ -194,7 +194,7 @@ def prepare_entry(db: peewee.Database, project: str, now_us: int, req: msvc.Crea
     if template_id:
         if template_id not in templates:
             try:
-                templates[template_id] = get_template(db, project, template_id)
+                templates[template_id] = get_file_template(db, project, template_id)
             except ServiceError as e:
                 templates[template_id] = e
         template = templates[template_id]
@@ -297,7 +297,7 @@ def replace_source(tx: WriteTx, entry_id: str, source_rel: str, template_id: str
     if not source_rel:
         raise invalid_argument([("source_uri", "replacing an entry's media needs a source")], reason="MISSING_VALUE")
     template_id = template_id or entry.template_id or DEFAULT_TEMPLATE
-    template = get_template(tx.db, tx.project, template_id)
+    template = get_file_template(tx.db, tx.project, template_id)
     tx.flags.add(_IN_HOOK)
     try:
         for job_id in entry.job_ids:

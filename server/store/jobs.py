@@ -188,9 +188,9 @@ def new_job(tx: WriteTx, req: svc.CreateJobRequest, rerun_of: str = "", template
     job = build_job(req, tx.project, tx.now, template_id or req.template_id)
     job.rerun_of = rerun_of
     if req.template_id:
-        from .templates import get_template, outputs_as_params
+        from .templates import get_file_template, outputs_as_params
 
-        outputs = get_template(tx.db, tx.project, req.template_id).outputs  # NOT_FOUND if unknown
+        outputs = get_file_template(tx.db, tx.project, req.template_id).outputs  # NOT_FOUND if unknown
         if "outputs" not in job.params.fields:
             job.params.get_or_create_list("outputs").extend(outputs_as_params(outputs))  # type: ignore[arg-type]
     emit(tx, job, res.JobEvent.CREATED, Job.STATE_UNSPECIFIED)

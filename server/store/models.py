@@ -312,10 +312,69 @@ class BulkUploadObjectRow(BaseModel):
         indexes = ((("upload_id", "record_index"), False),)
 
 
+class LiveJobRow(BaseModel):
+    """A live job; `data` is the serialized mediajobs.v1.LiveJob (its stream
+    key included: Get shows it). The key is looked up by its sha256
+    (`key_hash`), and a reset key's hash stays in `old_key_hash` so that a
+    publisher still using it is told so. The text columns are what
+    ListLiveJobs' search reads, lowercased."""
+
+    id = peewee.CharField(max_length=26, primary_key=True)
+    project = peewee.CharField(max_length=64)
+    number = peewee.BigIntegerField(unique=True)
+    name = peewee.CharField(max_length=36, unique=True)
+    key_hash = peewee.CharField(max_length=64, unique=True)
+    old_key_hash = peewee.CharField(max_length=64, default="", index=True)
+    state = peewee.SmallIntegerField()
+    bucket = peewee.CharField(max_length=63)
+    destination = peewee.CharField(max_length=256)
+    search_text = peewee.TextField(default="")
+    current_job_id = peewee.CharField(max_length=26, default="", index=True)
+    create_time = peewee.BigIntegerField()
+    update_time = peewee.BigIntegerField()
+    data = peewee.BlobField()
+
+    class Meta:
+        table_name = "live_jobs"
+        indexes = (
+            (("project", "id"), False),
+            (("project", "state", "id"), False),
+            (("project", "bucket", "destination"), True),
+        )
+
+
+class LiveOutputRow(BaseModel):
+    """One rendition of a live job; `data` is a mediajobs.v1.LiveOutput."""
+
+    live_job_id = peewee.CharField(max_length=26)
+    output_id = peewee.IntegerField()
+    data = peewee.BlobField()
+
+    class Meta:
+        table_name = "live_outputs"
+        primary_key = peewee.CompositeKey("live_job_id", "output_id")
+
+
+class LiveTimingRow(BaseModel):
+    """The status log of a live job, append-only; `data` is a
+    mediajobs.v1.LiveTiming (its sequence is `id`)."""
+
+    id = peewee.AutoField()
+    live_job_id = peewee.CharField(max_length=26)
+    output_id = peewee.IntegerField(default=0)
+    create_time = peewee.BigIntegerField()
+    data = peewee.BlobField()
+
+    class Meta:
+        table_name = "live_timings"
+        indexes = ((("live_job_id", "id"), False),)
+
+
 ALL_MODELS = [
     JobRow, JobMetadataRow, JobEventRow, JobProblemRow, JobTypeRow, IdempotencyRow, MetaRow,
     EntryRow, EntryTagRow, MediaInfoRow, JobTemplateRow, CuePointRow, CuePointTagRow,
     BulkUploadRow, BulkUploadChunkRow, BulkUploadLineRow, BulkUploadObjectRow,
+    LiveJobRow, LiveOutputRow, LiveTimingRow,
 ]
 
 
@@ -340,6 +399,9 @@ class BoundModels:
     BulkUploadChunkRow: Any
     BulkUploadLineRow: Any
     BulkUploadObjectRow: Any
+    LiveJobRow: Any
+    LiveOutputRow: Any
+    LiveTimingRow: Any
 
     def __init__(self, db: peewee.Database) -> None:
         self.all: list[Any] = []
@@ -368,5 +430,5 @@ def create_schema(db: peewee.Database) -> None:
         db.execute_sql(
             "CREATE INDEX IF NOT EXISTS jobs_acquire ON jobs (project, state, type, priority DESC, id)"
         )
-        for key in ("revision", "compact_revision", "probe", "bulk_upload_number"):
+        for key in ("revision", "compact_revision", "probe", "bulk_upload_number", "live_job_number"):
             m.MetaRow.insert(key=key, value=0).on_conflict_ignore().execute()

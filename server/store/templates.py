@@ -8,7 +8,7 @@ from typing import Any
 
 import grpc
 import peewee
-from google.protobuf import field_mask_pb2, json_format
+from google.protobuf import duration_pb2, field_mask_pb2, json_format
 
 from mediajobs.v1 import media_resources_pb2 as mres
 from mediajobs.v1 import media_service_pb2 as msvc
@@ -28,12 +28,30 @@ NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 MAX_OUTPUTS = 16
 DEFAULT_TEMPLATE = "mp4-h264-720p"
-UPDATABLE = ("display_name", "description", "outputs", "labels")
+UPDATABLE = ("display_name", "description", "outputs", "labels", "segment_duration")
+LIVE_DEFAULT_TEMPLATE = "hls-live-360p-240p"
+DEFAULT_SEGMENT_S = 2.0
 
 
 def _video(name: str, height: int, bps: int) -> OutputSpec:
     return OutputSpec(name=name, container="mp4", video_codec="h264", height=height, video_bit_rate_bps=bps,
                       audio_codec="aac", audio_bit_rate_bps=128_000, preset="veryfast")
+
+
+def _live(name: str, width: int, height: int, bps: int) -> OutputSpec:
+    return OutputSpec(name=name, container="hls", video_codec="h264", width=width, height=height,
+                      video_bit_rate_bps=bps, audio_codec="aac", audio_bit_rate_bps=96_000, preset="veryfast")
+
+
+def is_live(t: JobTemplate) -> bool:
+    """A live template: every output HLS (what live jobs need, and what
+    entries and TRANSCODE cannot use)."""
+    return bool(t.outputs) and all(o.container == "hls" for o in t.outputs)
+
+
+def segment_seconds(t: JobTemplate) -> float:
+    d = t.segment_duration
+    return d.seconds + d.nanos / 1e9 if (d.seconds or d.nanos) else DEFAULT_SEGMENT_S
 
 
 def _built_ins() -> dict[str, JobTemplate]:
@@ -54,6 +72,11 @@ def _built_ins() -> dict[str, JobTemplate]:
         JobTemplate(id="audio-aac", display_name="Audio only, AAC",
                     description="The audio track alone, AAC 128 kbit/s in MP4 (M4A).",
                     outputs=[OutputSpec(name="audio", container="mp4", audio_codec="aac", audio_bit_rate_bps=128_000)]),
+        JobTemplate(id=LIVE_DEFAULT_TEMPLATE, display_name="Live HLS 360p + 240p",
+                    description="A live HLS ladder (the default for live jobs): 640x360 at 800 kbit/s and "
+                                "426x240 at 400 kbit/s, H.264 + AAC 96 kbit/s, 2 s segments.",
+                    outputs=[_live("360p", 640, 360, 800_000), _live("240p", 426, 240, 400_000)],
+                    segment_duration=duration_pb2.Duration(seconds=2)),
     ]
     for t in out:
         t.built_in = True
@@ -105,8 +128,10 @@ def validate_outputs(outputs: Any, field: str = "job_template.outputs") -> list[
         elif o.name in names:
             v.append((f"{f}.name", f"{clip(o.name)} is used twice; output names must be unique"))
         names.add(o.name)
-        if o.container != "mp4":
-            v.append((f"{f}.container", f"{clip(o.container)} is not supported; use mp4"))
+        if o.container not in ("mp4", "hls"):
+            v.append((f"{f}.container", f"{clip(o.container)} is not supported; use mp4 (files) or hls (live)"))
+        elif o.container == "hls" and (o.video_codec != "h264" or not o.height):
+            v.append((f"{f}", "an hls (live) output needs video_codec h264 and a height"))
         if o.video_codec not in ("", "h264"):
             v.append((f"{f}.video_codec", f"{clip(o.video_codec)} is not supported; use h264 (or empty for audio only)"))
         if o.audio_codec not in ("", "aac"):
@@ -137,6 +162,15 @@ def validate_outputs(outputs: Any, field: str = "job_template.outputs") -> list[
 
 def validate_template(t: JobTemplate, field: str = "job_template") -> list[tuple[str, str]]:
     v = validate_outputs(t.outputs, f"{field}.outputs")
+    containers = {o.container for o in t.outputs}
+    if "hls" in containers and len(containers) > 1:
+        v.append((f"{field}.outputs", "a template is either for files (every output mp4) or live (every output hls)"))
+    if t.HasField("segment_duration"):
+        seg = t.segment_duration.seconds + t.segment_duration.nanos / 1e9
+        if "hls" not in containers:
+            v.append((f"{field}.segment_duration", "only for live templates (outputs of container hls)"))
+        elif not 1 <= seg <= 10:
+            v.append((f"{field}.segment_duration", f"must be 1 to 10 seconds, got {seg:g}"))
     if len(t.display_name) > 256:
         v.append((f"{field}.display_name", "at most 256 characters"))
     if len(t.description) > 4096:
@@ -151,6 +185,21 @@ def outputs_as_params(outputs: Any) -> list[dict[str, Any]]:
 
 
 # -- reads ---------------------------------------------------------------------
+
+
+def get_file_template(db: peewee.Database, project: str, template_id: str) -> JobTemplate:
+    """A template for files (entries, TRANSCODE, bulk uploads): NOT_FOUND,
+    or FAILED_PRECONDITION (TEMPLATE_IS_LIVE) for a live template."""
+    t = get_template(db, project, template_id)
+    if is_live(t):
+        raise ServiceError(
+            grpc.StatusCode.FAILED_PRECONDITION, "TEMPLATE_IS_LIVE",
+            f"job template {clip(template_id)} is a live template (hls outputs), for live jobs only; "
+            "use a template with mp4 outputs (see ListJobTemplates)",
+            metadata={"template_id": template_id},
+            precondition=("TEMPLATE_IS_LIVE", f"jobTemplates/{template_id}", "live templates make HLS, not files"),
+        )
+    return t
 
 
 def get_template(db: peewee.Database, project: str, template_id: str) -> JobTemplate:
