@@ -173,6 +173,13 @@ class JobContext:
         """Which attempt this is (1 for the first lease)."""
         return self.job.attempt_count
 
+    @property
+    def stub(self) -> wsvc_grpc.WorkerServiceAsyncStub:
+        """The worker's WorkerService stub (its own channel), for async
+        handlers that make worker calls of their own with `lease_token`
+        (the live worker's AuthorizePublish and ReportLiveStatus)."""
+        return self._worker._stub
+
     @functools.cached_property
     def params(self) -> dict[str, Any]:
         """The job's params as plain Python values (JSON numbers are floats)."""

@@ -19,7 +19,7 @@ from .common import ENV_SERVER, ENV_STORAGE_ROOT, _FMT, _ExtendCsv, default_stor
 WORKER_DESCRIPTION = """\
 Run job handlers written in Python: lease jobs of their types from the server,
 run them (at most --concurrency at a time) and report the outcome, until
-SIGTERM or Ctrl-C. Give exactly one of MODULE or --media.
+SIGTERM or Ctrl-C. Give exactly one of MODULE, --media or --live.
 
 --media runs the reference media worker instead of a MODULE: EXTRACT_MEDIA
 (probe a source, store its media info) and TRANSCODE (encode the flavor assets
@@ -33,6 +33,17 @@ else $MEDIAJOBS_DATA_DIR/storage, else ~/.local/share/mediajobs/storage
 
   mediajobs worker --media --concurrency 4
   mediajobs worker --media --storage-root /srv/media --types TRANSCODE
+
+--live runs the reference live worker: it leases LIVE_ENCODE sessions (live
+jobs started with SetLiveEncoding), takes their publishers on one RTMP port
+(--rtmp-listen; every stream key is checked with the server before any media
+is accepted) and writes each session's HLS ladder under the storage root
+(live/<bucket>/<destination>/). The server's --live-ingest-url must name the
+address publishers reach this port at. --concurrency is the number of live
+sessions run at once (default 1; a 720p -> 360p+240p ladder takes about a
+third of a core).
+
+  mediajobs worker --live --storage-root /srv/media --rtmp-listen 0.0.0.0:1935
 
 MODULE is a dotted module name importable from the current directory (or a
 path to a .py file). The handlers are taken from, in this order:
@@ -68,8 +79,12 @@ def add_parser(groups: Any) -> None:
                    help="where the handlers are (see above); not with --media")
     p.add_argument("--media", action="store_true",
                    help="run the reference media worker (EXTRACT_MEDIA, TRANSCODE) instead of a MODULE")
+    p.add_argument("--live", action="store_true",
+                   help="run the reference live worker (LIVE_ENCODE: RTMP in, HLS ladder out) instead of a MODULE")
+    p.add_argument("--rtmp-listen", metavar="HOST:PORT", default="127.0.0.1:1935",
+                   help="with --live: where publishers connect (default 127.0.0.1:1935)")
     p.add_argument("--storage-root", metavar="DIR",
-                   help=f"with --media: the server's storage root (default: env {ENV_STORAGE_ROOT}, else the "
+                   help=f"with --media or --live: the server's storage root (default: env {ENV_STORAGE_ROOT}, else the "
                         "server's default on this machine, DATA_DIR/storage)")
     p.add_argument("--types", action=_ExtendCsv, nargs=1, default=[], metavar="T1,T2",
                    help="serve only these of the module's job types (default: all it has handlers for)")
@@ -148,20 +163,59 @@ def load_worker(spec: str) -> Worker:
     return worker
 
 
-def _media_worker(args: argparse.Namespace, c: MediaJobsClient) -> Worker | None:
-    """The reference media worker for `worker --media` (None: it failed to
-    import, which has been reported)."""
+def _storage_root(args: argparse.Namespace) -> Path:
     if args.storage_root:
         root = Path(args.storage_root).expanduser().absolute()
         if not root.is_dir():
             args.parser.error(f"--storage-root {args.storage_root}: not a directory")
-    else:
-        root = default_storage_root().absolute()
-        if not root.is_dir():
-            args.parser.error(
-                f"the default storage root {root} is not a directory: start the server on this machine first "
-                f"(it creates it), or give the server's storage root with --storage-root DIR (or env "
-                f"{ENV_STORAGE_ROOT})")
+        return root
+    root = default_storage_root().absolute()
+    if not root.is_dir():
+        args.parser.error(
+            f"the default storage root {root} is not a directory: start the server on this machine first "
+            f"(it creates it), or give the server's storage root with --storage-root DIR (or env "
+            f"{ENV_STORAGE_ROOT})")
+    return root
+
+
+def _run_live(args: argparse.Namespace, c: MediaJobsClient) -> int:
+    root = _storage_root(args)
+    try:
+        from ..live.worker import LiveWorker, parse_listen
+    except Exception:
+        _note("mediajobs: worker: the reference live worker cannot be imported:")
+        _note(traceback.format_exc().rstrip())
+        return 1
+    try:
+        parse_listen(args.rtmp_listen)
+    except ValueError as e:
+        args.parser.error(f"--rtmp-listen: {e}")
+    options: dict[str, Any] = {"slots": args.concurrency or 1}
+    if args.lease is not None:
+        options["lease_duration"] = args.lease
+    if args.identity is not None:
+        options["identity"] = args.identity
+    live = LiveWorker(c.target, root, args.rtmp_listen, **options)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("mediajobs.worker").setLevel(logging.DEBUG if args.verbose >= 2 else logging.INFO)
+    logging.getLogger("mediajobs.worker.jobs").setLevel(logging.INFO if args.verbose else logging.WARNING)
+    _note(f"mediajobs worker: running LIVE_ENCODE from {c.target} ({options['slots']} session(s) at a time, "
+          f"RTMP on {args.rtmp_listen}, storage root {root}); SIGTERM or Ctrl-C stops")
+    try:
+        live.run_sync()
+    except OSError as e:
+        _note(f"mediajobs: worker: cannot listen on {args.rtmp_listen}: {e.strerror or e}")
+        return 1
+    _note(f"mediajobs worker: stopped ({live.worker.stats['completed']} completed, "
+          f"{live.worker.stats['failed']} failed, {live.worker.stats['released']} released)")
+    return 0
+
+
+def _media_worker(args: argparse.Namespace, c: MediaJobsClient) -> Worker | None:
+    """The reference media worker for `worker --media` (None: it failed to
+    import, which has been reported)."""
+    root = _storage_root(args)
     try:
         # Imported here, so the rest of the CLI works without PyAV.
         from ..media_worker import build_media_worker  # type: ignore[import-not-found,unused-ignore]
@@ -183,12 +237,15 @@ def cmd_worker(args: argparse.Namespace, c: MediaJobsClient) -> int:
     for opt, value, low, high in (("--lease", args.lease, 1, 600), ("--drain-timeout", args.drain_timeout, 0, None)):
         if value is not None and (value < low or (high is not None and value > high)):
             args.parser.error(f"{opt} must be {'between %s and %s' % (low, high) if high else 'at least %s' % low}")
-    if args.media and args.module:
-        args.parser.error(f"give either MODULE or --media, not both (got MODULE {args.module!r})")
-    if not args.media and not args.module:
-        args.parser.error("give MODULE (a module with job handlers) or --media (the reference media worker)")
-    if args.storage_root and not args.media:
-        args.parser.error("--storage-root goes with --media")
+    if sum(bool(x) for x in (args.media, args.module, args.live)) > 1:
+        args.parser.error("give one of MODULE, --media or --live")
+    if not args.media and not args.module and not args.live:
+        args.parser.error("give MODULE (a module with job handlers), --media (the reference media worker) or "
+                          "--live (the reference live worker)")
+    if args.storage_root and not (args.media or args.live):
+        args.parser.error("--storage-root goes with --media or --live")
+    if args.live:
+        return _run_live(args, c)
     if args.media:
         media_worker = _media_worker(args, c)
         if media_worker is None:

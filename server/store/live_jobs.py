@@ -292,8 +292,7 @@ def create_live_job(tx: WriteTx, req: lsvc.CreateLiveJobRequest, creator: str, s
 def _renditions(template: Any) -> list[dict[str, Any]]:
     return [{"name": o.name, "width": o.width, "height": o.height,
              "video_kbps": round(o.video_bit_rate_bps / 1000) or 800,
-             "audio_kbps": round(o.audio_bit_rate_bps / 1000) if o.audio_codec else 0,
-             "preset": o.preset or "veryfast"} for o in template.outputs]
+             "audio_kbps": round(o.audio_bit_rate_bps / 1000) or 96} for o in template.outputs]
 
 
 def _us(ts: Any) -> int:

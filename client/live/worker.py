@@ -1,0 +1,467 @@
+"""The reference live worker (`mediajobs worker --live`): leases LIVE_ENCODE
+sessions, takes their publishers on one RTMP port, and writes each
+session's HLS ladder under the storage root.
+
+    from mediajobs.client.live.worker import LiveWorker
+    LiveWorker("127.0.0.1:50051", Path("/srv/media"), rtmp_listen="0.0.0.0:1935").run_sync()
+
+Built on the worker SDK: each leased session is one async handler run.
+For a session it
+
+1. reports AWAITING_INPUT (WorkerService.ReportLiveStatus, fenced by the
+   lease token) and waits for a publisher;
+2. lets a publisher in only when the server says its stream key belongs to
+   a session this worker holds (WorkerService.AuthorizePublish, asked by the
+   RTMP front door at `publish`, before any media is accepted);
+3. starts the ingest child (`ladder.py`, a subprocess: decode once, encode
+   the renditions, one HLS muxer) and feeds it the publisher's FLV tags;
+   reports LIVE with the stream's statistics, then every `report_interval`
+   the measured statistics and each output's segment counter;
+4. when the publisher drops: RECONNECTING, and a publisher that comes back
+   within the reconnect window continues the same playlists (a new child
+   with `--continue`: one DISCONTINUITY); after the window: stops;
+5. stops on SetLiveEncoding(online=false), the finish time, the maximum
+   duration or an abort: the child closes the playlists (ENDLIST) and the
+   job completes with the manifests, the duration and the segment counts;
+6. kills the child at once when the lease is lost, so a worker that lost
+   its session never writes after the next one starts (the next worker
+   continues the same playlists).
+
+HLS input (server type HLS) has no publisher: the child pulls the playlist
+(a path under the storage root), paced to real time, and the session stops
+at its end.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from mediajobs.v1 import live_resources_pb2 as lres
+from mediajobs.v1 import worker_service_pb2 as wsvc
+
+from ..worker import JobCancelled, JobContext, Worker
+from . import ladder
+from .rtmp import PublishRefused, PublishRequest, RtmpServer, flv_header, flv_tag
+
+log = logging.getLogger("mediajobs.live.worker")
+
+JOB_TYPE = "LIVE_ENCODE"
+State = lres.LiveJob.State
+# How long the child may take to close its playlists after SIGTERM before
+# it is killed.
+STOP_GRACE_S = 15.0
+# Buffered FLV bytes waiting for the child before the publisher is dropped
+# (the encoder cannot keep up).
+MAX_BUFFERED_BYTES = 32 * 1024 * 1024
+STATS_INTERVAL_S = 2.0
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:1935, 0.0.0.0:1935)")
+    return host.strip("[]"), int(port)
+
+
+@dataclass
+class _Child:
+    proc: asyncio.subprocess.Process
+    reader: asyncio.Task[None] | None = None
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    end: dict[str, Any] = field(default_factory=dict)
+
+
+class _Session:
+    """One leased LIVE_ENCODE job."""
+
+    def __init__(self, worker: "LiveWorker", ctx: JobContext) -> None:
+        self.w = worker
+        self.ctx = ctx
+        p = ctx.params
+        self.live_job_id = str(p.get("live_job_id", ""))
+        self.out_rel = str(p.get("output_dir", ""))
+        self.out_dir = worker.storage_root / self.out_rel
+        self.renditions = [ladder.Rendition.from_dict({k: (int(v) if isinstance(v, float) else v)
+                                                       for k, v in r.items()}) for r in p.get("renditions", [])]
+        self.segment_s = float(p.get("segment_seconds", 2.0))
+        self.server_type = str(p.get("server_type", "RTMP"))
+        self.file_path = str(p.get("file_path", ""))
+        self.state: int = State.STARTING
+        self.events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self.child: _Child | None = None
+        self.key = ""  # the connected publisher's stream key (in memory only: never logged or sent)
+        self.key_generation = -1
+        self.finish_at = 0.0  # wall clock, 0: none
+        self.reconnect_window = 60.0
+        self.max_duration = 12 * 3600.0
+        self.started = time.monotonic()
+        self.reconnect_deadline = 0.0
+        self.segments: dict[str, int] = {r.name: 0 for r in self.renditions}
+        self.last_segment: dict[str, float] = {}
+        self.duration_s = 0.0
+        self.publishes = 0
+        self.statistics = lres.LiveStatistics()
+        self.stats_dirty = False
+        self.outputs_dirty = False
+        self.stopping = ""
+
+    # -- the server ---------------------------------------------------------------------
+
+    async def report(self, state: int = 0, child_status: str = "", message: str = "") -> wsvc.ReportLiveStatusResponse:
+        req = wsvc.ReportLiveStatusRequest(job_id=self.ctx.job_id, lease_token=self.ctx.lease_token,
+                                           live_state=state, child_status=child_status,  # type: ignore[arg-type]
+                                           message=message[:1024])
+        if self.stats_dirty:
+            req.statistics.CopyFrom(self.statistics)
+            self.stats_dirty = False
+        if self.outputs_dirty:
+            for i, r in enumerate(self.renditions, start=1):
+                o = req.outputs.add(output_id=i, counter=self.segments[r.name], encoder_id=self.w.encoder_id,
+                                    status=lres.LiveOutput.ENCODING if self.child is not None
+                                    else lres.LiveOutput.WAITING)
+                if r.name in self.last_segment:
+                    o.last_segment_time.FromNanoseconds(int(self.last_segment[r.name] * 1e9))
+            self.outputs_dirty = False
+        try:
+            reply = await self.ctx.stub.ReportLiveStatus(req, timeout=10)
+        except grpc.aio.AioRpcError as e:
+            if e.code() in (grpc.StatusCode.ABORTED, grpc.StatusCode.NOT_FOUND):
+                await self.kill_child()  # fenced off: never write after the next worker starts
+                raise JobCancelled("lease lost") from None
+            if e.code() == grpc.StatusCode.FAILED_PRECONDITION and state:
+                log.warning("session %s: %s", self.ctx.job_id, e.details())
+                self.state = State.STOPPING
+                return wsvc.ReportLiveStatusResponse(stop_requested=True)
+            raise
+        if state:
+            self.state = state
+        self.apply(reply)
+        return reply
+
+    def apply(self, reply: wsvc.ReportLiveStatusResponse) -> None:
+        if reply.live_state:
+            self.state = reply.live_state
+        if reply.HasField("finish_time"):
+            self.finish_at = reply.finish_time.ToNanoseconds() / 1e9
+        self.reconnect_window = reply.reconnect_window.seconds + reply.reconnect_window.nanos / 1e9
+        if reply.max_duration.seconds:
+            self.max_duration = float(reply.max_duration.seconds)
+        if self.key_generation >= 0 and reply.key_generation != self.key_generation and self.key:
+            self.events.put_nowait(("key_reset", None))
+        self.key_generation = reply.key_generation
+        if reply.cancel_requested:
+            self.stopping = self.stopping or "ABORTED"
+        elif reply.stop_requested:
+            self.stopping = self.stopping or "STOP_REQUESTED"
+
+    # -- the child ----------------------------------------------------------------------
+
+    async def start_child(self, input_: str, fmt: str, realtime: bool = False) -> _Child:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        cmd = ladder.command(input_, self.out_dir, self.renditions, fmt=fmt, segment_seconds=self.segment_s,
+                             continue_playlists=True, stats_interval=STATS_INTERVAL_S, realtime=realtime,
+                             python=self.w.python)
+        proc = await asyncio.create_subprocess_exec(
+            *cmd, stdin=asyncio.subprocess.PIPE if input_ == "pipe:0" else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+        child = _Child(proc)
+        child.reader = asyncio.create_task(self._read_child(child))
+        self.child = child
+        self.publishes += 1
+        return child
+
+    async def _read_child(self, child: _Child) -> None:
+        assert child.proc.stdout is not None
+        try:
+            async for line in child.proc.stdout:
+                ev = ladder.parse_event(line)
+                if ev is None:
+                    continue
+                kind = ev["event"]
+                if kind in ("connected", "statistics"):
+                    self._statistics(ev)
+                    if kind == "connected":
+                        self.events.put_nowait(("connected", ev))
+                elif kind == "segment":
+                    name = str(ev.get("rendition", ""))
+                    if name in self.segments:
+                        self.segments[name] += 1
+                        self.last_segment[name] = float(ev.get("time", time.time()))
+                        self.outputs_dirty = True
+                elif kind == "lagging":
+                    self.events.put_nowait(("lagging", ev))
+                elif kind == "ended":
+                    child.end = ev
+        finally:
+            await child.proc.wait()
+            self.duration_s += float(child.end.get("duration_s") or 0.0)
+            child.ended.set()
+            self.events.put_nowait(("child_ended", child))
+
+    def _statistics(self, ev: dict[str, Any]) -> None:
+        f = ev.get("input") or {}
+        s = self.statistics
+        for name, key, kind in (("width", "width", int), ("height", "height", int),
+                                ("frame_rate", "frame_rate", float), ("video_codec_id", "video_codec_id", int),
+                                ("video_data_rate", "video_data_rate", float),
+                                ("audio_codec_id", "audio_codec_id", int),
+                                ("audio_data_rate", "audio_data_rate", float),
+                                ("audio_sample_rate", "audio_sample_rate", int),
+                                ("audio_sample_size", "audio_sample_size", int),
+                                ("audio_channels", "audio_channels", int), ("stereo", "stereo", bool),
+                                ("encoder", "encoder", str), ("video_codec", "video_codec", str),
+                                ("audio_codec", "audio_codec", str)):
+            v = f.get(key)
+            if v is not None:
+                with contextlib.suppress(TypeError, ValueError):
+                    setattr(s, name, kind(v))
+        for name, key in (("measured_video_kbps", "video_kbps"), ("measured_audio_kbps", "audio_kbps"),
+                          ("measured_fps", "fps")):
+            v = ev.get(key)
+            if isinstance(v, (int, float)):
+                setattr(s, name, float(v))
+        if isinstance(ev.get("latency_ms"), (int, float)):
+            s.latency_ms = int(ev["latency_ms"])
+        s.protocol = "hls" if self.server_type == "HLS" else "rtmp"
+        self.stats_dirty = True
+
+    def write(self, data: bytes) -> bool:
+        """Feed the child; False when it cannot keep up (or is gone)."""
+        child = self.child
+        if child is None or child.proc.stdin is None or child.proc.stdin.is_closing():
+            return False
+        transport = child.proc.stdin.transport
+        if transport.get_write_buffer_size() > MAX_BUFFERED_BYTES:  # type: ignore[attr-defined]
+            return False
+        child.proc.stdin.write(data)
+        return True
+
+    def end_input(self) -> None:
+        child = self.child
+        if child is not None and child.proc.stdin is not None and not child.proc.stdin.is_closing():
+            child.proc.stdin.close()
+
+    async def stop_child(self) -> None:
+        """Close the playlists: SIGTERM, then wait (kill after STOP_GRACE_S)."""
+        child = self.child
+        if child is None:
+            return
+        if child.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                child.proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(child.ended.wait(), STOP_GRACE_S)
+        except asyncio.TimeoutError:
+            await self.kill_child()
+
+    async def kill_child(self) -> None:
+        child = self.child
+        if child is None:
+            return
+        if child.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                child.proc.kill()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(child.ended.wait(), 5)
+
+    def result(self) -> dict[str, Any]:
+        return {"master": f"{self.out_rel}/{ladder.MASTER_PLAYLIST}",
+                "manifests": {r.name: f"{self.out_rel}/{r.name}/{ladder.MEDIA_PLAYLIST}" for r in self.renditions},
+                "duration_s": round(self.duration_s, 3), "segments": dict(self.segments),
+                "publishes": self.publishes}
+
+
+class _Publisher:
+    """The front door's session object for an accepted publisher: FLV tags
+    go into the session's child."""
+
+    def __init__(self, session: _Session) -> None:
+        self.s = session
+        self.closed = False
+
+    def on_metadata(self, metadata: dict[str, Any]) -> None:
+        pass  # the child reads onMetaData from the FLV itself (it is a script tag)
+
+    def on_tag(self, tag_type: int, timestamp_ms: int, body: bytes) -> None:
+        if self.closed:
+            return
+        if not self.s.write(flv_tag(tag_type, timestamp_ms, body)):
+            self.closed = True
+            self.s.events.put_nowait(("overrun", None))
+
+    def on_close(self, reason: str) -> None:
+        self.closed = True
+        self.s.end_input()
+        self.s.events.put_nowait(("publisher_closed", reason))
+
+
+class LiveWorker:
+    def __init__(self, target: str, storage_root: Path, rtmp_listen: str = "127.0.0.1:1935", *, slots: int = 1,
+                 lease_duration: float = 30.0, report_interval: float = 1.0, identity: str | None = None,
+                 python: str = sys.executable) -> None:
+        self.storage_root = storage_root
+        self.host, self.requested_port = parse_listen(rtmp_listen)
+        self.report_interval = report_interval
+        self.python = python
+        self.worker = Worker(target, concurrency=slots, lease_duration=lease_duration, identity=identity,
+                             drain_timeout=STOP_GRACE_S + 5)
+        self.worker.register(JOB_TYPE, self._session)
+        self.encoder_id = f"{self.worker.identity}"[:128]
+        self.front_door = RtmpServer(self._authorize, self.host, self.requested_port)
+        self.sessions: dict[str, _Session] = {}
+        self.ready = asyncio.Event()
+
+    @property
+    def port(self) -> int:
+        return self.front_door.port
+
+    async def run(self, handle_signals: bool | None = None) -> None:
+        await self.front_door.start()
+        self.ready.set()
+        try:
+            await self.worker.run(types=[JOB_TYPE], handle_signals=handle_signals)
+        finally:
+            await self.front_door.close()
+
+    def run_sync(self) -> None:
+        asyncio.run(self.run())
+
+    def stop(self, drain_timeout: float | None = None) -> None:
+        self.worker.stop(drain_timeout)
+
+    # -- the front door -----------------------------------------------------------------
+
+    async def _authorize(self, req: PublishRequest) -> _Publisher:
+        waiting = [s for s in self.sessions.values() if s.server_type != "HLS"]
+        if not waiting:
+            raise PublishRefused("no live session is waiting for a publisher on this worker")
+        stub = waiting[0].ctx.stub
+        try:
+            answer = await stub.AuthorizePublish(wsvc.AuthorizePublishRequest(
+                stream_key=req.stream_key, app=req.app[:64], protocol="rtmp", peer=f"{req.peer[0]}:{req.peer[1]}",
+                leases=[wsvc.LeaseRef(job_id=s.ctx.job_id, lease_token=s.ctx.lease_token) for s in waiting]),
+                timeout=10)
+        except grpc.aio.AioRpcError as e:
+            raise PublishRefused(f"cannot check the stream key now ({e.code().name})") from None
+        if not answer.allowed:
+            raise PublishRefused(answer.message or answer.reason)
+        session = self.sessions.get(answer.job_id)
+        if session is None or session.stopping:
+            raise PublishRefused("the session is stopping")
+        await session.start_child("pipe:0", "flv")
+        session.write(flv_header())
+        session.key = req.stream_key
+        publisher = _Publisher(session)
+        session.events.put_nowait(("publisher", None))
+        return publisher
+
+    # -- a session ----------------------------------------------------------------------
+
+    async def _session(self, ctx: JobContext) -> dict[str, Any]:
+        s = _Session(self, ctx)
+        if not s.renditions or not s.live_job_id:
+            raise ValueError("not a live session job: params need live_job_id, output_dir and renditions")
+        self.sessions[ctx.job_id] = s
+        try:
+            return await self._run_session(s)
+        finally:
+            self.sessions.pop(ctx.job_id, None)
+            if s.child is not None and s.child.proc.returncode is None:
+                await s.kill_child()
+
+    async def _run_session(self, s: _Session) -> dict[str, Any]:
+        ctx = s.ctx
+        await s.report(State.AWAITING_INPUT, "WORKER_READY",
+                       f"{self.worker.identity} listens on rtmp port {self.port}" if s.server_type != "HLS"
+                       else f"{self.worker.identity} pulls {s.file_path}")
+        if s.server_type == "HLS":
+            src = (self.storage_root / s.file_path).resolve()
+            if not src.is_relative_to(self.storage_root.resolve()) or not src.is_file():
+                s.stopping = "INPUT_NOT_FOUND"
+                await s.report(State.STOPPING, "INPUT_NOT_FOUND", f"{s.file_path} is not a playlist under the "
+                                                                   "storage root")
+            else:
+                await s.start_child(str(src), "hls", realtime=True)
+        loop = asyncio.get_running_loop()
+        next_report = loop.time() + self.report_interval
+        while not s.stopping:
+            timeout = max(0.0, next_report - loop.time())
+            try:
+                kind, value = await asyncio.wait_for(s.events.get(), timeout)
+            except asyncio.TimeoutError:
+                kind, value = "tick", None
+            if ctx.cancelled:
+                if ctx.cancel_reason == "aborted":
+                    s.stopping = "ABORTED"
+                    break
+                await s.kill_child() if ctx.cancel_reason == "lease lost" else await s.stop_child()
+                raise JobCancelled(ctx.cancel_reason)
+            if kind == "publisher":
+                await s.report(State.LIVE, "RECONNECTED" if s.publishes > 1 else "CONNECTED", "publisher connected")
+                s.reconnect_deadline = 0.0
+            elif kind == "connected" and s.server_type == "HLS":
+                await s.report(State.LIVE, "CONNECTED", f"pulling {s.file_path}")
+            elif kind == "lagging":
+                await s.report(child_status="ENCODER_LAGGING",
+                               message=f"the encoder is {value.get('latency_ms')} ms behind the stream")
+            elif kind == "overrun":
+                await s.report(child_status="ENCODER_LAGGING", message="the encoder fell too far behind; the "
+                                                                       "publisher was dropped")
+                await self.front_door.drop(s.key)
+            elif kind == "key_reset":
+                await self.front_door.drop(s.key)
+            elif kind == "child_ended" and value is s.child and value is not None:
+                s.child = None
+                s.outputs_dirty = True
+                if s.server_type == "HLS":
+                    s.stopping = "INPUT_ENDED"
+                    break
+                if value.end.get("reason") == "error":
+                    await s.report(child_status="ENCODER_ERROR", message=str(value.end.get("message", ""))[:500])
+                if s.state in (State.LIVE, State.AWAITING_INPUT):
+                    await s.report(State.RECONNECTING, "DISCONNECTED",
+                                   f"the publisher went away; waiting {s.reconnect_window:g} s for it")
+                    s.reconnect_deadline = loop.time() + s.reconnect_window
+            now_wall = time.time()
+            if s.finish_at and now_wall >= s.finish_at:
+                s.stopping = "FINISH_TIME_REACHED"
+            elif time.monotonic() - s.started >= s.max_duration:
+                s.stopping = "MAX_DURATION_REACHED"
+            elif s.reconnect_deadline and loop.time() >= s.reconnect_deadline and s.child is None:
+                s.stopping = "RECONNECT_WINDOW_EXPIRED"
+            if loop.time() >= next_report or kind != "tick":
+                await s.report()
+                next_report = loop.time() + self.report_interval
+        # Stopping: say so, close the playlists, report the final counters, complete.
+        if s.stopping not in ("STOP_REQUESTED", "ABORTED") and s.state != State.STOPPING:
+            await s.report(State.STOPPING, s.stopping, _stop_message(s.stopping))
+        if s.key:
+            await self.front_door.drop(s.key)
+        await s.stop_child()
+        s.outputs_dirty = True
+        await s.report()
+        return s.result()
+
+
+def _stop_message(why: str) -> str:
+    return {"FINISH_TIME_REACHED": "the finish time came", "MAX_DURATION_REACHED": "the maximum duration passed",
+            "RECONNECT_WINDOW_EXPIRED": "the publisher did not come back within the reconnect window",
+            "INPUT_ENDED": "the input playlist ended", "INPUT_NOT_FOUND": "the input playlist is missing"}.get(why, why)
+
+
+def build_live_worker(target: str, storage_root: Path, rtmp_listen: str = "127.0.0.1:1935",
+                      **options: Any) -> LiveWorker:
+    if not storage_root.is_dir():
+        raise ValueError(f"storage root {storage_root} is not a directory")
+    return LiveWorker(target, storage_root, rtmp_listen, **options)
+
+

@@ -1,0 +1,195 @@
+"""Live jobs end to end on 127.0.0.1: a real server, the reference live
+worker (RTMP front door + ingest child) on a free port, and the synthetic
+PyAV publisher in a child process (PyAV's RTMP client holds the GIL while it
+connects, so it cannot share a process with the front door). Media is tiny:
+320x180 at 15 fps in, 160x90 + 128x72 out, 1 s segments. Waiting is done on
+WatchJobs (the live state rides on the session job), never by sleeping."""
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import av
+import grpc
+import pytest
+from google.protobuf import duration_pb2, json_format, timestamp_pb2
+
+from mediajobs.client.live.worker import LiveWorker
+from mediajobs.v1 import job_service_pb2 as svc
+from mediajobs.v1 import job_service_pb2_grpc
+from mediajobs.v1 import live_job_service_pb2 as lsvc
+from mediajobs.v1 import live_job_service_pb2_grpc
+from mediajobs.v1 import live_resources_pb2 as lres
+from mediajobs.v1 import media_resources_pb2 as mres
+from mediajobs.v1 import media_service_pb2 as msvc
+from mediajobs.v1 import media_service_pb2_grpc
+
+from conftest import start_app
+
+S = lres.LiveJob.State
+TEMPLATE = mres.JobTemplate(
+    outputs=[mres.OutputSpec(name="r90", container="hls", video_codec="h264", width=160, height=90,
+                             video_bit_rate_bps=200_000, audio_codec="aac", audio_bit_rate_bps=64_000),
+             mres.OutputSpec(name="r72", container="hls", video_codec="h264", width=128, height=72,
+                             video_bit_rate_bps=150_000, audio_codec="aac", audio_bit_rate_bps=64_000)],
+    segment_duration=duration_pb2.Duration(seconds=1))
+
+
+class Env:
+    def __init__(self, ch: grpc.aio.Channel, root: Path, worker: LiveWorker) -> None:
+        self.live = live_job_service_pb2_grpc.LiveJobServiceStub(ch)
+        self.jobs = job_service_pb2_grpc.JobServiceStub(ch)
+        self.media = media_service_pb2_grpc.MediaServiceStub(ch)
+        self.root = root
+        self.worker = worker
+
+    def url(self, key: str) -> str:
+        return f"rtmp://127.0.0.1:{self.worker.port}/live/{key}"
+
+    async def create(self, destination: str, **kw: Any) -> lres.LiveJob:
+        return await self.live.CreateLiveJob(lsvc.CreateLiveJobRequest(live_job=lres.LiveJob(
+            bucket="e2e", destination=destination, job_template_id="tiny-live",
+            input=lres.LiveInput(server_type=lres.LiveInput.RTMP), **kw)))
+
+    async def until(self, live_id: str, *states: int, timeout: float = 30) -> str:
+        """Follow WatchJobs until the live job's session reports one of
+        `states` (a live_state); returns it."""
+        names = {S.Name(s) for s in states}
+        async for resp in self.jobs.WatchJobs(svc.WatchJobsRequest(start_revision=1, types=["LIVE_ENCODE"]),
+                                              timeout=timeout):
+            for ev in resp.events:
+                d = json_format.MessageToDict(ev.job.progress_details)
+                if d.get("live_job_id") == live_id and d.get("live_state") in names:
+                    return str(d["live_state"])
+        raise AssertionError(f"live job {live_id} never reached {names}")
+
+    async def timings(self, live_id: str) -> list[str]:
+        page = await self.live.ListLiveTimings(lsvc.ListLiveTimingsRequest(live_job_id=live_id, page_size=100))
+        return [t.child_status for t in page.timings]
+
+
+async def publish(url: str, seconds: float, width: int = 320, height: int = 180) -> tuple[int, str]:
+    """The synthetic publisher in a child process: (exit code, stderr tail)."""
+    code = ("import sys\nfrom mediajobs.client.live.publisher import publish\n"
+            f"r = publish({url!r}, seconds={seconds}, width={width}, height={height}, fps=15, open_timeout=5)\n"
+            "print(r.video_frames)")
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", code, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), seconds + 30)
+    except asyncio.TimeoutError:
+        proc.kill()
+        raise
+    return proc.returncode or 0, err.decode(errors="replace")[-300:]
+
+
+@pytest.fixture
+async def env(tmp_path: Path) -> AsyncIterator[Env]:
+    root = tmp_path / "storage"
+    app = await start_app(str(tmp_path / "db.sqlite"), storage_root=root)
+    worker = LiveWorker(f"127.0.0.1:{app.port}", root, "127.0.0.1:0", slots=2, lease_duration=10,
+                        report_interval=0.5)
+    task = asyncio.create_task(worker.run(handle_signals=False))
+    await asyncio.wait_for(worker.ready.wait(), 10)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as ch:
+            e = Env(ch, root, worker)
+            await e.media.CreateJobTemplate(msvc.CreateJobTemplateRequest(job_template=TEMPLATE,
+                                                                          job_template_id="tiny-live"))
+            yield e
+    finally:
+        worker.stop(0)
+        await asyncio.wait_for(task, 30)
+        await app.stop(None)
+
+
+def playlist(path: Path) -> tuple[list[float], str]:
+    text = path.read_text()
+    durations = [float(line.split(":", 1)[1].rstrip(",")) for line in text.splitlines()
+                 if line.startswith("#EXTINF:")]
+    return durations, text
+
+
+async def test_push_live_stop_gives_a_closed_ladder_and_real_statistics(env: Env) -> None:
+    lj = await env.create("happy")
+    await env.live.SetLiveEncoding(lsvc.SetLiveEncodingRequest(stream_key=lj.stream_key, online=True))
+    assert await env.until(lj.id, S.AWAITING_INPUT) == "AWAITING_INPUT"
+    # A wrong key is refused before any media is accepted.
+    code, _err = await publish(env.url("not-the-key"), 1)
+    assert code != 0
+    assert "PUBLISH_REJECTED" in await env.timings(lj.id)
+    code, err = await publish(env.url(lj.stream_key), 3)
+    assert code == 0, err
+    # The publisher is gone: RECONNECTING; then stop.
+    assert await env.until(lj.id, S.RECONNECTING) == "RECONNECTING"
+    await env.live.SetLiveEncoding(lsvc.SetLiveEncodingRequest(stream_key=lj.stream_key, online=False))
+    assert await env.until(lj.id, S.STOPPED) == "STOPPED"
+    got = await env.live.GetLiveJob(lsvc.GetLiveJobRequest(id=lj.id))
+    assert got.state == S.STOPPED
+    st = got.statistics
+    assert (st.width, st.height, round(st.frame_rate), st.video_codec_id, st.audio_codec_id, st.stereo,
+            st.audio_sample_rate) == (320, 180, 15, 7, 10, True, 48000)
+    assert st.encoder.startswith("Lavf") and st.protocol == "rtmp"
+    out = env.root / "live" / "e2e" / "happy"
+    master = (out / "master.m3u8").read_text()
+    assert "r90/index.m3u8" in master and "r72/index.m3u8" in master and "RESOLUTION=160x90" in master
+    for name, size in (("r90", (160, 90)), ("r72", (128, 72))):
+        durations, text = playlist(out / name / "index.m3u8")
+        assert text.rstrip().endswith("#EXT-X-ENDLIST") and "#EXT-X-PROGRAM-DATE-TIME" in text
+        assert 2.4 <= sum(durations) <= 3.6, (name, durations)
+        first = next(line for line in text.splitlines() if line.endswith(".ts"))
+        with av.open(str(out / name / first)) as seg:
+            v = seg.streams.video[0]
+            assert (v.codec_context.name, v.codec_context.width, v.codec_context.height) == ("h264", *size)
+            assert seg.streams.audio[0].codec_context.name == "aac"
+    outs = (await env.live.ListLiveOutputs(lsvc.ListLiveOutputsRequest(live_job_id=lj.id))).outputs
+    assert all(o.counter >= 3 and o.status == lres.LiveOutput.STOPPED for o in outs), outs
+    job = await env.jobs.GetJob(svc.GetJobRequest(id=got.current_job_id))
+    result = json_format.MessageToDict(job.result)
+    assert result["manifests"]["r90"] == "live/e2e/happy/r90/index.m3u8" and 2.4 <= result["duration_s"] <= 3.6
+    children = await env.timings(lj.id)
+    for step in ("WORKER_READY", "PUBLISH_REJECTED", "CONNECTED", "DISCONNECTED", "STOP_REQUESTED", "STOPPED"):
+        assert step in children, (step, children)
+
+
+async def test_reconnect_inside_the_window_continues_and_outside_it_stops(env: Env) -> None:
+    lj = await env.create("again", reconnect_window=duration_pb2.Duration(seconds=1))
+    await env.live.SetLiveEncoding(lsvc.SetLiveEncodingRequest(stream_key=lj.stream_key, online=True))
+    await env.until(lj.id, S.AWAITING_INPUT)
+    code, err = await publish(env.url(lj.stream_key), 2)
+    assert code == 0, err
+    # Nobody comes back within 1 s: the session stops by itself.
+    assert await env.until(lj.id, S.STOPPED) == "STOPPED"
+    assert "RECONNECT_WINDOW_EXPIRED" in await env.timings(lj.id)
+    # A new session with a long window: two publishes make one playlist.
+    other = await env.create("twice", reconnect_window=duration_pb2.Duration(seconds=60))
+    await env.live.SetLiveEncoding(lsvc.SetLiveEncodingRequest(stream_key=other.stream_key, online=True))
+    await env.until(other.id, S.AWAITING_INPUT)
+    assert (await publish(env.url(other.stream_key), 2))[0] == 0
+    await env.until(other.id, S.RECONNECTING)
+    assert (await publish(env.url(other.stream_key), 2))[0] == 0
+    await env.live.SetLiveEncoding(lsvc.SetLiveEncodingRequest(stream_key=other.stream_key, online=False))
+    await env.until(other.id, S.STOPPED)
+    durations, text = playlist(env.root / "live" / "e2e" / "twice" / "r90" / "index.m3u8")
+    assert text.count("#EXT-X-DISCONTINUITY") == 1 and text.count("#EXT-X-ENDLIST") == 1
+    assert 3.2 <= sum(durations) <= 4.8
+    assert (await env.timings(other.id)).count("RECONNECTED") == 1
+
+
+async def test_a_finish_time_stops_the_session_and_drops_the_publisher(env: Env) -> None:
+    lj = await env.create("window")
+    finish = timestamp_pb2.Timestamp()
+    finish.GetCurrentTime()
+    finish.FromNanoseconds(finish.ToNanoseconds() + 6_000_000_000)
+    await env.live.SetLiveEncoding(lsvc.SetLiveEncodingRequest(stream_key=lj.stream_key, online=True,
+                                                               finish_time=finish))
+    await env.until(lj.id, S.AWAITING_INPUT)
+    pub = asyncio.create_task(publish(env.url(lj.stream_key), 20))
+    assert await env.until(lj.id, S.STOPPED, timeout=40) == "STOPPED"
+    code, _ = await pub
+    assert code != 0  # dropped before its 20 s
+    assert "FINISH_TIME_REACHED" in await env.timings(lj.id)
+    durations, text = playlist(env.root / "live" / "e2e" / "window" / "r90" / "index.m3u8")
+    assert text.rstrip().endswith("#EXT-X-ENDLIST") and sum(durations) < 8
