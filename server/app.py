@@ -40,6 +40,7 @@ from .store import events as store_events
 from .store import jobs as store_jobs
 from .store import leases as store_leases
 from .store import live_jobs as store_live
+from .live_callbacks import CallbackSender
 from .store.db import DatabaseUrlError, durability_summary, is_postgres
 from .store.failures import DatabaseFailure, classify
 from .watch import BUFFER_SIZE, WatchHub, tail_log
@@ -105,6 +106,7 @@ class App:
     admission: Admission
     worker_service: WorkerService
     bulk_runners: list[BulkRunner] = field(default_factory=list)
+    callbacks: CallbackSender | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     draining: bool = False
     # Whether health says SERVING (the database takes writes).
@@ -128,6 +130,8 @@ class App:
         self.tasks.append(asyncio.create_task(tail_log(self.hub), name="mediajobs-log-tail"))
         for runner in self.bulk_runners:
             self.tasks.append(asyncio.create_task(runner.run_forever(), name=f"mediajobs-{runner.identity}"))
+        if self.callbacks is not None:
+            self.tasks.append(asyncio.create_task(self.callbacks.run_forever(), name="mediajobs-live-callbacks"))
         await self._set_serving(True)
         self.tasks.append(asyncio.create_task(self._watch_database_forever(), name="mediajobs-db-health"))
         log.info("mediajobs listening on port %d (db %s)", self.port, self.store.display_url)
@@ -315,7 +319,9 @@ async def build_server(cfg: Config, clock: Callable[[], int] = now_us) -> App:
         store.close()
         raise StartupError(f"--listen: cannot listen on {cfg.listen}: the address is in use or not this machine's; "
                            "pick another with --listen HOST:PORT")
-    return App(cfg, server, port, store, hub, dispatcher, health_servicer, admission, worker_service, bulk_runners)
+    callbacks = CallbackSender(store, cfg.allow_private_callbacks, store.clock)
+    return App(cfg, server, port, store, hub, dispatcher, health_servicer, admission, worker_service, bulk_runners,
+               callbacks)
 
 
 # Garbage collection while serving: start-up objects never die, so they are

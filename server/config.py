@@ -65,6 +65,8 @@ class Config:
     live_ingest_url: str = "rtmp://127.0.0.1:1935/live"
     live_playback_base_url: str = ""
     live_cdn_base_url: str = ""
+    # Live jobs' callbacks may go to private and loopback addresses.
+    allow_private_callbacks: bool = False
 
     def db_url(self) -> str:
         return self.db or str(self.data_dir / "mediajobs.db")
@@ -97,6 +99,15 @@ def _number(kind: Callable[[str], float], lo: float, hi: float, what: str) -> Ca
 
 # flag -> (environment variable, parser, default, help)
 _SECONDS = float
+def _flag(text: str) -> bool:
+    v = text.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off", ""):
+        return False
+    raise argparse.ArgumentTypeError(f"{text[:20]!r} is not a yes/no value (use 1/true/yes or 0/false/no)")
+
+
 _FLAGS: list[tuple[str, str, Callable[[str], object] | None, object, str]] = [
     ("--listen", "MEDIAJOBS_LISTEN", None, Config.listen, "HOST:PORT to listen on"),
     ("--db", "MEDIAJOBS_DB", None, "",
@@ -135,6 +146,9 @@ _FLAGS: list[tuple[str, str, Callable[[str], object] | None, object, str]] = [
      "the playlists' paths under the storage root are given instead)"),
     ("--live-cdn-base-url", "MEDIAJOBS_LIVE_CDN_BASE_URL", None, "",
      "http(s) URL of a CDN in front of the storage root, for the cdn URL of live jobs with cdn_distribution"),
+    ("--allow-private-callbacks", "MEDIAJOBS_ALLOW_PRIVATE_CALLBACKS", _flag, False,
+     "let live jobs' callback URLs reach private and loopback addresses (by default refused, so that a "
+     "callback cannot probe services next to the server); 1/true/yes to allow"),
     ("--log-level", "MEDIAJOBS_LOG_LEVEL", None, "INFO", "logging level: DEBUG, INFO, WARNING or ERROR"),
 ]
 
@@ -186,6 +200,9 @@ def parse_args(argv: list[str] | None = None, env: dict[str, str] | None = None)
                 kw["type"] = parse
             if flag == "--durability":
                 kw["choices"] = DURABILITY_MODES
+            if parse is _flag:  # `--flag` alone means yes; `--flag no` also works
+                kw["nargs"] = "?"
+                kw["const"] = True
             ap.add_argument(flag, **kw)  # type: ignore[arg-type]
         a = ap.parse_args(argv)
         if a.durability not in DURABILITY_MODES:
@@ -219,4 +236,5 @@ def parse_args(argv: list[str] | None = None, env: dict[str, str] | None = None)
         live_ingest_url=a.live_ingest_url.rstrip("/"),
         live_playback_base_url=a.live_playback_base_url.rstrip("/"),
         live_cdn_base_url=a.live_cdn_base_url.rstrip("/"),
+        allow_private_callbacks=bool(a.allow_private_callbacks),
     )

@@ -5,7 +5,14 @@ every state of a session can be checked in between; the server's clock is
 a FakeClock (leases run out and scheduled starts come by moving it)."""
 from __future__ import annotations
 
+import hashlib
+import hmac
+import http.server
+import json
+import queue
+import threading
 import uuid
+import asyncio
 from pathlib import Path
 from typing import Any, AsyncIterator
 
@@ -44,7 +51,7 @@ class Env:
 
     async def create(self, destination: str = "studio-a/main", **kw: Any) -> LiveJob:
         spec = LiveJob(bucket=kw.pop("bucket", "events"), destination=destination,
-                       input=LiveInput(server_type=LiveInput.RTMP), **kw)
+                       input=kw.pop("input", LiveInput(server_type=LiveInput.RTMP)), **kw)
         return await self.live.CreateLiveJob(lsvc.CreateLiveJobRequest(live_job=spec))
 
     async def lease(self, lease_s: int = 30) -> wsvc.LeasedJob:
@@ -76,7 +83,7 @@ async def env(db_url: str, tmp_path: Path) -> AsyncIterator[Env]:
     clock = FakeClock()
     app = await start_app(db_url, clock=clock, storage_root=tmp_path / "storage",
                           live_ingest_url="rtmp://live.example.com:1935/live",
-                          live_playback_base_url="https://cdn.example.com/media")
+                          live_playback_base_url="https://cdn.example.com/media", allow_private_callbacks=True)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as ch:
             yield Env(ch, clock, tmp_path / "storage")
@@ -476,3 +483,61 @@ async def test_worker_reports_are_checked(env: Env) -> None:
     await env.report(leased, S.AWAITING_INPUT, child_status="INGEST_READY", message="listening on :1935")
     t = (await env.timings(lj.id))[-1]
     assert (t.child_status, t.message_comment, t.status) == ("INGEST_READY", "listening on :1935", S.AWAITING_INPUT)
+
+
+class Receiver(http.server.BaseHTTPRequestHandler):
+    """A callback receiver on 127.0.0.1: answers 500 to the first POST, 204
+    after; every POST goes to `got`."""
+
+    got: "queue.Queue[tuple[int, dict[str, str], bytes]]"
+    fail_first = True
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        status = 500 if type(self).fail_first else 204
+        type(self).fail_first = False
+        type(self).got.put((status, dict(self.headers), body))
+        self.send_response(status)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+async def test_callbacks_are_signed_in_order_and_retried(env: Env) -> None:
+    Receiver.got = queue.Queue()
+    Receiver.fail_first = True
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/hook"
+        lj = await env.create("hooked", input=LiveInput(server_type=LiveInput.RTMP, callback_url=url))
+        secret = lj.input.callback_secret
+        assert len(secret) == 64
+        listed = await env.live.ListLiveJobs(lsvc.ListLiveJobsRequest())
+        assert listed.live_jobs[0].input.callback_secret == ""  # hidden like the key
+        first = await asyncio.to_thread(Receiver.got.get, True, 10)
+        assert first[0] == 500
+        await env.live.SetLiveEncoding(lsvc.SetLiveEncodingRequest(stream_key=lj.stream_key, online=True))
+        env.clock.advance(2)  # the retry of the first is due; the second waits behind it (order)
+        posts = [await asyncio.to_thread(Receiver.got.get, True, 10) for _ in range(2)]
+        bodies = [json.loads(b) for _s, _h, b in posts]
+        assert [b["child_status"] for b in bodies] == ["CREATED", "START_REQUESTED"]
+        assert json.loads(first[2])["id"] == bodies[0]["id"]  # the same callback, retried
+        assert bodies[1]["status"] == "STARTING" and bodies[1]["live_job_id"] == lj.id and bodies[1]["job_id"]
+        for _status, headers, body in posts:
+            sig = dict(part.split("=", 1) for part in headers["Mediajobs-Signature"].split(","))
+            want = hmac.new(secret.encode(), f"{sig['t']}.".encode() + body, hashlib.sha256).hexdigest()
+            assert hmac.compare_digest(sig["v1"], want)
+            assert headers["Content-Type"] == "application/json"
+    finally:
+        httpd.shutdown()
+
+
+def test_callbacks_to_private_addresses_need_the_flag() -> None:
+    from mediajobs.server.live_callbacks import CallbackRefused, check_destination
+
+    for url in ("http://127.0.0.1:9/x", "http://10.1.2.3/x", "http://[::1]/x", "http://169.254.169.254/latest"):
+        with pytest.raises(CallbackRefused):
+            check_destination(url, allow_private=False)
+        check_destination(url, allow_private=True)

@@ -409,6 +409,7 @@ class LiveInput(_message.Message):
     CALLBACK_URL_FIELD_NUMBER: _builtins.int
     SERVER_TYPE_OPTIONS_FIELD_NUMBER: _builtins.int
     INPUT_CLASS_OPTIONS_FIELD_NUMBER: _builtins.int
+    CALLBACK_SECRET_FIELD_NUMBER: _builtins.int
     file_path: _builtins.str
     """HLS: the playlist to pull (a path under the storage root, or an
     http(s) URL); unused for pushed inputs. At most 2048 characters.
@@ -418,8 +419,17 @@ class LiveInput(_message.Message):
     input_class: Global___LiveInput.InputClass.ValueType
     """Optional (default SINGLE)."""
     callback_url: _builtins.str
-    """Optional. Each state change is POSTed there as JSON (http or https, at
-    most 2048 characters).
+    """Optional. Every timing (state change or event) of the live job is
+    POSTed there as JSON, in order, signed with `callback_secret`
+    (header `Mediajobs-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of
+    "<t>.<body>">`) and retried with back-off for about 4 minutes; http or
+    https, at most 2048 characters. Private and loopback addresses are
+    refused unless the server runs with --allow-private-callbacks.
+    """
+    callback_secret: _builtins.str
+    """Output only, with a callback_url. The key of the callback signatures:
+    a secret, shown like the stream key (Create, Get, ResetStreamKey; in
+    ListLiveJobs only with `include_stream_key`).
     """
     @_builtins.property
     def server_type_options(self) -> _containers.RepeatedCompositeFieldContainer[Global___LiveOption]:
@@ -440,10 +450,11 @@ class LiveInput(_message.Message):
         callback_url: _builtins.str = ...,
         server_type_options: _abc.Iterable[Global___LiveOption] | None = ...,
         input_class_options: _abc.Iterable[Global___LiveOption] | None = ...,
+        callback_secret: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["callback_url", b"callback_url", "file_path", b"file_path", "input_class", b"input_class", "input_class_options", b"input_class_options", "server_type", b"server_type", "server_type_options", b"server_type_options"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["callback_secret", b"callback_secret", "callback_url", b"callback_url", "file_path", b"file_path", "input_class", b"input_class", "input_class_options", b"input_class_options", "server_type", b"server_type", "server_type_options", b"server_type_options"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

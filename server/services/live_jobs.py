@@ -82,8 +82,8 @@ def validate_create(req: lsvc.CreateLiveJobRequest) -> None:
     if inp.input_class not in LiveInput.InputClass.values():
         v.append(("live_job.input.input_class", f"unknown input class {inp.input_class}; use SINGLE (1) or "
                                                 "STANDARD (2)"))
-    if inp.server_type_options or inp.input_class_options:
-        v.append(("live_job.input", "server_type_options and input_class_options are output only"))
+    if inp.server_type_options or inp.input_class_options or inp.callback_secret:
+        v.append(("live_job.input", "server_type_options, input_class_options and callback_secret are output only"))
     if len(inp.file_path) > MAX_URL_CHARS:
         v.append(("live_job.input.file_path", f"at most {MAX_URL_CHARS} characters"))
     elif inp.server_type == LiveInput.HLS:

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
+import secrets
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import grpc
 import peewee
@@ -166,8 +168,15 @@ def _next_number(tx: WriteTx) -> int:
                                  ("live_job_number",)).fetchone()[0])
 
 
+# Called (in the writer thread) after a commit that queued callbacks: the
+# server's callback sender registers its wake-up here.
+CALLBACK_WAKERS: list[Callable[[], None]] = []
+
+
 def add_timing(tx: WriteTx, live: LiveJob, child_status: str, message: str = "", output_id: int = 0,
                job_id: str = "") -> LiveTiming:
+    """Append to the status log and, with a callback URL, queue its POST
+    (same transaction)."""
     t = LiveTiming(status=live.state, child_status=child_status, message_comment=payloads.cut(message, 1024),
                    output_id=output_id, job_id=job_id or live.current_job_id)
     set_ts(t.time, tx.now)
@@ -175,7 +184,62 @@ def add_timing(tx: WriteTx, live: LiveJob, child_status: str, message: str = "",
     tx.db.execute_sql(
         f"INSERT INTO live_timings (live_job_id, output_id, create_time, data) VALUES ({p}, {p}, {p}, {p})",
         (live.id, output_id, tx.now, t.SerializeToString()))
+    if live.input.callback_url:
+        body = json.dumps({
+            "id": new_id(), "type": "live_job.timing", "live_job_id": live.id, "name": live.name,
+            "status": state_name(live.state), "child_status": child_status, "message": t.message_comment,
+            "time": t.time.ToJsonString(), "job_id": t.job_id, "output_id": output_id,
+        }, separators=(",", ":")).encode()
+        tx.db.execute_sql(
+            f"INSERT INTO live_callbacks (live_job_id, url, due_time, attempts, data) VALUES ({p}, {p}, {p}, 0, {p})",
+            (live.id, live.input.callback_url, tx.now, body))
+        if "live_callbacks" not in tx.flags:
+            tx.flags.add("live_callbacks")
+            tx.after_commit.extend(CALLBACK_WAKERS)
     return t
+
+
+def sign(secret: str, timestamp: int, body: bytes) -> str:
+    """The Mediajobs-Signature header of a callback body."""
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={mac}"
+
+
+@dataclass
+class Callback:
+    id: int
+    live_job_id: str
+    url: str
+    attempts: int
+    body: bytes
+    secret: str
+
+
+def due_callbacks(db: peewee.Database, project: str, now_us: int, limit: int = 100) -> tuple[list[Callback], int]:
+    """Callbacks due now (oldest first), and when the next one falls due (0: none)."""
+    p = db.param
+    rows = db.execute_sql(
+        f"SELECT c.id, c.live_job_id, c.url, c.attempts, c.data, j.data FROM live_callbacks c "
+        f"LEFT JOIN live_jobs j ON j.id = c.live_job_id WHERE c.due_time <= {p} AND NOT EXISTS ("
+        f"SELECT 1 FROM live_callbacks e WHERE e.live_job_id = c.live_job_id AND e.id < c.id AND e.due_time > {p}) "
+        f"ORDER BY c.id LIMIT {limit}",
+        (now_us, now_us)).fetchall()
+    out = []
+    for cid, live_id, url, attempts, body, live_data in rows:
+        secret = LiveJob.FromString(bytes(live_data)).input.callback_secret if live_data is not None else ""
+        out.append(Callback(int(cid), str(live_id), str(url), int(attempts), bytes(body), secret))
+    nxt = db.execute_sql("SELECT MIN(due_time) FROM live_callbacks").fetchone()
+    return out, int(nxt[0]) if nxt and nxt[0] is not None else 0
+
+
+def callback_done(tx: WriteTx, callback_id: int) -> None:
+    tx.db.execute_sql(f"DELETE FROM live_callbacks WHERE id = {tx.db.param}", (callback_id,))
+
+
+def callback_retry(tx: WriteTx, callback_id: int, attempts: int, due_us: int) -> None:
+    p = tx.db.param
+    tx.db.execute_sql(f"UPDATE live_callbacks SET attempts = {p}, due_time = {p} WHERE id = {p}",
+                      (attempts, due_us, callback_id))
 
 
 def _outputs(db: peewee.Database, live_id: str) -> list[LiveOutput]:
@@ -259,6 +323,7 @@ def create_live_job(tx: WriteTx, req: lsvc.CreateLiveJobRequest, creator: str, s
     live.creator = spec.creator or creator
     if not live.input.input_class:
         live.input.input_class = LiveInput.SINGLE
+    live.input.callback_secret = secrets.token_hex(32) if live.input.callback_url else ""
     live.input.ClearField("server_type_options")
     live.input.server_type_options.extend(_options(LiveInput.ServerType, live.input.server_type))
     live.input.ClearField("input_class_options")
@@ -616,7 +681,7 @@ def delete_live_job(tx: WriteTx, req: lsvc.DeleteLiveJobRequest) -> None:
         except ServiceError:
             pass  # finished meanwhile
     p = tx.db.param
-    for table in ("live_timings", "live_outputs"):
+    for table in ("live_timings", "live_outputs", "live_callbacks"):
         tx.db.execute_sql(f"DELETE FROM {table} WHERE live_job_id = {p}", (live.id,))
     tx.db.execute_sql(f"DELETE FROM live_jobs WHERE id = {p}", (live.id,))
 
@@ -627,6 +692,7 @@ def delete_live_job(tx: WriteTx, req: lsvc.DeleteLiveJobRequest) -> None:
 def hide_key(live: LiveJob) -> LiveJob:
     live.stream_key = ""
     live.ingest_url = ""
+    live.input.callback_secret = ""
     return live
 
 

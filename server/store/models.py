@@ -370,11 +370,27 @@ class LiveTimingRow(BaseModel):
         indexes = ((("live_job_id", "id"), False),)
 
 
+class LiveCallbackRow(BaseModel):
+    """A live job's timing waiting to be POSTed to its callback URL (an
+    outbox written in the timing's transaction); `data` is the JSON body."""
+
+    id = peewee.AutoField()
+    live_job_id = peewee.CharField(max_length=26)
+    url = peewee.TextField()
+    due_time = peewee.BigIntegerField()
+    attempts = peewee.IntegerField(default=0)
+    data = peewee.BlobField()
+
+    class Meta:
+        table_name = "live_callbacks"
+        indexes = ((("due_time", "id"), False), (("live_job_id", "id"), False))
+
+
 ALL_MODELS = [
     JobRow, JobMetadataRow, JobEventRow, JobProblemRow, JobTypeRow, IdempotencyRow, MetaRow,
     EntryRow, EntryTagRow, MediaInfoRow, JobTemplateRow, CuePointRow, CuePointTagRow,
     BulkUploadRow, BulkUploadChunkRow, BulkUploadLineRow, BulkUploadObjectRow,
-    LiveJobRow, LiveOutputRow, LiveTimingRow,
+    LiveJobRow, LiveOutputRow, LiveTimingRow, LiveCallbackRow,
 ]
 
 
@@ -402,6 +418,7 @@ class BoundModels:
     LiveJobRow: Any
     LiveOutputRow: Any
     LiveTimingRow: Any
+    LiveCallbackRow: Any
 
     def __init__(self, db: peewee.Database) -> None:
         self.all: list[Any] = []
