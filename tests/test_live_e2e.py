@@ -44,6 +44,7 @@ class Env:
         self.media = media_service_pb2_grpc.MediaServiceStub(ch)
         self.root = root
         self.worker = worker
+        self.rev = 0
 
     def url(self, key: str) -> str:
         return f"rtmp://127.0.0.1:{self.worker.port}/live/{key}"
@@ -54,14 +55,16 @@ class Env:
             input=lres.LiveInput(server_type=lres.LiveInput.RTMP), **kw)))
 
     async def until(self, live_id: str, *states: int, timeout: float = 30) -> str:
-        """Follow WatchJobs until the live job's session reports one of
-        `states` (a live_state); returns it."""
+        """Follow WatchJobs, from just after the last change an earlier wait
+        saw, until the live job's session reports one of `states` (a
+        live_state); returns it."""
         names = {S.Name(s) for s in states}
-        async for resp in self.jobs.WatchJobs(svc.WatchJobsRequest(start_revision=1, types=["LIVE_ENCODE"]),
-                                              timeout=timeout):
+        async for resp in self.jobs.WatchJobs(svc.WatchJobsRequest(start_revision=self.rev + 1,
+                                                                   types=["LIVE_ENCODE"]), timeout=timeout):
             for ev in resp.events:
                 d = json_format.MessageToDict(ev.job.progress_details)
                 if d.get("live_job_id") == live_id and d.get("live_state") in names:
+                    self.rev = ev.revision  # the next wait starts after this change
                     return str(d["live_state"])
         raise AssertionError(f"live job {live_id} never reached {names}")
 
@@ -193,3 +196,81 @@ async def test_a_finish_time_stops_the_session_and_drops_the_publisher(env: Env)
     assert "FINISH_TIME_REACHED" in await env.timings(lj.id)
     durations, text = playlist(env.root / "live" / "e2e" / "window" / "r90" / "index.m3u8")
     assert text.rstrip().endswith("#EXT-X-ENDLIST") and sum(durations) < 8
+
+
+async def test_hls_input_is_pulled_in_real_time_and_stops_at_its_end(env: Env) -> None:
+    from mediajobs.client.live import ladder
+    from mediajobs.client.live.publisher import publish as publish_file
+
+    src = env.root / "incoming"
+    src.mkdir(parents=True)
+    await asyncio.to_thread(publish_file, str(src / "in.flv"), 2, 320, 180, 15, realtime=False)
+    made = await asyncio.create_subprocess_exec(*ladder.command(
+        str(src / "in.flv"), src / "hls", [ladder.Rendition("src", 320, 180, 300, 64)], fmt="flv",
+        segment_seconds=1), stdout=asyncio.subprocess.DEVNULL)
+    assert await made.wait() == 0
+    lj = await env.live.CreateLiveJob(lsvc.CreateLiveJobRequest(live_job=lres.LiveJob(
+        bucket="e2e", destination="pulled", job_template_id="tiny-live",
+        input=lres.LiveInput(server_type=lres.LiveInput.HLS, file_path="incoming/hls/src/index.m3u8"))))
+    await env.live.SetLiveEncoding(lsvc.SetLiveEncodingRequest(stream_key=lj.stream_key, online=True))
+    assert await env.until(lj.id, S.STOPPED) == "STOPPED"
+    children = await env.timings(lj.id)
+    assert "CONNECTED" in children and "INPUT_ENDED" in children, children
+    durations, text = playlist(env.root / "live" / "e2e" / "pulled" / "r90" / "index.m3u8")
+    assert text.rstrip().endswith("#EXT-X-ENDLIST") and 1.5 <= sum(durations) <= 2.5
+    st = (await env.live.GetLiveJob(lsvc.GetLiveJobRequest(id=lj.id))).statistics
+    assert (st.width, st.height, st.protocol) == (320, 180, "hls")
+
+
+async def test_a_worker_killed_mid_stream_is_replaced_and_the_playlists_continue(tmp_path: Path) -> None:
+    import os
+    import signal as sig
+    import socket
+
+    root = tmp_path / "storage"
+    app = await start_app(str(tmp_path / "db.sqlite"), storage_root=root, lease_sweep_interval_s=0.2)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as ch:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port1 = s.getsockname()[1]
+            first = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "mediajobs.client", "--server", f"127.0.0.1:{app.port}", "worker", "--live",
+                "--storage-root", str(root), "--rtmp-listen", f"127.0.0.1:{port1}", "--lease", "3",
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+            env = Env(ch, root, LiveWorker(f"127.0.0.1:{app.port}", root, "127.0.0.1:0"))
+            await env.media.CreateJobTemplate(msvc.CreateJobTemplateRequest(job_template=TEMPLATE,
+                                                                            job_template_id="tiny-live"))
+            lj = await env.create("failover", reconnect_window=duration_pb2.Duration(seconds=120))
+            await env.live.SetLiveEncoding(lsvc.SetLiveEncodingRequest(stream_key=lj.stream_key, online=True))
+            await env.until(lj.id, S.AWAITING_INPUT)
+            pub = asyncio.create_task(publish(f"rtmp://127.0.0.1:{port1}/live/{lj.stream_key}", 30))
+            await env.until(lj.id, S.LIVE)
+            # Let a segment or two be written, then kill -9 the worker.
+            first_playlist = root / "live" / "e2e" / "failover" / "r90" / "index.m3u8"
+            async for _ in env.jobs.WatchJobs(svc.WatchJobsRequest(start_revision=1, types=["LIVE_ENCODE"]),
+                                              timeout=30):
+                outs = (await env.live.ListLiveOutputs(lsvc.ListLiveOutputsRequest(live_job_id=lj.id))).outputs
+                if outs and outs[0].counter >= 2:
+                    break
+            os.kill(first.pid, sig.SIGKILL)
+            await first.wait()
+            code, _ = await pub
+            assert code != 0  # its publisher was cut off
+            assert await env.until(lj.id, S.RECOVERING) == "RECOVERING"
+            task = asyncio.create_task(env.worker.run(handle_signals=False))
+            try:
+                await env.until(lj.id, S.AWAITING_INPUT)
+                timings = await env.timings(lj.id)
+                assert timings.count("WORKER_READY") == 2 and "WORKER_LOST" in timings
+                assert (await publish(env.url(lj.stream_key), 2))[0] == 0
+                await env.live.SetLiveEncoding(lsvc.SetLiveEncodingRequest(stream_key=lj.stream_key, online=False))
+                assert await env.until(lj.id, S.STOPPED) == "STOPPED"
+            finally:
+                env.worker.stop(0)
+                await asyncio.wait_for(task, 30)
+            durations, text = playlist(first_playlist)
+            assert text.count("#EXT-X-DISCONTINUITY") == 1 and text.count("#EXT-X-ENDLIST") == 1
+            assert sum(durations) >= 3.5  # what the first worker wrote, then the second
+    finally:
+        await app.stop(None)

@@ -90,8 +90,14 @@ def validate_create(req: lsvc.CreateLiveJobRequest) -> None:
         if not inp.file_path:
             v.append(("live_job.input.file_path", "required for HLS input: the playlist to pull (a path under "
                                                   "the storage root, or an http(s) URL)"))
-        elif not inp.file_path.startswith(("http://", "https://")):
-            v += [("live_job.input.file_path", m) for m in check_relative(inp.file_path, "live_job.input.file_path")]
+        elif inp.file_path.startswith(("http://", "https://")):
+            v.append(("live_job.input.file_path", "pulling HLS over http(s) is not available on this deployment "
+                                                  "yet; give a playlist path under the storage root"))
+        else:
+            try:
+                check_relative(inp.file_path, "live_job.input.file_path")
+            except ServiceError as e:
+                v += e.violations
     if inp.callback_url:
         u = urllib.parse.urlsplit(inp.callback_url) if len(inp.callback_url) <= MAX_URL_CHARS else None
         if u is None or u.scheme not in ("http", "https") or not u.netloc:
