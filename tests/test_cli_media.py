@@ -573,9 +573,11 @@ def test_templates_create_refuses_what_is_not_a_template(fake, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["worker"], "give MODULE (a module with job handlers) or --media"),
-    (["worker", "handlers", "--media", "--storage-root", "."], "give either MODULE or --media, not both"),
-    (["worker", "handlers", "--storage-root", "."], "--storage-root goes with --media"),
+    (["worker"], "give MODULE (a module with job handlers), --media (the reference media worker) or --live"),
+    (["worker", "handlers", "--media", "--storage-root", "."], "give one of MODULE, --media or --live"),
+    (["worker", "--media", "--live"], "give one of MODULE, --media or --live"),
+    (["worker", "handlers", "--storage-root", "."], "--storage-root goes with --media or --live"),
+    (["worker", "--live", "--storage-root", ".", "--rtmp-listen", "nonsense"], "--rtmp-listen"),
     (["worker", "--media"], "the default storage root {tmp}/share/mediajobs/storage is not a directory: "
                             "start the server on this machine first"),
     (["worker", "--media", "--storage-root", "/nonexistent/media/root"], "not a directory"),
@@ -637,7 +639,7 @@ def test_help_lists_the_media_commands_with_examples(capsys):
     assert "storage root" in out and "Examples:" in out and "--no-follow" in out and "--json" in out
     assert main(["worker", "--help"]) == 0
     out = capsys.readouterr().out
-    assert "--media" in out and "--storage-root" in out and "exactly one of MODULE or --media" in out
+    assert "--media" in out and "--storage-root" in out and "exactly one of MODULE, --media or --live" in out
 
 
 # -- cue points ----------------------------------------------------------------------------

@@ -155,6 +155,38 @@ async def test_push_live_stop_gives_a_closed_ladder_and_real_statistics(env: Env
     children = await env.timings(lj.id)
     for step in ("WORKER_READY", "PUBLISH_REJECTED", "CONNECTED", "DISCONNECTED", "STOP_REQUESTED", "STOPPED"):
         assert step in children, (step, children)
+    # Live-to-VOD: a clip of the middle of what was pushed, as a VOD playlist, an MP4 and an entry.
+    from mediajobs.client.live.ladder import read_playlist
+    from mediajobs.client.live.clips import _pdt_us
+
+    segs = read_playlist(out / "r90" / "index.m3u8")
+    assert segs is not None and len(segs.segments) >= 3
+    t0 = _pdt_us(segs.segments[1])
+    assert t0 is not None
+    start, end = timestamp_pb2.Timestamp(), timestamp_pb2.Timestamp()
+    start.FromMicroseconds(t0 + 100_000)
+    end.FromMicroseconds(t0 + 1_500_000)
+    made = await env.live.CreateLiveClip(lsvc.CreateLiveClipRequest(live_job_id=lj.id, clip=lres.LiveClip(
+        start_time=start, end_time=end, rendition="r90", create_entry=True, entry_name="the middle")))
+    assert made.state == lres.LiveClip.PENDING and made.job_id
+    async for resp in env.jobs.WatchJobs(svc.WatchJobsRequest(start_revision=1, job_ids=[made.job_id]), timeout=30):
+        if any(e.job.state in (4, 5, 6) for e in resp.events):  # SUCCEEDED, FAILED, ABORTED
+            break
+    clip = await env.live.GetLiveClip(lsvc.GetLiveClipRequest(id=made.id))
+    assert clip.state == lres.LiveClip.SUCCEEDED, clip
+    assert clip.segments == 2 and 1.5 <= clip.duration_s <= 2.5 and clip.entry_id
+    vod = (env.root / clip.playlist).read_text()
+    assert "#EXT-X-PLAYLIST-TYPE:VOD" in vod and vod.rstrip().endswith("#EXT-X-ENDLIST")
+    with av.open(str(env.root / clip.mp4)) as mp4:
+        assert {s.type for s in mp4.streams} == {"video", "audio"}
+        assert mp4.streams.video[0].codec_context.width == 160
+        frames = sum(1 for _ in mp4.decode(video=0))
+        assert 25 <= frames <= 35  # 2 s at 15 fps
+    entry = await env.media.GetEntry(msvc.GetEntryRequest(id=clip.entry_id))
+    assert entry.name == "the middle" and entry.source_uri == clip.mp4
+    assert "CLIP_CREATED" in await env.timings(lj.id)
+    listed = await env.live.ListLiveClips(lsvc.ListLiveClipsRequest(live_job_id=lj.id))
+    assert [c.id for c in listed.clips] == [made.id]
 
 
 async def test_reconnect_inside_the_window_continues_and_outside_it_stops(env: Env) -> None:

@@ -541,3 +541,44 @@ def test_callbacks_to_private_addresses_need_the_flag() -> None:
         with pytest.raises(CallbackRefused):
             check_destination(url, allow_private=False)
         check_destination(url, allow_private=True)
+
+
+async def test_clips_are_checked_queued_and_follow_their_job(env: Env) -> None:
+    lj = await env.create()
+    start, end = timestamp_pb2.Timestamp(), timestamp_pb2.Timestamp()
+    start.FromMicroseconds(env.clock.now - 60_000_000)
+    end.FromMicroseconds(env.clock.now - 30_000_000)
+    for clip, field in [(lres.LiveClip(), "clip.start_time"), (lres.LiveClip(start_time=end, end_time=start),
+                                                                "clip.end_time"),
+                        (lres.LiveClip(start_time=start, end_time=end, rendition="1080p"), "clip.rendition"),
+                        (lres.LiveClip(start_time=start, end_time=end, mp4="x.mp4"), "clip.mp4")]:
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await env.live.CreateLiveClip(lsvc.CreateLiveClipRequest(live_job_id=lj.id, clip=clip))
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and field in field_violations(e.value), field
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await env.live.CreateLiveClip(lsvc.CreateLiveClipRequest(
+            live_job_id=str(uuid.uuid4()), clip=lres.LiveClip(start_time=start, end_time=end)))
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    req = lsvc.CreateLiveClipRequest(live_job_id=lj.name, clip=lres.LiveClip(start_time=start, end_time=end),
+                                     request_id="clip-1")
+    c = await env.live.CreateLiveClip(req)
+    assert (await env.live.CreateLiveClip(req)).id == c.id
+    assert c.rendition == "360p" and c.state == lres.LiveClip.PENDING
+    got = await env.workers.AcquireJobs(wsvc.AcquireJobsRequest(job_types=["LIVE_CLIP"], max_jobs=1, no_wait=True))
+    job = got.jobs[0].job
+    assert job.id == c.job_id
+    params = json_format.MessageToDict(job.params)
+    assert params["playlist"] == "live/events/studio-a/main/360p/index.m3u8"
+    assert params["output_dir"] == f"live/events/studio-a/main/clips/{c.id}"
+    assert (await env.live.GetLiveClip(lsvc.GetLiveClipRequest(id=c.id))).state == lres.LiveClip.RUNNING
+    from google.rpc import status_pb2
+    await env.workers.FailJob(wsvc.FailJobRequest(job_id=job.id, lease_token=got.jobs[0].lease_token,
+                                                  error=status_pb2.Status(code=9, message="nothing in the window")))
+    failed = await env.live.GetLiveClip(lsvc.GetLiveClipRequest(id=c.id))
+    assert failed.state == lres.LiveClip.FAILED and "nothing in the window" in failed.error.message
+    assert (await env.timings(lj.id))[-1].child_status == "CLIP_FAILED"
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await env.live.GetLiveClip(lsvc.GetLiveClipRequest(id="01M8SB5581KXZ3YVM2NAQTGBC0"))
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    listed = await env.live.ListLiveClips(lsvc.ListLiveClipsRequest(live_job_id=lj.id))
+    assert [x.id for x in listed.clips] == [c.id]

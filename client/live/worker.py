@@ -27,6 +27,9 @@ For a session it
    its session never writes after the next one starts (the next worker
    continues the same playlists).
 
+LIVE_CLIP jobs (CreateLiveClip) are run here too: clips.py cuts a window of
+a rendition's playlist into a VOD playlist and an MP4 by stream copy.
+
 HLS input (server type HLS) has no publisher: the child pulls the playlist
 (a path under the storage root), paced to real time, and the session stops
 at its end.
@@ -49,12 +52,13 @@ from mediajobs.v1 import live_resources_pb2 as lres
 from mediajobs.v1 import worker_service_pb2 as wsvc
 
 from ..worker import JobCancelled, JobContext, Worker
-from . import ladder
+from . import clips, ladder
 from .rtmp import PublishRefused, PublishRequest, RtmpServer, flv_header, flv_tag
 
 log = logging.getLogger("mediajobs.live.worker")
 
 JOB_TYPE = "LIVE_ENCODE"
+CLIP_JOB_TYPE = "LIVE_CLIP"
 State = lres.LiveJob.State
 # How long the child may take to close its playlists after SIGTERM before
 # it is killed.
@@ -315,6 +319,7 @@ class LiveWorker:
         self.worker = Worker(target, concurrency=slots, lease_duration=lease_duration, identity=identity,
                              drain_timeout=STOP_GRACE_S + 5)
         self.worker.register(JOB_TYPE, self._session)
+        self.worker.register(CLIP_JOB_TYPE, self._clip)
         self.encoder_id = f"{self.worker.identity}"[:128]
         self.front_door = RtmpServer(self._authorize, self.host, self.requested_port)
         self.sessions: dict[str, _Session] = {}
@@ -328,7 +333,7 @@ class LiveWorker:
         await self.front_door.start()
         self.ready.set()
         try:
-            await self.worker.run(types=[JOB_TYPE], handle_signals=handle_signals)
+            await self.worker.run(types=[JOB_TYPE, CLIP_JOB_TYPE], handle_signals=handle_signals)
         finally:
             await self.front_door.close()
 
@@ -363,6 +368,19 @@ class LiveWorker:
         publisher = _Publisher(session)
         session.events.put_nowait(("publisher", None))
         return publisher
+
+    # -- clips --------------------------------------------------------------------------
+
+    def _clip(self, ctx: JobContext) -> dict[str, Any]:
+        """A LIVE_CLIP job (a thread of the SDK's pool): see clips.py."""
+        p = ctx.params
+        root = self.storage_root.resolve()
+        for key in ("playlist", "output_dir"):
+            target = (root / str(p.get(key, ""))).resolve()
+            if not str(p.get(key, "")) or not target.is_relative_to(root):
+                raise clips.ClipError(f"params.{key} must be a path under the storage root")
+        return clips.cut(self.storage_root, str(p["playlist"]), int(p["start_us"]), int(p["end_us"]),
+                         str(p["output_dir"]))
 
     # -- a session ----------------------------------------------------------------------
 

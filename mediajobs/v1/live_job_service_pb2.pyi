@@ -420,3 +420,104 @@ class DeleteLiveJobRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteLiveJobRequest: _TypeAlias = DeleteLiveJobRequest  # noqa: Y015
+
+@_typing.final
+class CreateLiveClipRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIVE_JOB_ID_FIELD_NUMBER: _builtins.int
+    CLIP_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    live_job_id: _builtins.str
+    """Required. The live job's id or name."""
+    request_id: _builtins.str
+    """Optional. A retry with the same request_id returns the same clip."""
+    @_builtins.property
+    def clip(self) -> _live_resources_pb2.LiveClip:
+        """Required. start_time, end_time; optional rendition, create_entry,
+        entry_name.
+        """
+
+    def __init__(
+        self,
+        *,
+        live_job_id: _builtins.str = ...,
+        clip: _live_resources_pb2.LiveClip | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["clip", b"clip"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clip", b"clip", "live_job_id", b"live_job_id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateLiveClipRequest: _TypeAlias = CreateLiveClipRequest  # noqa: Y015
+
+@_typing.final
+class GetLiveClipRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Required. The clip's id."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetLiveClipRequest: _TypeAlias = GetLiveClipRequest  # noqa: Y015
+
+@_typing.final
+class ListLiveClipsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIVE_JOB_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    live_job_id: _builtins.str
+    """Required. The live job's id or name."""
+    page_size: _builtins.int
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        live_job_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["live_job_id", b"live_job_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListLiveClipsRequest: _TypeAlias = ListLiveClipsRequest  # noqa: Y015
+
+@_typing.final
+class ListLiveClipsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLIPS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def clips(self) -> _containers.RepeatedCompositeFieldContainer[_live_resources_pb2.LiveClip]: ...
+    def __init__(
+        self,
+        *,
+        clips: _abc.Iterable[_live_resources_pb2.LiveClip] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clips", b"clips", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListLiveClipsResponse: _TypeAlias = ListLiveClipsResponse  # noqa: Y015

@@ -81,6 +81,21 @@ class LiveJobServiceStub:
                 request_serializer=mediajobs_dot_v1_dot_live__job__service__pb2.DeleteLiveJobRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
+        self.CreateLiveClip = channel.unary_unary(
+                '/mediajobs.v1.LiveJobService/CreateLiveClip',
+                request_serializer=mediajobs_dot_v1_dot_live__job__service__pb2.CreateLiveClipRequest.SerializeToString,
+                response_deserializer=mediajobs_dot_v1_dot_live__resources__pb2.LiveClip.FromString,
+                _registered_method=True)
+        self.GetLiveClip = channel.unary_unary(
+                '/mediajobs.v1.LiveJobService/GetLiveClip',
+                request_serializer=mediajobs_dot_v1_dot_live__job__service__pb2.GetLiveClipRequest.SerializeToString,
+                response_deserializer=mediajobs_dot_v1_dot_live__resources__pb2.LiveClip.FromString,
+                _registered_method=True)
+        self.ListLiveClips = channel.unary_unary(
+                '/mediajobs.v1.LiveJobService/ListLiveClips',
+                request_serializer=mediajobs_dot_v1_dot_live__job__service__pb2.ListLiveClipsRequest.SerializeToString,
+                response_deserializer=mediajobs_dot_v1_dot_live__job__service__pb2.ListLiveClipsResponse.FromString,
+                _registered_method=True)
 
 
 class LiveJobServiceServicer:
@@ -182,6 +197,31 @@ class LiveJobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateLiveClip(self, request, context):
+        """Cuts a clip of past content (live-to-VOD): a LIVE_CLIP job that a live
+        worker runs (VOD playlist + MP4 by stream copy, segment-accurate;
+        optionally a media entry from the MP4). Idempotent on `request_id`.
+        Errors: NOT_FOUND (LIVE_JOB_NOT_FOUND), INVALID_ARGUMENT (no window, end
+        not after start, over 6 hours, an unknown rendition).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetLiveClip(self, request, context):
+        """One clip. Errors: NOT_FOUND (LIVE_CLIP_NOT_FOUND).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListLiveClips(self, request, context):
+        """A live job's clips, newest first. Errors: NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LiveJobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -229,6 +269,21 @@ def add_LiveJobServiceServicer_to_server(servicer, server):
                     servicer.DeleteLiveJob,
                     request_deserializer=mediajobs_dot_v1_dot_live__job__service__pb2.DeleteLiveJobRequest.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'CreateLiveClip': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateLiveClip,
+                    request_deserializer=mediajobs_dot_v1_dot_live__job__service__pb2.CreateLiveClipRequest.FromString,
+                    response_serializer=mediajobs_dot_v1_dot_live__resources__pb2.LiveClip.SerializeToString,
+            ),
+            'GetLiveClip': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLiveClip,
+                    request_deserializer=mediajobs_dot_v1_dot_live__job__service__pb2.GetLiveClipRequest.FromString,
+                    response_serializer=mediajobs_dot_v1_dot_live__resources__pb2.LiveClip.SerializeToString,
+            ),
+            'ListLiveClips': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListLiveClips,
+                    request_deserializer=mediajobs_dot_v1_dot_live__job__service__pb2.ListLiveClipsRequest.FromString,
+                    response_serializer=mediajobs_dot_v1_dot_live__job__service__pb2.ListLiveClipsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -474,6 +529,87 @@ class LiveJobService:
             '/mediajobs.v1.LiveJobService/DeleteLiveJob',
             mediajobs_dot_v1_dot_live__job__service__pb2.DeleteLiveJobRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateLiveClip(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mediajobs.v1.LiveJobService/CreateLiveClip',
+            mediajobs_dot_v1_dot_live__job__service__pb2.CreateLiveClipRequest.SerializeToString,
+            mediajobs_dot_v1_dot_live__resources__pb2.LiveClip.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLiveClip(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mediajobs.v1.LiveJobService/GetLiveClip',
+            mediajobs_dot_v1_dot_live__job__service__pb2.GetLiveClipRequest.SerializeToString,
+            mediajobs_dot_v1_dot_live__resources__pb2.LiveClip.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListLiveClips(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mediajobs.v1.LiveJobService/ListLiveClips',
+            mediajobs_dot_v1_dot_live__job__service__pb2.ListLiveClipsRequest.SerializeToString,
+            mediajobs_dot_v1_dot_live__job__service__pb2.ListLiveClipsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -105,6 +105,17 @@ class LiveJobServiceStub:
     root are kept). Refused while a session runs unless `force`, which
     aborts it. Errors: NOT_FOUND, FAILED_PRECONDITION (LIVE_JOB_ONLINE).
     """
+    CreateLiveClip: _grpc.UnaryUnaryMultiCallable[_live_job_service_pb2.CreateLiveClipRequest, _live_resources_pb2.LiveClip]
+    """Cuts a clip of past content (live-to-VOD): a LIVE_CLIP job that a live
+    worker runs (VOD playlist + MP4 by stream copy, segment-accurate;
+    optionally a media entry from the MP4). Idempotent on `request_id`.
+    Errors: NOT_FOUND (LIVE_JOB_NOT_FOUND), INVALID_ARGUMENT (no window, end
+    not after start, over 6 hours, an unknown rendition).
+    """
+    GetLiveClip: _grpc.UnaryUnaryMultiCallable[_live_job_service_pb2.GetLiveClipRequest, _live_resources_pb2.LiveClip]
+    """One clip. Errors: NOT_FOUND (LIVE_CLIP_NOT_FOUND)."""
+    ListLiveClips: _grpc.UnaryUnaryMultiCallable[_live_job_service_pb2.ListLiveClipsRequest, _live_job_service_pb2.ListLiveClipsResponse]
+    """A live job's clips, newest first. Errors: NOT_FOUND."""
 
 @_typing.type_check_only
 class LiveJobServiceAsyncStub(LiveJobServiceStub):
@@ -169,6 +180,17 @@ class LiveJobServiceAsyncStub(LiveJobServiceStub):
     root are kept). Refused while a session runs unless `force`, which
     aborts it. Errors: NOT_FOUND, FAILED_PRECONDITION (LIVE_JOB_ONLINE).
     """
+    CreateLiveClip: _aio.UnaryUnaryMultiCallable[_live_job_service_pb2.CreateLiveClipRequest, _live_resources_pb2.LiveClip]  # type: ignore[assignment]
+    """Cuts a clip of past content (live-to-VOD): a LIVE_CLIP job that a live
+    worker runs (VOD playlist + MP4 by stream copy, segment-accurate;
+    optionally a media entry from the MP4). Idempotent on `request_id`.
+    Errors: NOT_FOUND (LIVE_JOB_NOT_FOUND), INVALID_ARGUMENT (no window, end
+    not after start, over 6 hours, an unknown rendition).
+    """
+    GetLiveClip: _aio.UnaryUnaryMultiCallable[_live_job_service_pb2.GetLiveClipRequest, _live_resources_pb2.LiveClip]  # type: ignore[assignment]
+    """One clip. Errors: NOT_FOUND (LIVE_CLIP_NOT_FOUND)."""
+    ListLiveClips: _aio.UnaryUnaryMultiCallable[_live_job_service_pb2.ListLiveClipsRequest, _live_job_service_pb2.ListLiveClipsResponse]  # type: ignore[assignment]
+    """A live job's clips, newest first. Errors: NOT_FOUND."""
 
 class LiveJobServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -284,5 +306,34 @@ class LiveJobServiceServicer(metaclass=_abc_1.ABCMeta):
         root are kept). Refused while a session runs unless `force`, which
         aborts it. Errors: NOT_FOUND, FAILED_PRECONDITION (LIVE_JOB_ONLINE).
         """
+
+    @_abc_1.abstractmethod
+    def CreateLiveClip(
+        self,
+        request: _live_job_service_pb2.CreateLiveClipRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_live_resources_pb2.LiveClip, _abc.Awaitable[_live_resources_pb2.LiveClip]]:
+        """Cuts a clip of past content (live-to-VOD): a LIVE_CLIP job that a live
+        worker runs (VOD playlist + MP4 by stream copy, segment-accurate;
+        optionally a media entry from the MP4). Idempotent on `request_id`.
+        Errors: NOT_FOUND (LIVE_JOB_NOT_FOUND), INVALID_ARGUMENT (no window, end
+        not after start, over 6 hours, an unknown rendition).
+        """
+
+    @_abc_1.abstractmethod
+    def GetLiveClip(
+        self,
+        request: _live_job_service_pb2.GetLiveClipRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_live_resources_pb2.LiveClip, _abc.Awaitable[_live_resources_pb2.LiveClip]]:
+        """One clip. Errors: NOT_FOUND (LIVE_CLIP_NOT_FOUND)."""
+
+    @_abc_1.abstractmethod
+    def ListLiveClips(
+        self,
+        request: _live_job_service_pb2.ListLiveClipsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_live_job_service_pb2.ListLiveClipsResponse, _abc.Awaitable[_live_job_service_pb2.ListLiveClipsResponse]]:
+        """A live job's clips, newest first. Errors: NOT_FOUND."""
 
 def add_LiveJobServiceServicer_to_server(servicer: LiveJobServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

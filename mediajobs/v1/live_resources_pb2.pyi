@@ -725,6 +725,122 @@ class LiveTiming(_message.Message):
 Global___LiveTiming: _TypeAlias = LiveTiming  # noqa: Y015
 
 @_typing.final
+class LiveClip(_message.Message):
+    """A clip of a live job's past content (live-to-VOD): the segments of one
+    rendition that overlap [start_time, end_time) as a VOD playlist, and the
+    same as one MP4 by stream copy (segment-accurate). Made by a LIVE_CLIP job
+    that a live worker runs; its state follows the job.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _State:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _StateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[LiveClip._State.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        STATE_UNSPECIFIED: LiveClip._State.ValueType  # 0
+        PENDING: LiveClip._State.ValueType  # 1
+        RUNNING: LiveClip._State.ValueType  # 2
+        SUCCEEDED: LiveClip._State.ValueType  # 3
+        FAILED: LiveClip._State.ValueType  # 4
+
+    class State(_State, metaclass=_StateEnumTypeWrapper): ...
+    STATE_UNSPECIFIED: LiveClip.State.ValueType  # 0
+    PENDING: LiveClip.State.ValueType  # 1
+    RUNNING: LiveClip.State.ValueType  # 2
+    SUCCEEDED: LiveClip.State.ValueType  # 3
+    FAILED: LiveClip.State.ValueType  # 4
+
+    ID_FIELD_NUMBER: _builtins.int
+    LIVE_JOB_ID_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    RENDITION_FIELD_NUMBER: _builtins.int
+    CREATE_ENTRY_FIELD_NUMBER: _builtins.int
+    ENTRY_NAME_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    PLAYLIST_FIELD_NUMBER: _builtins.int
+    MP4_FIELD_NUMBER: _builtins.int
+    DURATION_S_FIELD_NUMBER: _builtins.int
+    SEGMENTS_FIELD_NUMBER: _builtins.int
+    ENTRY_ID_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Output only. ULID of the clip."""
+    live_job_id: _builtins.str
+    """The live job it is cut from."""
+    rendition: _builtins.str
+    """Optional. The rendition to cut (default: the template's first)."""
+    create_entry: _builtins.bool
+    """Optional. Also make a media entry from the MP4 (MediaService), named
+    `entry_name` (default: the live job's description or name + the window).
+    """
+    entry_name: _builtins.str
+    state: Global___LiveClip.State.ValueType
+    """Output only."""
+    job_id: _builtins.str
+    """Output only. The LIVE_CLIP job."""
+    playlist: _builtins.str
+    """Output only, when SUCCEEDED: the VOD playlist and the MP4, relative to
+    the storage root (`live/<bucket>/<destination>/clips/<id>/...`), the
+    media duration and how many segments it holds.
+    """
+    mp4: _builtins.str
+    duration_s: _builtins.float
+    segments: _builtins.int
+    entry_id: _builtins.str
+    """Output only. The entry made from the MP4, with `create_entry`."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """Required. The window, wall-clock times of the stream (the playlists'
+        program date-time); at most 6 hours long.
+        """
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def error(self) -> _status_pb2.Status:
+        """Output only, when FAILED."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        live_job_id: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        rendition: _builtins.str = ...,
+        create_entry: _builtins.bool = ...,
+        entry_name: _builtins.str = ...,
+        state: Global___LiveClip.State.ValueType = ...,
+        job_id: _builtins.str = ...,
+        playlist: _builtins.str = ...,
+        mp4: _builtins.str = ...,
+        duration_s: _builtins.float = ...,
+        segments: _builtins.int = ...,
+        entry_id: _builtins.str = ...,
+        error: _status_pb2.Status | None = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "error", b"error", "start_time", b"start_time", "update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_entry", b"create_entry", "create_time", b"create_time", "duration_s", b"duration_s", "end_time", b"end_time", "entry_id", b"entry_id", "entry_name", b"entry_name", "error", b"error", "id", b"id", "job_id", b"job_id", "live_job_id", b"live_job_id", "mp4", b"mp4", "playlist", b"playlist", "rendition", b"rendition", "segments", b"segments", "start_time", b"start_time", "state", b"state", "update_time", b"update_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LiveClip: _TypeAlias = LiveClip  # noqa: Y015
+
+@_typing.final
 class PageInfo(_message.Message):
     """Offset paging as the seed's clients know it (`resultInfo`), beside the
     keyset `next_page_token` every list also returns.

@@ -207,3 +207,45 @@ class LiveJobService(lsvc_grpc.LiveJobServiceServicer):
         _check_ref(request.id, "id")
         await self.store.write(lambda tx: store_live.delete_live_job(tx, request))
         return empty_pb2.Empty()
+
+    @handle_errors
+    async def CreateLiveClip(self, request: lsvc.CreateLiveClipRequest, context: grpc.aio.ServicerContext
+                             ) -> lres.LiveClip:
+        _check_ref(request.live_job_id, "live_job_id")
+        _check_request_id(request.request_id)
+        c = request.clip
+        v: list[tuple[str, str]] = []
+        if not c.HasField("start_time") or not c.HasField("end_time"):
+            v.append(("clip.start_time", "required: the window to cut, start_time and end_time (wall-clock times "
+                                         "of the stream)"))
+        else:
+            span = (c.end_time.ToNanoseconds() - c.start_time.ToNanoseconds()) / 1e9
+            if span <= 0:
+                v.append(("clip.end_time", "must be after start_time"))
+            elif span > store_live.MAX_CLIP_S:
+                v.append(("clip.end_time", f"a clip is at most {store_live.MAX_CLIP_S // 3600} hours long"))
+        for f in ("id", "job_id", "playlist", "mp4", "entry_id"):
+            if getattr(c, f):
+                v.append((f"clip.{f}", "output only; leave it empty"))
+        if c.state or c.duration_s or c.segments or c.HasField("error"):
+            v.append(("clip", "state, duration_s, segments and error are output only"))
+        if len(c.rendition) > 64:
+            v.append(("clip.rendition", "at most 64 characters"))
+        if len(c.entry_name) > 256:
+            v.append(("clip.entry_name", "at most 256 characters"))
+        if v:
+            raise invalid_argument(v)
+        return await self.store.write(lambda tx: store_jobs.idempotent(
+            tx, "CreateLiveClip", request, lres.LiveClip, lambda t: store_live.create_clip(t, request)))
+
+    @handle_errors
+    async def GetLiveClip(self, request: lsvc.GetLiveClipRequest, context: grpc.aio.ServicerContext
+                          ) -> lres.LiveClip:
+        _check_ref(request.id, "id")
+        return await self.store.read(store_live.load_clip, request.id)
+
+    @handle_errors
+    async def ListLiveClips(self, request: lsvc.ListLiveClipsRequest, context: grpc.aio.ServicerContext
+                            ) -> lsvc.ListLiveClipsResponse:
+        _check_ref(request.live_job_id, "live_job_id")
+        return await self.store.read(store_live.list_clips, request)

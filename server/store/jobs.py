@@ -42,6 +42,7 @@ BUILT_IN_TYPES: dict[str, str] = {
     "BULK_UPLOAD": "Process the lines of a CSV bulk upload into entries and jobs.",
     "CONCAT": "Join several sources into one.",
     "LIVE_ENCODE": "Encode a live input into its renditions.",
+    "LIVE_CLIP": "Cut a clip of a live job's past content into a VOD playlist and an MP4.",
 }
 
 

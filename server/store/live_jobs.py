@@ -43,11 +43,15 @@ from .writer import WriteTx
 LiveJob = lres.LiveJob
 LiveOutput = lres.LiveOutput
 LiveTiming = lres.LiveTiming
+LiveClip = lres.LiveClip
 LiveInput = lres.LiveInput
 Job = res.Job
 State = LiveJob.State
 
 JOB_TYPE = "LIVE_ENCODE"
+CLIP_JOB_TYPE = "LIVE_CLIP"
+CLIP_KEY = "live_clip_id"  # a LIVE_CLIP job's metadata key
+MAX_CLIP_S = 6 * 3600
 LIVE_KEY = "live_job_id"  # the session job's metadata key
 LIVE_AREA = "live"  # the folder under the storage root
 # A live session survives this many worker losses before it fails.
@@ -460,7 +464,11 @@ def _mark_job(job: Job, live: LiveJob) -> None:
 
 
 def on_job_state(tx: WriteTx, job: Job, etype: int, prev_state: int) -> None:
-    """jobs.STATE_HOOKS member: the live job follows its session job."""
+    """jobs.STATE_HOOKS member: the live job follows its session job (and a
+    clip its LIVE_CLIP job)."""
+    if job.type == CLIP_JOB_TYPE and etype != res.JobEvent.CREATED:
+        _clip_follows(tx, job)
+        return
     if job.type != JOB_TYPE or etype == res.JobEvent.CREATED:
         return
     live_id = job.metadata.get(LIVE_KEY)
@@ -681,9 +689,129 @@ def delete_live_job(tx: WriteTx, req: lsvc.DeleteLiveJobRequest) -> None:
         except ServiceError:
             pass  # finished meanwhile
     p = tx.db.param
-    for table in ("live_timings", "live_outputs", "live_callbacks"):
+    for table in ("live_timings", "live_outputs", "live_callbacks", "live_clips"):
         tx.db.execute_sql(f"DELETE FROM {table} WHERE live_job_id = {p}", (live.id,))
     tx.db.execute_sql(f"DELETE FROM live_jobs WHERE id = {p}", (live.id,))
+
+
+# -- clips ----------------------------------------------------------------------------------
+
+
+def clip_not_found(clip_id: str) -> ServiceError:
+    return ServiceError(grpc.StatusCode.NOT_FOUND, "LIVE_CLIP_NOT_FOUND",
+                        f"live clip {clip(clip_id)} does not exist; list a live job's clips with ListLiveClips",
+                        metadata={"live_clip_id": clip_id[:64]}, resource=("mediajobs.v1.LiveClip", clip_id[:64]))
+
+
+def _save_clip(tx: WriteTx, c: LiveClip) -> None:
+    set_ts(c.update_time, tx.now)
+    tx.db.execute_sql(f"UPDATE live_clips SET data = {tx.db.param} WHERE id = {tx.db.param}",
+                      (c.SerializeToString(), c.id))
+
+
+def create_clip(tx: WriteTx, req: lsvc.CreateLiveClipRequest) -> LiveClip:
+    live = load_live(tx.db, tx.project, req.live_job_id)
+    spec = req.clip
+    names = [o.name for o in _outputs(tx.db, live.id)]  # the template's order
+    rendition = spec.rendition or (names[0] if names else "")
+    if rendition not in live.output_manifests:
+        raise invalid_argument([("clip.rendition", f"{clip(rendition)} is not a rendition of live job {live.id} "
+                                                   f"(it has {', '.join(names)})")])
+    c = LiveClip()
+    c.CopyFrom(spec)
+    c.id = new_id()
+    c.live_job_id = live.id
+    c.rendition = rendition
+    c.state = LiveClip.PENDING
+    if not c.entry_name and c.create_entry:
+        c.entry_name = payloads.cut(f"{live.description or live.name} {spec.start_time.ToJsonString()}", 256)
+    set_ts(c.create_time, tx.now)
+    set_ts(c.update_time, tx.now)
+    job = store_jobs.pending_job(CLIP_JOB_TYPE, tx.project, tx.now, Job.MEDIUM, live.creator)
+    job.metadata[CLIP_KEY] = c.id
+    job.metadata[LIVE_KEY] = live.id
+    job.params.update({
+        "live_clip_id": c.id, "live_job_id": live.id, "playlist": live.output_manifests[rendition],
+        "start_us": _us(spec.start_time), "end_us": _us(spec.end_time),
+        "output_dir": f"{_area(live)}/clips/{c.id}",
+    })
+    c.job_id = job.id
+    store_jobs.emit(tx, job, res.JobEvent.CREATED, Job.STATE_UNSPECIFIED)
+    store_jobs.insert_job(tx, job)
+    p = tx.db.param
+    tx.db.execute_sql(f"INSERT INTO live_clips (id, project, live_job_id, job_id, data) VALUES ({p}, {p}, {p}, {p}, {p})",
+                      (c.id, tx.project, live.id, job.id, c.SerializeToString()))
+    add_timing(tx, live, "CLIP_REQUESTED", f"clip {c.id} of {rendition}")
+    return c
+
+
+def load_clip(db: peewee.Database, project: str, clip_id: str) -> LiveClip:
+    p = db.param
+    row = db.execute_sql(f"SELECT data FROM live_clips WHERE project = {p} AND id = {p}",
+                         (project, clip_id.upper())).fetchone()
+    if row is None:
+        raise clip_not_found(clip_id)
+    return LiveClip.FromString(bytes(row[0]))
+
+
+def list_clips(db: peewee.Database, project: str, req: lsvc.ListLiveClipsRequest) -> lsvc.ListLiveClipsResponse:
+    live = load_live(db, project, req.live_job_id)
+    size = check_paging(req.page_size, req.page_token, 0, default=50)
+    fp = store_jobs.list_fingerprint(req)
+    p = db.param
+    where, args = f"project = {p} AND live_job_id = {p}", [project, live.id]
+    if req.page_token:
+        (last,) = store_jobs.decode_token(req.page_token, fp)
+        where += f" AND id < {p}"
+        args.append(str(last))
+    rows = db.execute_sql(f"SELECT id, data FROM live_clips WHERE {where} ORDER BY id DESC LIMIT {size + 1}",
+                          args).fetchall()
+    resp = lsvc.ListLiveClipsResponse(clips=[LiveClip.FromString(bytes(d)) for _i, d in rows[:size]])
+    if len(rows) > size:
+        resp.next_page_token = store_jobs.encode_token([rows[size - 1][0]], fp)
+    return resp
+
+
+def _clip_follows(tx: WriteTx, job: Job) -> None:
+    p = tx.db.param
+    row = tx.db.execute_sql(f"SELECT data FROM live_clips WHERE job_id = {p}", (job.id,)).fetchone()
+    if row is None:
+        return
+    c = LiveClip.FromString(bytes(row[0]))
+    if job.state in (Job.RUNNING, Job.ABORTING):
+        c.state = LiveClip.RUNNING
+    elif job.state == Job.PENDING:
+        c.state = LiveClip.PENDING
+    elif job.state == Job.SUCCEEDED:
+        f = job.result.fields
+        c.state = LiveClip.SUCCEEDED
+        c.playlist = f["playlist"].string_value if "playlist" in f else ""
+        c.mp4 = f["mp4"].string_value if "mp4" in f else ""
+        c.duration_s = f["duration_s"].number_value if "duration_s" in f else 0.0
+        c.segments = int(f["segments"].number_value) if "segments" in f else 0
+        if c.create_entry and c.mp4:
+            from mediajobs.v1 import media_resources_pb2 as mres
+            from mediajobs.v1 import media_service_pb2 as msvc
+
+            from . import entries as store_entries
+
+            entry = store_entries.create_entry(tx, msvc.CreateEntryRequest(
+                entry=mres.Entry(name=c.entry_name or c.id, labels={"live_job_id": c.live_job_id,
+                                                                   "live_clip_id": c.id}),
+                creator=job.creator), c.mp4)
+            c.entry_id = entry.id
+    else:
+        c.state = LiveClip.FAILED
+        c.error.CopyFrom(job.error if job.state == Job.FAILED else status_pb2.Status(
+            code=code_pb2.ABORTED, message=f"aborted: {job.abort_reason}"))
+    _save_clip(tx, c)
+    if c.state in (LiveClip.SUCCEEDED, LiveClip.FAILED):
+        live_row = _row_by(tx.db, tx.project, "id", c.live_job_id)
+        if live_row is not None:
+            live = LiveJob.FromString(live_row[1])
+            add_timing(tx, live, "CLIP_CREATED" if c.state == LiveClip.SUCCEEDED else "CLIP_FAILED",
+                       f"clip {c.id}: {c.duration_s:.1f} s" if c.state == LiveClip.SUCCEEDED else c.error.message,
+                       job_id=job.id)
 
 
 # -- reads ----------------------------------------------------------------------------------

@@ -386,11 +386,25 @@ class LiveCallbackRow(BaseModel):
         indexes = ((("due_time", "id"), False), (("live_job_id", "id"), False))
 
 
+class LiveClipRow(BaseModel):
+    """A clip of a live job; `data` is the serialized mediajobs.v1.LiveClip."""
+
+    id = peewee.CharField(max_length=26, primary_key=True)
+    project = peewee.CharField(max_length=64)
+    live_job_id = peewee.CharField(max_length=26)
+    job_id = peewee.CharField(max_length=26, index=True)
+    data = peewee.BlobField()
+
+    class Meta:
+        table_name = "live_clips"
+        indexes = ((("project", "live_job_id", "id"), False),)
+
+
 ALL_MODELS = [
     JobRow, JobMetadataRow, JobEventRow, JobProblemRow, JobTypeRow, IdempotencyRow, MetaRow,
     EntryRow, EntryTagRow, MediaInfoRow, JobTemplateRow, CuePointRow, CuePointTagRow,
     BulkUploadRow, BulkUploadChunkRow, BulkUploadLineRow, BulkUploadObjectRow,
-    LiveJobRow, LiveOutputRow, LiveTimingRow, LiveCallbackRow,
+    LiveJobRow, LiveOutputRow, LiveTimingRow, LiveCallbackRow, LiveClipRow,
 ]
 
 
@@ -419,6 +433,7 @@ class BoundModels:
     LiveOutputRow: Any
     LiveTimingRow: Any
     LiveCallbackRow: Any
+    LiveClipRow: Any
 
     def __init__(self, db: peewee.Database) -> None:
         self.all: list[Any] = []
