@@ -29,13 +29,16 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
 import grpc
-from google.protobuf import field_mask_pb2, struct_pb2, timestamp_pb2
+from google.protobuf import duration_pb2, field_mask_pb2, struct_pb2, timestamp_pb2
 
 from mediajobs.v1 import bulk_resources_pb2 as bres
 from mediajobs.v1 import bulk_upload_service_pb2 as bsvc
 from mediajobs.v1 import bulk_upload_service_pb2_grpc as bsvc_grpc
 from mediajobs.v1 import job_service_pb2 as svc
 from mediajobs.v1 import job_service_pb2_grpc as svc_grpc
+from mediajobs.v1 import live_job_service_pb2 as lsvc
+from mediajobs.v1 import live_job_service_pb2_grpc as lsvc_grpc
+from mediajobs.v1 import live_resources_pb2 as lres
 from mediajobs.v1 import media_resources_pb2 as mres
 from mediajobs.v1 import media_service_pb2 as msvc
 from mediajobs.v1 import media_service_pb2_grpc as msvc_grpc
@@ -311,6 +314,7 @@ class MediaJobsClient:
         self.stub = svc_grpc.JobServiceStub(self.channel)
         self.media_stub = msvc_grpc.MediaServiceStub(self.channel)
         self.bulk_stub = bsvc_grpc.BulkUploadServiceStub(self.channel)
+        self.live_stub = lsvc_grpc.LiveJobServiceStub(self.channel)
 
     def close(self) -> None:
         """Close the channel if the client opened it."""
@@ -1183,3 +1187,198 @@ class MediaJobsClient:
         """Re-derive every IN_PROGRESS result from its entry and settle the
         upload when none is left open."""
         return self._call(self.bulk_stub.UpdateBulkUploadResults, bsvc.UpdateBulkUploadResultsRequest(id=upload_id))
+
+    # -- live jobs (LiveJobService) ----------------------------------------------------
+
+    def list_live_jobs(
+        self,
+        *,
+        search: str = "",
+        states: Sequence[lres.LiveJob.State.ValueType | int | str] = (),
+        page_size: int = 0,
+        page_token: str = "",
+        page_index: int = 0,
+        include_stream_key: bool = False,
+    ) -> lsvc.ListLiveJobsResponse:
+        """One page of live jobs, newest first: by `page_token` (keyset) or by
+        1-based `page_index` (the seed's offset pages, with `page_info`), not
+        both. `search` is a case-insensitive substring of the name,
+        description, destination or input file path; `states` are names (any
+        case: OFFLINE, STARTING, LIVE, ...) or numbers. The stream keys (and
+        ingest URLs) are left out unless `include_stream_key`."""
+        req = lsvc.ListLiveJobsRequest(
+            search=search,
+            states=[lres.LiveJob.State.ValueType(_enum_value(lres.LiveJob.State, s, "live job state"))
+                    for s in states],
+            page_size=page_size,
+            page_token=page_token,
+            page_index=page_index,
+            include_stream_key=include_stream_key,
+        )
+        return self._call(self.live_stub.ListLiveJobs, req)
+
+    def iter_live_jobs(self, *, limit: int | None = None, **filters: Any) -> Iterator[lres.LiveJob]:
+        """Every matching live job across pages (at most `limit`); takes
+        list_live_jobs' keyword arguments except page_index."""
+        if limit is not None and limit <= 0:
+            return
+        if limit is not None and not filters.get("page_size"):
+            filters["page_size"] = min(limit, 100)
+        token = filters.pop("page_token", "")
+        n = 0
+        while True:
+            page = self.list_live_jobs(page_token=token, **filters)
+            for live in page.live_jobs:
+                yield live
+                n += 1
+                if limit is not None and n >= limit:
+                    return
+            token = page.next_page_token
+            if not token:
+                return
+
+    def create_live_job(
+        self,
+        bucket: str,
+        destination: str,
+        *,
+        template_id: str = "",
+        description: str = "",
+        server_type: lres.LiveInput.ServerType.ValueType | int | str = "RTMP",
+        file_path: str = "",
+        callback_url: str = "",
+        reconnect_window: float | dt.timedelta | None = None,
+        max_duration: float | dt.timedelta | None = None,
+        cdn_distribution: bool = False,
+        labels: Mapping[str, str] | None = None,
+        creator: str = "",
+        request_id: str = "",
+    ) -> lres.LiveJob:
+        """Create a live job in OFFLINE (idempotent on request_id): the server
+        assigns its name and stream key and computes the ingest URL (shown
+        with the key), the master playlist and one media playlist per
+        rendition of the live template (default `hls-live-360p-240p`).
+        `server_type` is RTMP (default), SRT or HLS (then `file_path` is the
+        playlist to pull); `reconnect_window` and `max_duration` are seconds
+        or timedeltas (None: the server's defaults, 60 s and 12 h)."""
+        live = lres.LiveJob(
+            bucket=bucket,
+            destination=destination,
+            job_template_id=template_id,
+            description=description,
+            cdn_distribution=cdn_distribution,
+            labels=dict(labels or {}),
+            creator=creator,
+            input=lres.LiveInput(
+                server_type=lres.LiveInput.ServerType.ValueType(
+                    _enum_value(lres.LiveInput.ServerType, server_type, "server type")),
+                file_path=file_path,
+                callback_url=callback_url,
+            ),
+        )
+        for name, value in (("reconnect_window", reconnect_window), ("max_duration", max_duration)):
+            if value is not None:
+                d = duration_pb2.Duration()
+                if isinstance(value, dt.timedelta):
+                    d.FromTimedelta(value)
+                else:
+                    d.FromNanoseconds(round(value * 1e9))
+                getattr(live, name).CopyFrom(d)
+        req = lsvc.CreateLiveJobRequest(live_job=live, request_id=request_id)
+        return self._call(self.live_stub.CreateLiveJob, req)
+
+    def get_live_job(self, live_job_id: str) -> lres.LiveJob:
+        """One live job, by id (ULID) or name (UUID), with its stream key,
+        statistics, manifests and current session."""
+        return self._call(self.live_stub.GetLiveJob, lsvc.GetLiveJobRequest(id=live_job_id))
+
+    def list_live_outputs(self, live_job_id: str, *, page_size: int = 0, page_token: str = "",
+                          page_index: int = 0) -> lsvc.ListLiveOutputsResponse:
+        """One page of a live job's renditions (default 100 a page) with their
+        status, progress, segment counter and encoder."""
+        req = lsvc.ListLiveOutputsRequest(live_job_id=live_job_id, page_size=page_size, page_token=page_token,
+                                          page_index=page_index)
+        return self._call(self.live_stub.ListLiveOutputs, req)
+
+    def iter_live_outputs(self, live_job_id: str) -> Iterator[lres.LiveOutput]:
+        """Every rendition of a live job, in template order."""
+        token = ""
+        while True:
+            page = self.list_live_outputs(live_job_id, page_token=token)
+            yield from page.outputs
+            token = page.next_page_token
+            if not token:
+                return
+
+    def set_live_encoding(
+        self,
+        stream_key: str,
+        online: bool,
+        *,
+        start_time: TimeLike = None,
+        finish_time: TimeLike = None,
+        request_id: str = "",
+    ) -> lsvc.SetLiveEncodingResponse:
+        """Start (`online`) or stop a live job's encoding, by its stream key.
+        Starting begins a session (STARTING), which no worker takes before
+        `start_time` and which stops by itself at `finish_time`; stopping
+        goes STARTING -> STOPPED at once, or to STOPPING while a worker has
+        the session."""
+        req = lsvc.SetLiveEncodingRequest(
+            stream_key=stream_key,
+            online=online,
+            start_time=to_timestamp(start_time),
+            finish_time=to_timestamp(finish_time),
+            request_id=request_id,
+        )
+        return self._call(self.live_stub.SetLiveEncoding, req)
+
+    def start_live_job(self, live_job_id: str, *, start_time: TimeLike = None, finish_time: TimeLike = None,
+                       request_id: str = "") -> lsvc.SetLiveEncodingResponse:
+        """set_live_encoding(online=True) for a live job given by id or name
+        (its stream key is read with GetLiveJob)."""
+        key = self.get_live_job(live_job_id).stream_key
+        return self.set_live_encoding(key, True, start_time=start_time, finish_time=finish_time,
+                                      request_id=request_id)
+
+    def stop_live_job(self, live_job_id: str, *, request_id: str = "") -> lsvc.SetLiveEncodingResponse:
+        """set_live_encoding(online=False) for a live job given by id or name."""
+        key = self.get_live_job(live_job_id).stream_key
+        return self.set_live_encoding(key, False, request_id=request_id)
+
+    def list_live_timings(self, live_job_id: str, *, output_id: int = 0, page_size: int = 0, page_token: str = "",
+                          page_index: int = 0) -> lsvc.ListLiveTimingsResponse:
+        """One page (default 50) of a live job's status log, oldest first;
+        `output_id` keeps that output's entries and the live job's own."""
+        req = lsvc.ListLiveTimingsRequest(live_job_id=live_job_id, output_id=output_id, page_size=page_size,
+                                          page_token=page_token, page_index=page_index)
+        return self._call(self.live_stub.ListLiveTimings, req)
+
+    def iter_live_timings(self, live_job_id: str, *, output_id: int = 0) -> Iterator[lres.LiveTiming]:
+        """A live job's whole status log, oldest first."""
+        token = ""
+        while True:
+            page = self.list_live_timings(live_job_id, output_id=output_id, page_size=100, page_token=token)
+            yield from page.timings
+            token = page.next_page_token
+            if not token:
+                return
+
+    def get_live_statistics(self, live_job_id: str) -> lres.LiveStatistics:
+        """The last statistics of a live job's incoming stream (empty before
+        a publisher was connected)."""
+        return self._call(self.live_stub.GetLiveStatistics, lsvc.GetLiveStatisticsRequest(live_job_id=live_job_id))
+
+    def reset_stream_key(self, live_job_id: str, *, force: bool = False) -> lres.LiveJob:
+        """Give a live job a new stream key (the old one is refused from then
+        on); while a publisher is connected (LIVE) only with `force`, which
+        drops it. Returns the live job with the new key and ingest URL."""
+        req = lsvc.ResetStreamKeyRequest(live_job_id=live_job_id, force=force)
+        return self._call(self.live_stub.ResetStreamKey, req)
+
+    def delete_live_job(self, live_job_id: str, *, force: bool = False, allow_missing: bool = False) -> None:
+        """Delete a live job with its outputs and timings (its files are
+        kept); while a session runs only with `force` (it is aborted).
+        `allow_missing`: a missing live job is not an error."""
+        req = lsvc.DeleteLiveJobRequest(id=live_job_id, force=force, allow_missing=allow_missing)
+        self._call(self.live_stub.DeleteLiveJob, req)

@@ -9,12 +9,14 @@
     mediajobs mediainfo 01HA255YE6H6DEETJ5M6595ZDA
     mediajobs templates list
     mediajobs bulk upload catalogue.csv --template mp4-h264-720p   # one entry per CSV record
+    mediajobs live create --bucket events --destination studio-a/main   # prints the ingest URL
+    mediajobs live start 01HA255YE6H6DEETJ5M6595ZDA && mediajobs live watch 01HA255YE6H6DEETJ5M6595ZDA
     mediajobs worker --media                          # the reference media worker, default storage root
 
 Global options (--server, --json) may come before or after the subcommand.
 
 The CLI is a package with one module per command group (jobs, entries,
-mediainfo, templates, cuepoints, bulk, worker) and `common` for what they share.
+mediainfo, templates, cuepoints, bulk, live, worker) and `common` for what they share.
 Each group module has `add_parser(groups)`, which adds the group and its
 ACTIONs (each with its `cmd_*` handler as `func`) to the COMMAND subparsers,
 and the handlers themselves. To add a group, write `cli/<group>.py` with
@@ -33,7 +35,7 @@ import grpc
 from .. import render
 from ..client import DEFAULT_TARGET, MediaJobsClient
 from ..errors import MediaJobsError
-from . import bulk, cuepoints, entries, jobs, mediainfo, templates, worker
+from . import bulk, cuepoints, entries, jobs, live, mediainfo, templates, worker
 from .common import ENV_DATA_DIR, ENV_SERVER, ENV_STORAGE_ROOT, _FMT, _add_globals, _exit_status, _note
 from .common import default_storage_root, version_text
 from .entries import EntryProgress, EntryProgressDisplay, follow_entry, source_uri_of
@@ -76,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     templates.add_parser(groups)
     cuepoints.add_parser(groups)
     bulk.add_parser(groups)
+    live.add_parser(groups)
     worker.add_parser(groups)
     return ap
 

@@ -72,6 +72,28 @@ def _pull(sink: av.filter.context.FilterContext) -> Any:
         return None
 
 
+def _open(url: str, fmt: str, width: int, height: int, fps: int, video_kbps: int, audio_kbps: int,
+          open_timeout: float) -> tuple[Any, Any, Any]:
+    """The output with its two streams, connected: PyAV opens the network
+    connection only when the header is written (start_encoding), so that is
+    what the caller retries while the receiver is not listening yet."""
+    out = av.open(url, "w", format=fmt, timeout=(open_timeout, 10.0))
+    try:
+        vs = out.add_stream("libx264", rate=fps)
+        vs.width, vs.height, vs.pix_fmt = width, height, "yuv420p"
+        vs.bit_rate = video_kbps * 1000
+        vs.options = {"preset": "ultrafast", "tune": "zerolatency",
+                      "x264-params": f"keyint={fps}:min-keyint={fps}:scenecut=0"}
+        aus = out.add_stream("aac", rate=AUDIO_RATE)
+        aus.layout = "stereo"
+        aus.bit_rate = audio_kbps * 1000
+        out.start_encoding()
+    except BaseException:
+        out.close()
+        raise
+    return out, vs, aus
+
+
 def publish(url: str, seconds: float = 4.0, width: int = 320, height: int = 180, fps: int = 15,
             video_kbps: int = 400, audio_kbps: int = 64, realtime: bool = True, open_timeout: float = 10.0,
             stop: Callable[[], bool] | None = None) -> Published:
@@ -84,20 +106,12 @@ def publish(url: str, seconds: float = 4.0, width: int = 320, height: int = 180,
     deadline = time.monotonic() + open_timeout
     while True:
         try:
-            out = av.open(url, "w", format=fmt, timeout=(open_timeout, 10.0))
+            out, vs, aus = _open(url, fmt, width, height, fps, video_kbps, audio_kbps, open_timeout)
             break
         except (av.error.ConnectionRefusedError, av.error.TimeoutError):  # not listening yet
             if time.monotonic() >= deadline:
                 raise
             time.sleep(0.1)
-    vs = out.add_stream("libx264", rate=fps)
-    vs.width, vs.height, vs.pix_fmt = width, height, "yuv420p"
-    vs.bit_rate = video_kbps * 1000
-    vs.options = {"preset": "ultrafast", "tune": "zerolatency",
-                  "x264-params": f"keyint={fps}:min-keyint={fps}:scenecut=0"}
-    aus = out.add_stream("aac", rate=AUDIO_RATE)
-    aus.layout = "stereo"
-    aus.bit_rate = audio_kbps * 1000
     vg, vsink = _video_graph(width, height, fps, seconds)
     ag, asink = _audio_graph(seconds)
     vframes = aframes = 0
