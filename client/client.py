@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
+import threading
 import time
 import uuid
 import zlib
@@ -1375,6 +1376,50 @@ class MediaJobsClient:
         drops it. Returns the live job with the new key and ingest URL."""
         req = lsvc.ResetStreamKeyRequest(live_job_id=live_job_id, force=force)
         return self._call(self.live_stub.ResetStreamKey, req)
+
+    def create_live_clip(self, live_job_id: str, start_time: TimeLike, end_time: TimeLike, *, rendition: str = "",
+                         create_entry: bool = False, entry_name: str = "", request_id: str = "") -> lres.LiveClip:
+        """Cut [start_time, end_time) of a live job's past content (wall-clock
+        times of the stream) into a VOD playlist and an MP4, and with
+        `create_entry` a media entry; returns the clip, PENDING until a live
+        worker ran its LIVE_CLIP job (wait_live_clip waits for it)."""
+        clip = lres.LiveClip(start_time=to_timestamp(start_time), end_time=to_timestamp(end_time),
+                             rendition=rendition, create_entry=create_entry, entry_name=entry_name)
+        req = lsvc.CreateLiveClipRequest(live_job_id=live_job_id, clip=clip, request_id=request_id)
+        return self._call(self.live_stub.CreateLiveClip, req)
+
+    def get_live_clip(self, clip_id: str) -> lres.LiveClip:
+        return self._call(self.live_stub.GetLiveClip, lsvc.GetLiveClipRequest(id=clip_id))
+
+    def list_live_clips(self, live_job_id: str, *, page_size: int = 0, page_token: str = ""
+                        ) -> lsvc.ListLiveClipsResponse:
+        """One page of a live job's clips, newest first."""
+        req = lsvc.ListLiveClipsRequest(live_job_id=live_job_id, page_size=page_size, page_token=page_token)
+        return self._call(self.live_stub.ListLiveClips, req)
+
+    def wait_live_clip(self, clip_id: str, timeout: float | None = None) -> lres.LiveClip:
+        """The clip once it SUCCEEDED or FAILED: follows its LIVE_CLIP job
+        with WatchJobs (no polling)."""
+        done = (lres.LiveClip.SUCCEEDED, lres.LiveClip.FAILED)
+        clip = self.get_live_clip(clip_id)
+        if clip.state in done:
+            return clip
+        finished = (res.Job.SUCCEEDED, res.Job.FAILED, res.Job.ABORTED)
+        # A snapshot first: a job that finished since the clip was read ends the wait at once.
+        watch = self.watch_jobs(job_ids=[clip.job_id], send_initial_snapshot=True, include_progress=False)
+        timer = threading.Timer(timeout, watch.cancel) if timeout is not None else None
+        if timer is not None:
+            timer.daemon = True
+            timer.start()
+        try:
+            for msg in watch:
+                if any(ev.job.state in finished or ev.type == res.JobEvent.DELETED for ev in msg.events):
+                    break
+        finally:
+            if timer is not None:
+                timer.cancel()
+            watch.close()
+        return self.get_live_clip(clip_id)
 
     def delete_live_job(self, live_job_id: str, *, force: bool = False, allow_missing: bool = False) -> None:
         """Delete a live job with its outputs and timings (its files are

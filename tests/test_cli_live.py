@@ -353,7 +353,7 @@ async def test_errors_exit_1_with_the_servers_message_and_2_for_bad_usage(env: E
             (("watch", lj.id, "--interval", "0"), "--interval must be between"),
             (("publish-test", "rtmp://127.0.0.1/live/k", "--size", "321x180"), "must be even"),
             (("publish-test", "rtmp://127.0.0.1/live/k", "--fps", "0"), "at least 1"),
-            (("clip", lj.id), "invalid choice")):
+            (("clip", lj.id), "required: --from, --to")):
         assert await env.cli("live", *argv) == 2, argv
         assert message in capsys.readouterr().err, argv
     # The server's INVALID_ARGUMENT: exit 2, with the offending field.
@@ -501,10 +501,9 @@ def test_help_lists_every_action_with_examples(capsys) -> None:
     assert main(["live", "--help"]) == 0
     out = capsys.readouterr().out
     actions = ("create", "list", "get", "start", "stop", "outputs", "timings", "stats", "reset-key", "delete",
-               "watch", "publish-test")
+               "watch", "publish-test", "clip", "clips")
     for action in actions:
         assert re.search(rf"^\s+{action}\s", out, re.M), action
-    assert not re.search(r"^\s+clip\s", out, re.M)
     for action in actions:
         assert main(["live", action, "--help"]) == 0
         text = capsys.readouterr().out
@@ -611,3 +610,33 @@ async def test_publish_test_goes_live_through_the_reference_worker(env: Env, mon
     finally:
         worker.stop(0)
         await asyncio.wait_for(task, 30)
+
+
+async def test_clip_waits_for_its_job_and_clips_lists_it(env: Env, monkeypatch, capsys) -> None:
+    lj = await env.create("clipped")
+    assert await env.cli("live", "clip", lj.id, "--from", "2030-05-01T18:10:00Z", "--to",
+                         "2030-05-01T18:09:00Z") == 2
+    out = Stdout()
+    monkeypatch.setattr(sys, "stdout", out)
+    waiting = env.run("--json", "live", "clip", lj.id, "--from", "2030-05-01T18:10:00Z", "--to",
+                      "2030-05-01T18:12:00Z", "--entry", "highlight", "--wait")
+    # The test plays the live worker: it takes the LIVE_CLIP job and completes it.
+    got = await env.workers.AcquireJobs(wsvc.AcquireJobsRequest(job_types=["LIVE_CLIP"], max_jobs=1,
+                                                                wait_timeout=duration_pb2.Duration(seconds=30)))
+    assert len(got.jobs) == 1
+    job = got.jobs[0].job
+    (Path(env.tmp) / "storage" / "clip.mp4").write_bytes(b"\0" * 16)
+    from google.protobuf import struct_pb2
+    result = struct_pb2.Struct()
+    result.update({"playlist": "live/events/clipped/clips/x/clip.m3u8", "mp4": "clip.mp4", "duration_s": 120.0,
+                   "segments": 60})
+    await env.workers.CompleteJob(wsvc.CompleteJobRequest(job_id=job.id, lease_token=got.jobs[0].lease_token,
+                                                          result=result))
+    assert await asyncio.wrap_future(waiting) == 0
+    clip = json.loads(out.getvalue())
+    assert clip["state"] == "SUCCEEDED" and clip["mp4"] == "clip.mp4" and clip["segments"] == 60
+    assert clip.get("entryId") or clip.get("entry_id")
+    monkeypatch.undo()
+    assert await env.cli("live", "clips", lj.id) == 0
+    text = capsys.readouterr().out
+    assert "SUCCEEDED" in text and "120.0 s (60 segments)" in text

@@ -216,6 +216,35 @@ def add_parser(groups: Any) -> None:
     p.add_argument("id", metavar="ID", help="live job id or name")
     p.add_argument("--force", action="store_true", help="also while a publisher is connected (it is dropped)")
 
+    p = _leaf(actions, "clip", cmd_live_clip, "cut a clip of past content (live-to-VOD)",
+              "Cut [--from, --to) of a live job's past content (wall-clock times of the stream, as in\n"
+              "the playlists' #EXT-X-PROGRAM-DATE-TIME) into a VOD playlist and an MP4 by stream copy\n"
+              "(segment-accurate), under live/<bucket>/<destination>/clips/<clip id>/. A live worker\n"
+              "runs it. With --entry, a media entry is made from the MP4 (MediaService).\n"
+              "--wait follows the clip until it is done; exit 1 when it FAILED.\n\n"
+              "Examples:\n"
+              "  mediajobs live clip 01HA255YE6H6DEETJ5M6595ZDA --from 2030-05-01T18:10:00Z "
+              "--to 2030-05-01T18:12:00Z --wait\n"
+              "  mediajobs live clip keynote-id --from ... --to ... --rendition 360p --entry 'Keynote highlight'")
+    p.add_argument("id", metavar="ID", help="live job id or name")
+    p.add_argument("--from", dest="start", type=_iso_time, required=True, metavar="ISO8601",
+                   help="start of the window")
+    p.add_argument("--to", dest="end", type=_iso_time, required=True, metavar="ISO8601",
+                   help="end of the window (at most 6 hours after --from)")
+    p.add_argument("--rendition", default="", metavar="NAME", help="the rendition to cut (default the first)")
+    p.add_argument("--entry", nargs="?", const="", default=None, metavar="NAME",
+                   help="also make a media entry from the MP4 (named NAME, default the live job's description "
+                        "and the window)")
+    p.add_argument("--wait", action="store_true", help="wait until the clip is made, then print it")
+    p.add_argument("--request-id", default="", metavar="R", help="idempotency key")
+
+    p = _leaf(actions, "clips", cmd_live_clips, "list a live job's clips",
+              "A live job's clips, newest first: state, window, duration, files and entry.\n\n"
+              "Examples:\n"
+              "  mediajobs live clips 01HA255YE6H6DEETJ5M6595ZDA\n"
+              "  mediajobs live clips 01HA255YE6H6DEETJ5M6595ZDA --json")
+    p.add_argument("id", metavar="ID", help="live job id or name")
+
     p = _leaf(actions, "delete", cmd_live_delete, "delete a live job",
               "Delete a live job with its outputs and status log (its files under the storage root\n"
               "are kept). Refused while a session runs unless --force, which aborts it.\n\n"
@@ -660,6 +689,53 @@ def cmd_live_reset_key(args: argparse.Namespace, c: MediaJobsClient) -> int:
     _out(f"live job {lj.id}: new stream key (reset {lj.key_resets} time{'' if lj.key_resets == 1 else 's'})\n"
          + render.details([("ingest_url", _ingest_text(lj, True)), ("state", state_name(lj.state))]))
     _note("mediajobs: the old key is refused from now on; publishers need the new ingest URL")
+    return 0
+
+
+def clip_details(clip: lres.LiveClip) -> str:
+    rows = [("clip", clip.id), ("live_job_id", clip.live_job_id), ("state", lres.LiveClip.State.Name(clip.state)),
+            ("window", f"{clip.start_time.ToJsonString()} .. {clip.end_time.ToJsonString()}"),
+            ("rendition", clip.rendition), ("job_id", clip.job_id)]
+    if clip.state == lres.LiveClip.SUCCEEDED:
+        rows += [("duration", f"{clip.duration_s:.1f} s ({clip.segments} segments)"), ("playlist", clip.playlist),
+                 ("mp4", clip.mp4)]
+    if clip.entry_id:
+        rows.append(("entry_id", clip.entry_id))
+    if clip.HasField("error"):
+        rows.append(("error", render.status_text(clip.error)))
+    return render.details(rows)
+
+
+def cmd_live_clip(args: argparse.Namespace, c: MediaJobsClient) -> int:
+    if args.end <= args.start:
+        args.parser.error("--to must be after --from")
+    clip = c.create_live_clip(args.id, args.start, args.end, rendition=args.rendition,
+                              create_entry=args.entry is not None, entry_name=args.entry or "",
+                              request_id=args.request_id)
+    if args.wait:
+        try:
+            clip = c.wait_live_clip(clip.id)
+        except KeyboardInterrupt:
+            return 130
+    _print(args, clip, clip_details(clip))
+    return 1 if clip.state == lres.LiveClip.FAILED else 0
+
+
+def cmd_live_clips(args: argparse.Namespace, c: MediaJobsClient) -> int:
+    clips: list[lres.LiveClip] = []
+    token = ""
+    while True:
+        page = c.list_live_clips(args.id, page_size=100, page_token=token)
+        clips.extend(page.clips)
+        token = page.next_page_token
+        if not token:
+            break
+    if args.json:
+        _out(render.dumps({"clips": [render.message_to_dict(x) for x in clips]}))
+    elif not clips:
+        _out("no clips")
+    else:
+        _out("\n\n".join(clip_details(x) for x in clips))
     return 0
 
 
