@@ -158,6 +158,10 @@ CHECKS: list[tuple[str, Callable[[Result], bool]]] = [
     ("entries add incoming/clip.mov --template", lambda r: r.out.startswith("entry ") and " READY " in r.out),
     ("entries add incoming/clip.mov --json", lambda r: r.json()["state"] == "READY"),
     (r"mediainfo \$ENTRY", lambda r: "source incoming/clip.mov" in r.out),
+    (r"live publish-test \"\$URL\"", lambda r: r.rc == 0),
+    (r"live watch \$LIVE", lambda r: r.rc == 0 and "STOPPED" in r.out),
+    (r"live stats \$LIVE", lambda r: "320x180" in r.out),
+    (r"ls ~/.local/share/mediajobs/storage/live/events/studio-a", lambda r: {"master.m3u8", "240p", "360p"} <= set(r.out.split())),
     # The grpcurl block's "Launch clip" may still be processing: the one `entries add` followed is READY.
     ("entries list --state READY --tag launch", lambda r: any(ln.split()[1:4] == ["clip.mov", "READY", "tiny-240p"]
                                                               for ln in r.out.splitlines())),

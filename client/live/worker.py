@@ -67,6 +67,9 @@ STOP_GRACE_S = 15.0
 # (the encoder cannot keep up).
 MAX_BUFFERED_BYTES = 32 * 1024 * 1024
 STATS_INTERVAL_S = 2.0
+# How long a publisher of a live job started a moment ago may wait for its
+# session to reach this worker.
+SESSION_GRACE_S = 3.0
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -324,6 +327,7 @@ class LiveWorker:
         self.front_door = RtmpServer(self._authorize, self.host, self.requested_port)
         self.sessions: dict[str, _Session] = {}
         self.ready = asyncio.Event()
+        self._session_added = asyncio.Event()
 
     @property
     def port(self) -> int:
@@ -345,18 +349,35 @@ class LiveWorker:
 
     # -- the front door -----------------------------------------------------------------
 
-    async def _authorize(self, req: PublishRequest) -> _Publisher:
+    async def _ask(self, req: PublishRequest) -> wsvc.AuthorizePublishResponse | None:
         waiting = [s for s in self.sessions.values() if s.server_type != "HLS"]
         if not waiting:
-            raise PublishRefused("no live session is waiting for a publisher on this worker")
-        stub = waiting[0].ctx.stub
+            return None
         try:
-            answer = await stub.AuthorizePublish(wsvc.AuthorizePublishRequest(
+            return await waiting[0].ctx.stub.AuthorizePublish(wsvc.AuthorizePublishRequest(
                 stream_key=req.stream_key, app=req.app[:64], protocol="rtmp", peer=f"{req.peer[0]}:{req.peer[1]}",
                 leases=[wsvc.LeaseRef(job_id=s.ctx.job_id, lease_token=s.ctx.lease_token) for s in waiting]),
                 timeout=10)
         except grpc.aio.AioRpcError as e:
             raise PublishRefused(f"cannot check the stream key now ({e.code().name})") from None
+
+    async def _authorize(self, req: PublishRequest) -> _Publisher:
+        answer = await self._ask(req)
+        if answer is None or answer.reason == "NOT_STARTED":
+            # The live job may have been started a moment ago, its session not
+            # leased here yet: give it SESSION_GRACE_S before refusing.
+            deadline = asyncio.get_running_loop().time() + SESSION_GRACE_S
+            while answer is None or answer.reason == "NOT_STARTED":
+                left = deadline - asyncio.get_running_loop().time()
+                if left <= 0:
+                    break
+                self._session_added.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._session_added.wait(), left)
+                answer = await self._ask(req)
+        if answer is None:
+            raise PublishRefused("no live session runs on this worker: start the live job first "
+                                 "(SetLiveEncoding online=true)")
         if not answer.allowed:
             raise PublishRefused(answer.message or answer.reason)
         session = self.sessions.get(answer.job_id)
@@ -389,6 +410,7 @@ class LiveWorker:
         if not s.renditions or not s.live_job_id:
             raise ValueError("not a live session job: params need live_job_id, output_dir and renditions")
         self.sessions[ctx.job_id] = s
+        self._session_added.set()
         try:
             return await self._run_session(s)
         finally:

@@ -614,7 +614,10 @@ def authorize_publish(tx: WriteTx, req: wsvc.AuthorizePublishRequest) -> wsvc.Au
     who = f"a publisher ({req.protocol or 'rtmp'}, {req.peer or 'unknown address'})"
     live = load_by_key(tx.db, tx.project, req.stream_key)
     if live is not None and live.id in held:
-        if live.state in (State.AWAITING_INPUT, State.RECONNECTING):
+        # STARTING / RECOVERING: the worker holds the session and is setting it
+        # up (its AWAITING_INPUT report is on its way): a publisher that comes
+        # a moment early is let in, not refused.
+        if live.state in (State.AWAITING_INPUT, State.RECONNECTING, State.STARTING, State.RECOVERING):
             return wsvc.AuthorizePublishResponse(allowed=True, job_id=held[live.id].id, live_job_id=live.id)
         reason, message = "NOT_AWAITING_INPUT", f"{who} was refused: the live job is {state_name(live.state)}" + (
             " and already has a publisher" if live.state == State.LIVE else "")
