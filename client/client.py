@@ -1246,6 +1246,7 @@ class MediaJobsClient:
         template_id: str = "",
         description: str = "",
         server_type: lres.LiveInput.ServerType.ValueType | int | str = "RTMP",
+        input_class: lres.LiveInput.InputClass.ValueType | int | str = "SINGLE",
         file_path: str = "",
         callback_url: str = "",
         reconnect_window: float | dt.timedelta | None = None,
@@ -1260,7 +1261,8 @@ class MediaJobsClient:
         with the key), the master playlist and one media playlist per
         rendition of the live template (default `hls-live-360p-240p`).
         `server_type` is RTMP (default), SRT or HLS (then `file_path` is the
-        playlist to pull); `reconnect_window` and `max_duration` are seconds
+        playlist to pull); `input_class` SINGLE (default) or STANDARD (a
+        backup ingest with its own key, for failover); `reconnect_window` and `max_duration` are seconds
         or timedeltas (None: the server's defaults, 60 s and 12 h)."""
         live = lres.LiveJob(
             bucket=bucket,
@@ -1273,6 +1275,8 @@ class MediaJobsClient:
             input=lres.LiveInput(
                 server_type=lres.LiveInput.ServerType.ValueType(
                     _enum_value(lres.LiveInput.ServerType, server_type, "server type")),
+                input_class=lres.LiveInput.InputClass.ValueType(
+                    _enum_value(lres.LiveInput.InputClass, input_class, "input class")),
                 file_path=file_path,
                 callback_url=callback_url,
             ),

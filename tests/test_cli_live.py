@@ -640,3 +640,15 @@ async def test_clip_waits_for_its_job_and_clips_lists_it(env: Env, monkeypatch, 
     assert await env.cli("live", "clips", lj.id) == 0
     text = capsys.readouterr().out
     assert "SUCCEEDED" in text and "120.0 s (60 segments)" in text
+
+
+async def test_create_standard_shows_the_backup_ingest_once(env: Env, capsys) -> None:
+    assert await env.cli("live", "create", "--bucket", "events", "--destination", "redundant",
+                         "--input-class", "standard") == 0
+    shown = details(capsys.readouterr().out)
+    assert shown["backup_ingest_url"].startswith(INGEST + "/") and shown["backup_ingest_url"] != shown["ingest_url"]
+    assert await env.cli("live", "get", shown["id"]) == 0
+    hidden = details(capsys.readouterr().out)
+    assert "<backup key" in hidden["backup_ingest_url"]
+    assert await env.cli("live", "get", shown["id"], "--show-key") == 0
+    assert details(capsys.readouterr().out)["backup_ingest_url"] == shown["backup_ingest_url"]

@@ -52,7 +52,7 @@ class Env:
     async def create(self, destination: str, **kw: Any) -> lres.LiveJob:
         return await self.live.CreateLiveJob(lsvc.CreateLiveJobRequest(live_job=lres.LiveJob(
             bucket="e2e", destination=destination, job_template_id="tiny-live",
-            input=lres.LiveInput(server_type=lres.LiveInput.RTMP), **kw)))
+            input=kw.pop("input", lres.LiveInput(server_type=lres.LiveInput.RTMP)), **kw)))
 
     async def until(self, live_id: str, *states: int, timeout: float = 30) -> str:
         """Follow WatchJobs, from just after the last change an earlier wait
@@ -67,6 +67,18 @@ class Env:
                     self.rev = ev.revision  # the next wait starts after this change
                     return str(d["live_state"])
         raise AssertionError(f"live job {live_id} never reached {names}")
+
+    async def until_child(self, live_id: str, child_status: str, timeout: float = 30) -> None:
+        """Like `until`, for what happened (a timing's child_status the
+        worker reported, which rides on the session job too)."""
+        async for resp in self.jobs.WatchJobs(svc.WatchJobsRequest(start_revision=self.rev + 1,
+                                                                   types=["LIVE_ENCODE"]), timeout=timeout):
+            for ev in resp.events:
+                d = json_format.MessageToDict(ev.job.progress_details)
+                if d.get("live_job_id") == live_id and d.get("child_status") == child_status:
+                    self.rev = ev.revision
+                    return
+        raise AssertionError(f"live job {live_id} never reported {child_status}")
 
     async def timings(self, live_id: str) -> list[str]:
         page = await self.live.ListLiveTimings(lsvc.ListLiveTimingsRequest(live_job_id=live_id, page_size=100))
@@ -306,3 +318,34 @@ async def test_a_worker_killed_mid_stream_is_replaced_and_the_playlists_continue
             assert sum(durations) >= 3.5  # what the first worker wrote, then the second
     finally:
         await app.stop(None)
+
+
+async def test_standard_input_fails_over_to_the_backup_and_back(env: Env) -> None:
+    lj = await env.create("redundant", input=lres.LiveInput(server_type=lres.LiveInput.RTMP,
+                                                            input_class=lres.LiveInput.STANDARD))
+    assert lj.backup_stream_key and lj.backup_stream_key != lj.stream_key
+    assert lj.backup_ingest_url.endswith(lj.backup_stream_key)
+    await env.live.SetLiveEncoding(lsvc.SetLiveEncodingRequest(stream_key=lj.stream_key, online=True))
+    await env.until(lj.id, S.AWAITING_INPUT)
+    primary = asyncio.create_task(publish(env.url(lj.stream_key), 5))
+    await env.until(lj.id, S.LIVE)
+    backup = asyncio.create_task(publish(env.url(lj.backup_stream_key), 14))
+    await env.until_child(lj.id, "BACKUP_CONNECTED")
+    assert (await primary)[0] == 0
+    await env.until_child(lj.id, "FAILOVER_TO_BACKUP")  # the primary dropped: the backup is encoded
+    again = asyncio.create_task(publish(env.url(lj.stream_key), 3))
+    await env.until_child(lj.id, "RETURNED_TO_PRIMARY")
+    assert (await again)[0] == 0
+    await env.until_child(lj.id, "FAILOVER_TO_BACKUP")
+    assert (await env.live.GetLiveJob(lsvc.GetLiveJobRequest(id=lj.id))).state == S.LIVE  # never RECONNECTING
+    assert (await backup)[0] == 0  # the backup pushes its 14 s to the end: the ladder follows it
+    await env.until(lj.id, S.RECONNECTING)
+    await env.live.SetLiveEncoding(lsvc.SetLiveEncodingRequest(stream_key=lj.stream_key, online=False))
+    assert await env.until(lj.id, S.STOPPED) == "STOPPED"
+    children = await env.timings(lj.id)
+    switches = [c for c in children if c in ("FAILOVER_TO_BACKUP", "RETURNED_TO_PRIMARY", "DISCONNECTED")]
+    assert switches == ["FAILOVER_TO_BACKUP", "RETURNED_TO_PRIMARY", "FAILOVER_TO_BACKUP", "DISCONNECTED"], children
+    durations, text = playlist(env.root / "live" / "e2e" / "redundant" / "r90" / "index.m3u8")
+    # One playlist across the switches: a discontinuity where the source changed, one end.
+    assert text.count("#EXT-X-ENDLIST") == 1 and text.count("#EXT-X-DISCONTINUITY") >= 2
+    assert sum(durations) >= 10  # 5 s primary, 3 s primary again, and the backup's last seconds

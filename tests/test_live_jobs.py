@@ -582,3 +582,56 @@ async def test_clips_are_checked_queued_and_follow_their_job(env: Env) -> None:
     assert e.value.code() == grpc.StatusCode.NOT_FOUND
     listed = await env.live.ListLiveClips(lsvc.ListLiveClipsRequest(live_job_id=lj.id))
     assert [x.id for x in listed.clips] == [c.id]
+
+
+def test_a_database_made_before_backup_keys_gets_the_column(tmp_path: Path) -> None:
+    import sqlite3
+
+    from mediajobs.server.store import Store
+
+    db = tmp_path / "old.db"
+    Store(str(db)).open().close()
+    con = sqlite3.connect(db)
+    for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND sql LIKE "
+                               "'%backup_key_hash%'").fetchall():
+        con.execute(f"DROP INDEX {name}")
+    con.execute("ALTER TABLE live_jobs DROP COLUMN backup_key_hash")
+    con.commit()
+    assert "backup_key_hash" not in {r[1] for r in con.execute("PRAGMA table_info(live_jobs)")}
+    con.close()
+    Store(str(db)).open().close()
+    con = sqlite3.connect(db)
+    assert "backup_key_hash" in {r[1] for r in con.execute("PRAGMA table_info(live_jobs)")}
+    con.close()
+
+
+async def test_standard_input_has_a_backup_key_that_a_second_publisher_uses(env: Env) -> None:
+    lj = await env.create("redundant", input=LiveInput(server_type=LiveInput.RTMP, input_class=LiveInput.STANDARD))
+    assert lj.backup_stream_key and lj.backup_stream_key != lj.stream_key
+    assert lj.backup_ingest_url == f"rtmp://live.example.com:1935/live/{lj.backup_stream_key}"
+    assert [(o.value, o.enabled) for o in lj.input.input_class_options] == [("SINGLE", False), ("STANDARD", True)]
+    listed = (await env.live.ListLiveJobs(lsvc.ListLiveJobsRequest(search="redundant"))).live_jobs[0]
+    assert listed.backup_stream_key == "" and listed.backup_ingest_url == ""
+    # Either key starts and stops it.
+    started = await env.live.SetLiveEncoding(lsvc.SetLiveEncodingRequest(stream_key=lj.backup_stream_key,
+                                                                         online=True))
+    assert started.live_job.state == S.STARTING
+    leased = await env.lease()
+    refs = [wsvc.LeaseRef(job_id=leased.job.id, lease_token=leased.lease_token)]
+    await env.report(leased, S.AWAITING_INPUT)
+    primary = await env.workers.AuthorizePublish(wsvc.AuthorizePublishRequest(stream_key=lj.stream_key, leases=refs))
+    assert primary.allowed and not primary.backup
+    await env.report(leased, S.LIVE)
+    backup = await env.workers.AuthorizePublish(wsvc.AuthorizePublishRequest(stream_key=lj.backup_stream_key,
+                                                                             leases=refs))
+    assert backup.allowed and backup.backup  # a STANDARD job takes its backup while LIVE
+    await env.report(leased, child_status="FAILOVER_TO_BACKUP", message="primary dropped")
+    reset = await env.live.ResetStreamKey(lsvc.ResetStreamKeyRequest(live_job_id=lj.id, force=True))
+    assert reset.backup_stream_key not in ("", lj.backup_stream_key)
+    old = await env.workers.AuthorizePublish(wsvc.AuthorizePublishRequest(stream_key=lj.backup_stream_key,
+                                                                          leases=refs))
+    assert not old.allowed
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await env.create("pulled-standard", input=LiveInput(server_type=LiveInput.HLS, input_class=LiveInput.STANDARD,
+                                                            file_path="in/index.m3u8"))
+    assert "live_job.input.input_class" in field_violations(e.value)

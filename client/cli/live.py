@@ -102,6 +102,9 @@ def add_parser(groups: Any) -> None:
     p.add_argument("--server-type", type=str.lower, choices=("rtmp", "srt", "hls"), default="rtmp",
                    help="how the stream arrives: pushed over RTMP (default) or SRT, or pulled from an HLS "
                         "playlist (--file-path)")
+    p.add_argument("--input-class", type=str.lower, choices=("single", "standard"), default="single",
+                   help="single: one ingest (default); standard: also a backup ingest with its own key, which "
+                        "the encoder fails over to when the primary drops and leaves when it returns")
     p.add_argument("--file-path", default="", metavar="P",
                    help="with --server-type hls: the playlist to pull (a path under the storage root, or an "
                         "http(s) URL)")
@@ -360,8 +363,9 @@ def hide_secrets(lj: LiveJob) -> LiveJob:
     out.CopyFrom(lj)
     out.stream_key = ""
     out.ingest_url = ""
-    if "callback_secret" in out.input.DESCRIPTOR.fields_by_name:
-        setattr(out.input, "callback_secret", "")
+    out.backup_stream_key = ""
+    out.backup_ingest_url = ""
+    out.input.callback_secret = ""
     return out
 
 
@@ -449,6 +453,9 @@ def live_job_details(lj: LiveJob, show_key: bool = False) -> str:
         input_text += f" ({_enum_name(LiveInput.InputClass, lj.input.input_class)})"
     pairs += [("destination", _destination(lj)), ("template", lj.job_template_id or "-"), ("input", input_text),
               ("ingest_url", _ingest_text(lj, show_key))]
+    if lj.input.input_class == LiveInput.STANDARD:
+        pairs.append(("backup_ingest_url", lj.backup_ingest_url if show_key and lj.backup_ingest_url
+                      else f"{lj.rtmp_server}/<backup key: --show-key shows it>"))
     if show_key and lj.stream_key:
         pairs.append(("stream_key", lj.stream_key))
     if lj.input.callback_url:
@@ -531,7 +538,8 @@ def cmd_live_create(args: argparse.Namespace, c: MediaJobsClient) -> int:
         args.parser.error("--file-path is the playlist an hls input pulls: give it with --server-type hls")
     lj = c.create_live_job(
         args.bucket, args.destination, template_id=args.template, description=args.description,
-        server_type=args.server_type, file_path=args.file_path, callback_url=args.callback_url,
+        server_type=args.server_type, input_class=args.input_class, file_path=args.file_path,
+        callback_url=args.callback_url,
         reconnect_window=args.reconnect_window, max_duration=args.max_duration, cdn_distribution=args.cdn,
         labels=dict(args.label), request_id=args.request_id)
     if args.quiet:
@@ -543,6 +551,8 @@ def cmd_live_create(args: argparse.Namespace, c: MediaJobsClient) -> int:
     pairs: list[tuple[str, str | Sequence[str]]] = [
         ("id", lj.id), ("name", lj.name), ("state", state_name(lj.state)),
         ("ingest_url", _ingest_text(lj, True)), ("master_playlist", lj.storage_master_file or "-")]
+    if lj.backup_ingest_url:
+        pairs.insert(4, ("backup_ingest_url", lj.backup_ingest_url))
     if lj.playback_url:
         pairs.append(("playback_url", lj.playback_url))
     if _callback_secret(lj):

@@ -66,6 +66,8 @@ STOP_GRACE_S = 15.0
 # Buffered FLV bytes waiting for the child before the publisher is dropped
 # (the encoder cannot keep up).
 MAX_BUFFERED_BYTES = 32 * 1024 * 1024
+# The most a standby publisher keeps of its current group of pictures.
+MAX_GOP_BYTES = 8 * 1024 * 1024
 STATS_INTERVAL_S = 2.0
 # How long a publisher of a live job started a moment ago may wait for its
 # session to reach this worker.
@@ -105,7 +107,10 @@ class _Session:
         self.state: int = State.STARTING
         self.events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self.child: _Child | None = None
-        self.key = ""  # the connected publisher's stream key (in memory only: never logged or sent)
+        # Connected publishers by role ("primary", "backup": input class
+        # STANDARD has both); `active` feeds the child.
+        self.publishers: dict[str, _Publisher] = {}
+        self.active: _Publisher | None = None
         self.key_generation = -1
         self.finish_at = 0.0  # wall clock, 0: none
         self.reconnect_window = 60.0
@@ -162,7 +167,7 @@ class _Session:
         self.reconnect_window = reply.reconnect_window.seconds + reply.reconnect_window.nanos / 1e9
         if reply.max_duration.seconds:
             self.max_duration = float(reply.max_duration.seconds)
-        if self.key_generation >= 0 and reply.key_generation != self.key_generation and self.key:
+        if self.key_generation >= 0 and reply.key_generation != self.key_generation and self.publishers:
             self.events.put_nowait(("key_reset", None))
         self.key_generation = reply.key_generation
         if reply.cancel_requested:
@@ -280,6 +285,32 @@ class _Session:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(child.ended.wait(), 5)
 
+    async def activate(self, pub: "_Publisher") -> None:
+        """Feed the child from `pub`: the current child (another publisher's)
+        closes first, so only one process ever writes the playlists; a new
+        one continues them. `pub` starts at its next keyframe, after its FLV
+        header tags."""
+        if self.active is not None:
+            self.active.active = False
+            self.active = None
+        old = self.child
+        if old is not None and old.proc.returncode is None:
+            self.end_input()
+            try:
+                await asyncio.wait_for(old.ended.wait(), STOP_GRACE_S)
+            except asyncio.TimeoutError:
+                await self.kill_child()
+        await self.start_child("pipe:0", "flv")
+        self.write(flv_header())
+        for tag in pub.header_tags.values():
+            self.write(tag)
+        gop = pub.take_gop()
+        for tag in gop:
+            self.write(tag)
+        pub.waiting_keyframe = not gop
+        pub.active = True
+        self.active = pub
+
     def result(self) -> dict[str, Any]:
         return {"master": f"{self.out_rel}/{ladder.MASTER_PLAYLIST}",
                 "manifests": {r.name: f"{self.out_rel}/{r.name}/{ladder.MEDIA_PLAYLIST}" for r in self.renditions},
@@ -287,13 +318,36 @@ class _Session:
                 "publishes": self.publishes}
 
 
-class _Publisher:
-    """The front door's session object for an accepted publisher: FLV tags
-    go into the session's child."""
+def _header_kind(tag_type: int, body: bytes) -> str:
+    """What a decoder needs before any frame: onMetaData, the AVC and AAC
+    sequence headers ("" for anything else)."""
+    if tag_type == 18:
+        return "script"
+    if tag_type == 9 and len(body) > 1 and body[0] & 0x0F == 7 and body[1] == 0:
+        return "avc"
+    if tag_type == 8 and len(body) > 1 and body[0] >> 4 == 10 and body[1] == 0:
+        return "aac"
+    return ""
 
-    def __init__(self, session: _Session) -> None:
+
+class _Publisher:
+    """The front door's session object for an accepted publisher: while it
+    is the session's active one, its FLV tags go into the child; otherwise
+    (a STANDARD job's standby ingest) only its header tags are kept, for
+    the moment it takes over."""
+
+    def __init__(self, session: _Session, role: str, key: str) -> None:
         self.s = session
+        self.role = role
+        self.key = key  # in memory only, to drop it: never logged or sent
         self.closed = False
+        self.active = False
+        self.waiting_keyframe = True
+        self.header_tags: dict[str, bytes] = {}
+        # A standby's tags since its last keyframe (a media server's "GOP
+        # cache"): taking over starts from them, not at the next keyframe.
+        self.gop: list[bytes] = []
+        self.gop_bytes = 0
 
     def on_metadata(self, metadata: dict[str, Any]) -> None:
         pass  # the child reads onMetaData from the FLV itself (it is a script tag)
@@ -301,14 +355,39 @@ class _Publisher:
     def on_tag(self, tag_type: int, timestamp_ms: int, body: bytes) -> None:
         if self.closed:
             return
-        if not self.s.write(flv_tag(tag_type, timestamp_ms, body)):
+        kind = _header_kind(tag_type, body)
+        tag = flv_tag(tag_type, timestamp_ms, body)
+        if kind:
+            self.header_tags[kind] = tag
+        if not self.active:
+            if not kind:
+                self._keep(tag_type, body, tag)
+            return
+        if self.waiting_keyframe and not kind:
+            if tag_type != 9 or body[:1] == b"" or body[0] >> 4 != 1:
+                return  # nothing decodes before a keyframe
+            self.waiting_keyframe = False
+        if not self.s.write(tag):
             self.closed = True
-            self.s.events.put_nowait(("overrun", None))
+            self.s.events.put_nowait(("overrun", self))
+
+    def _keep(self, tag_type: int, body: bytes, tag: bytes) -> None:
+        if tag_type == 9 and body[:1] and body[0] >> 4 == 1:
+            self.gop, self.gop_bytes = [], 0  # a keyframe starts a new group
+        elif not self.gop:
+            return  # nothing decodes before a keyframe
+        self.gop.append(tag)
+        self.gop_bytes += len(tag)
+        if self.gop_bytes > MAX_GOP_BYTES:
+            self.gop, self.gop_bytes = [], 0
+
+    def take_gop(self) -> list[bytes]:
+        gop, self.gop, self.gop_bytes = self.gop, [], 0
+        return gop
 
     def on_close(self, reason: str) -> None:
         self.closed = True
-        self.s.end_input()
-        self.s.events.put_nowait(("publisher_closed", reason))
+        self.s.events.put_nowait(("publisher_closed", self))
 
 
 class LiveWorker:
@@ -383,12 +462,42 @@ class LiveWorker:
         session = self.sessions.get(answer.job_id)
         if session is None or session.stopping:
             raise PublishRefused("the session is stopping")
-        await session.start_child("pipe:0", "flv")
-        session.write(flv_header())
-        session.key = req.stream_key
-        publisher = _Publisher(session)
-        session.events.put_nowait(("publisher", None))
+        role = "backup" if answer.backup else "primary"
+        if role in session.publishers and not session.publishers[role].closed:
+            raise PublishRefused(f"the live job's {role} ingest already has a publisher")
+        publisher = _Publisher(session, role, req.stream_key)
+        session.publishers[role] = publisher
+        session.events.put_nowait(("publisher", publisher))
         return publisher
+
+    async def _publisher_came(self, s: _Session, pub: _Publisher) -> None:
+        if s.active is None:
+            await s.activate(pub)
+            reconnect = s.state == State.RECONNECTING
+            await s.report(State.LIVE, "RECONNECTED" if reconnect else "CONNECTED", f"{pub.role} publisher connected")
+            s.reconnect_deadline = 0.0
+        elif pub.role == "primary" and s.active.role == "backup":
+            await s.activate(pub)
+            await s.report(child_status="RETURNED_TO_PRIMARY", message="the primary ingest is back; encoding it again")
+        else:
+            await s.report(child_status=f"{pub.role.upper()}_CONNECTED", message=f"{pub.role} ingest on standby")
+
+    async def _publisher_went(self, s: _Session, pub: _Publisher) -> None:
+        if s.publishers.get(pub.role) is pub:
+            del s.publishers[pub.role]
+        if pub is not s.active:
+            if not s.stopping:
+                await s.report(child_status=f"{pub.role.upper()}_DISCONNECTED", message=f"{pub.role} ingest gone")
+            return
+        other = next((p for p in s.publishers.values() if not p.closed), None)
+        if other is not None and not s.stopping:
+            await s.activate(other)
+            await s.report(child_status="FAILOVER_TO_BACKUP" if other.role == "backup" else "FAILOVER_TO_PRIMARY",
+                           message=f"the {pub.role} ingest dropped; encoding the {other.role}")
+            return
+        s.active = None
+        pub.active = False
+        s.end_input()  # the child ends; then RECONNECTING (child_ended)
 
     # -- clips --------------------------------------------------------------------------
 
@@ -445,9 +554,10 @@ class LiveWorker:
                     break
                 await s.kill_child() if ctx.cancel_reason == "lease lost" else await s.stop_child()
                 raise JobCancelled(ctx.cancel_reason)
-            if kind == "publisher":
-                await s.report(State.LIVE, "RECONNECTED" if s.publishes > 1 else "CONNECTED", "publisher connected")
-                s.reconnect_deadline = 0.0
+            if kind == "publisher" and not value.closed:
+                await self._publisher_came(s, value)
+            elif kind == "publisher_closed":
+                await self._publisher_went(s, value)
             elif kind == "connected" and s.server_type == "HLS":
                 await s.report(State.LIVE, "CONNECTED", f"pulling {s.file_path}")
             elif kind == "lagging":
@@ -456,9 +566,10 @@ class LiveWorker:
             elif kind == "overrun":
                 await s.report(child_status="ENCODER_LAGGING", message="the encoder fell too far behind; the "
                                                                        "publisher was dropped")
-                await self.front_door.drop(s.key)
+                await self.front_door.drop(value.key)
             elif kind == "key_reset":
-                await self.front_door.drop(s.key)
+                for pub in list(s.publishers.values()):
+                    await self.front_door.drop(pub.key)
             elif kind == "child_ended" and value is s.child and value is not None:
                 s.child = None
                 s.outputs_dirty = True
@@ -484,8 +595,8 @@ class LiveWorker:
         # Stopping: say so, close the playlists, report the final counters, complete.
         if s.stopping not in ("STOP_REQUESTED", "ABORTED") and s.state != State.STOPPING:
             await s.report(State.STOPPING, s.stopping, _stop_message(s.stopping))
-        if s.key:
-            await self.front_door.drop(s.key)
+        for pub in list(s.publishers.values()):
+            await self.front_door.drop(pub.key)
         await s.stop_child()
         s.outputs_dirty = True
         await s.report()

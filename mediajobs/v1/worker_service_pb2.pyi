@@ -580,6 +580,7 @@ class AuthorizePublishResponse(_message.Message):
     LIVE_JOB_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    BACKUP_FIELD_NUMBER: _builtins.int
     allowed: _builtins.bool
     """Whether the publisher may push."""
     job_id: _builtins.str
@@ -590,6 +591,10 @@ class AuthorizePublishResponse(_message.Message):
     NOT_AWAITING_INPUT (already live, stopping), and a sentence.
     """
     message: _builtins.str
+    backup: _builtins.bool
+    """When allowed: the key is the live job's backup key (input class
+    STANDARD): the publisher is the backup ingest.
+    """
     def __init__(
         self,
         *,
@@ -598,10 +603,11 @@ class AuthorizePublishResponse(_message.Message):
         live_job_id: _builtins.str = ...,
         reason: _builtins.str = ...,
         message: _builtins.str = ...,
+        backup: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "job_id", b"job_id", "live_job_id", b"live_job_id", "message", b"message", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "backup", b"backup", "job_id", b"job_id", "live_job_id", b"live_job_id", "message", b"message", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -141,14 +141,23 @@ def load_live(db: peewee.Database, project: str, id_or_name: str) -> LiveJob:
 
 
 def load_by_key(db: peewee.Database, project: str, stream_key: str) -> LiveJob | None:
-    """The live job whose current key this is (the lookup goes by the key's
-    hash, and the key itself is compared in constant time)."""
-    row = _row_by(db, project, "key_hash", key_hash(stream_key))
-    if row is None:
-        return None
-    live = LiveJob.FromString(row[1])
-    return live if hmac.compare_digest(live.stream_key.encode(), stream_key.encode("utf-8", "surrogatepass")) \
-        else None
+    """The live job whose current key (or backup key) this is (the lookup
+    goes by the key's hash, and the key itself is compared in constant time)."""
+    return find_key(db, project, stream_key)[0]
+
+
+def find_key(db: peewee.Database, project: str, stream_key: str) -> tuple[LiveJob | None, bool]:
+    """(the live job, whether the key is its backup key)."""
+    given = stream_key.encode("utf-8", "surrogatepass")
+    for column, backup in (("key_hash", False), ("backup_key_hash", True)):
+        row = _row_by(db, project, column, key_hash(stream_key))
+        if row is None:
+            continue
+        live = LiveJob.FromString(row[1])
+        key = live.backup_stream_key if backup else live.stream_key
+        if key and hmac.compare_digest(key.encode(), given):
+            return live, backup
+    return None, False
 
 
 def _search_text(live: LiveJob) -> str:
@@ -159,10 +168,14 @@ def _save(tx: WriteTx, live: LiveJob) -> None:
     set_ts(live.update_time, tx.now)
     p = tx.db.param
     tx.db.execute_sql(
-        f"UPDATE live_jobs SET state = {p}, key_hash = {p}, search_text = {p}, current_job_id = {p}, "
-        f"update_time = {p}, data = {p} WHERE id = {p}",
-        (live.state, key_hash(live.stream_key), _search_text(live), live.current_job_id, tx.now,
-         live.SerializeToString(), live.id))
+        f"UPDATE live_jobs SET state = {p}, key_hash = {p}, backup_key_hash = {p}, search_text = {p}, "
+        f"current_job_id = {p}, update_time = {p}, data = {p} WHERE id = {p}",
+        (live.state, key_hash(live.stream_key), _backup_hash(live), _search_text(live), live.current_job_id,
+         tx.now, live.SerializeToString(), live.id))
+
+
+def _backup_hash(live: LiveJob) -> str:
+    return key_hash(live.backup_stream_key) if live.backup_stream_key else ""
 
 
 def _next_number(tx: WriteTx) -> int:
@@ -283,6 +296,8 @@ def _urls(live: LiveJob, settings: LiveSettings, rendition_names: list[str]) -> 
     area = _area(live)
     live.rtmp_server = settings.rtmp_server
     live.ingest_url = f"{settings.rtmp_server.rstrip('/')}/{live.stream_key}"
+    live.backup_ingest_url = f"{settings.rtmp_server.rstrip('/')}/{live.backup_stream_key}" \
+        if live.backup_stream_key else ""
     live.storage_master_file = f"{area}/master.m3u8"
     live.output_manifests.clear()
     for n in rendition_names:
@@ -321,6 +336,7 @@ def create_live_job(tx: WriteTx, req: lsvc.CreateLiveJobRequest, creator: str, s
     live.number = _next_number(tx)
     live.name = str(uuid.uuid4())
     live.stream_key = str(uuid.uuid4())
+    live.backup_stream_key = str(uuid.uuid4()) if live.input.input_class == LiveInput.STANDARD else ""
     live.state = State.OFFLINE
     live.job_template_id = template_id
     live.project = tx.project
@@ -340,11 +356,11 @@ def create_live_job(tx: WriteTx, req: lsvc.CreateLiveJobRequest, creator: str, s
     set_ts(live.create_time, tx.now)
     set_ts(live.update_time, tx.now)
     tx.db.execute_sql(
-        "INSERT INTO live_jobs (id, project, number, name, key_hash, old_key_hash, state, bucket, destination, "
-        "search_text, current_job_id, create_time, update_time, data) "
-        f"VALUES ({', '.join([p] * 14)})",
-        (live.id, tx.project, live.number, live.name, key_hash(live.stream_key), "", live.state, live.bucket,
-         live.destination, _search_text(live), "", tx.now, tx.now, live.SerializeToString()))
+        "INSERT INTO live_jobs (id, project, number, name, key_hash, old_key_hash, backup_key_hash, state, bucket, "
+        "destination, search_text, current_job_id, create_time, update_time, data) "
+        f"VALUES ({', '.join([p] * 15)})",
+        (live.id, tx.project, live.number, live.name, key_hash(live.stream_key), "", _backup_hash(live), live.state,
+         live.bucket, live.destination, _search_text(live), "", tx.now, tx.now, live.SerializeToString()))
     for i, o in enumerate(template.outputs, start=1):
         out = LiveOutput(live_job_id=live.id, output_id=i, name=o.name, status=LiveOutput.WAITING,
                          manifest=live.output_manifests[o.name])
@@ -446,7 +462,7 @@ def _move(tx: WriteTx, live: LiveJob, state: int, child_status: str, message: st
     add_timing(tx, live, child_status, message, output_id)
     _save(tx, live)
     if job is not None and job.state in (Job.RUNNING, Job.ABORTING, Job.PENDING):
-        _mark_job(job, live)
+        _mark_job(job, live, child_status)
         store_jobs.emit(tx, job, res.JobEvent.UPDATED, job.state)
         lease = _lease_columns(tx, job.id)
         store_jobs.save_job(tx, job, lease)
@@ -457,10 +473,12 @@ def _lease_columns(tx: WriteTx, job_id: str) -> store_jobs.LeaseColumns:
     return lease
 
 
-def _mark_job(job: Job, live: LiveJob) -> None:
-    """The session job shows the live state (what WatchJobs carries)."""
-    job.progress_details.update({"live_state": state_name(live.state), "live_job_id": live.id})
-    job.progress_message = f"live: {state_name(live.state)}"
+def _mark_job(job: Job, live: LiveJob, child_status: str = "") -> None:
+    """The session job shows the live state and what last happened (what
+    WatchJobs carries)."""
+    job.progress_details.update({"live_state": state_name(live.state), "live_job_id": live.id,
+                                 "child_status": child_status})
+    job.progress_message = f"live: {state_name(live.state)}" + (f" ({child_status})" if child_status else "")
 
 
 def on_job_state(tx: WriteTx, job: Job, etype: int, prev_state: int) -> None:
@@ -551,6 +569,9 @@ def report_status(tx: WriteTx, req: wsvc.ReportLiveStatusRequest, lease_us: int)
             _set_outputs(tx, live, LiveOutput.ENCODING)
     elif req.child_status:
         add_timing(tx, live, req.child_status, req.message)
+        _mark_job(job, live, req.child_status)  # WatchJobs carries what happened too
+        store_jobs.emit(tx, job, res.JobEvent.UPDATED, job.state)
+        store_jobs.save_job(tx, job, _lease_columns(tx, job.id))
     if req.HasField("statistics"):
         live.statistics.CopyFrom(req.statistics)
         set_ts(live.statistics.update_time, tx.now)
@@ -612,13 +633,19 @@ def authorize_publish(tx: WriteTx, req: wsvc.AuthorizePublishRequest) -> wsvc.Au
         if job.type == JOB_TYPE and live_id:
             held[live_id] = job
     who = f"a publisher ({req.protocol or 'rtmp'}, {req.peer or 'unknown address'})"
-    live = load_by_key(tx.db, tx.project, req.stream_key)
+    live, backup = find_key(tx.db, tx.project, req.stream_key)
     if live is not None and live.id in held:
         # STARTING / RECOVERING: the worker holds the session and is setting it
         # up (its AWAITING_INPUT report is on its way): a publisher that comes
-        # a moment early is let in, not refused.
-        if live.state in (State.AWAITING_INPUT, State.RECONNECTING, State.STARTING, State.RECOVERING):
-            return wsvc.AuthorizePublishResponse(allowed=True, job_id=held[live.id].id, live_job_id=live.id)
+        # a moment early is let in, not refused. STANDARD takes a second
+        # publisher (the other ingest) while LIVE; the front door allows one
+        # connection per key.
+        open_states = {State.AWAITING_INPUT, State.RECONNECTING, State.STARTING, State.RECOVERING}
+        if live.input.input_class == LiveInput.STANDARD:
+            open_states.add(State.LIVE)
+        if live.state in open_states:
+            return wsvc.AuthorizePublishResponse(allowed=True, job_id=held[live.id].id, live_job_id=live.id,
+                                                 backup=backup)
         reason, message = "NOT_AWAITING_INPUT", f"{who} was refused: the live job is {state_name(live.state)}" + (
             " and already has a publisher" if live.state == State.LIVE else "")
         _reject(tx, [live], message)
@@ -666,6 +693,8 @@ def reset_stream_key(tx: WriteTx, req: lsvc.ResetStreamKeyRequest, settings: Liv
                           "a publisher is connected: pass force to drop it, or stop the live job first")
     old = key_hash(live.stream_key)
     live.stream_key = str(uuid.uuid4())
+    if live.backup_stream_key:
+        live.backup_stream_key = str(uuid.uuid4())
     _urls(live, settings, list(live.output_manifests))
     live.key_resets += 1
     add_timing(tx, live, "KEY_RESET", "the stream key was reset" + (" (publisher dropped)" if
@@ -823,6 +852,8 @@ def _clip_follows(tx: WriteTx, job: Job) -> None:
 def hide_key(live: LiveJob) -> LiveJob:
     live.stream_key = ""
     live.ingest_url = ""
+    live.backup_stream_key = ""
+    live.backup_ingest_url = ""
     live.input.callback_secret = ""
     return live
 
