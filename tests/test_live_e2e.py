@@ -105,7 +105,7 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
     root = tmp_path / "storage"
     app = await start_app(str(tmp_path / "db.sqlite"), storage_root=root)
     worker = LiveWorker(f"127.0.0.1:{app.port}", root, "127.0.0.1:0", slots=2, lease_duration=10,
-                        report_interval=0.5)
+                        report_interval=0.5, allow_private_inputs=True)  # the HLS test serves on 127.0.0.1
     task = asyncio.create_task(worker.run(handle_signals=False))
     await asyncio.wait_for(worker.ready.wait(), 10)
     try:
@@ -349,3 +349,37 @@ async def test_standard_input_fails_over_to_the_backup_and_back(env: Env) -> Non
     # One playlist across the switches: a discontinuity where the source changed, one end.
     assert text.count("#EXT-X-ENDLIST") == 1 and text.count("#EXT-X-DISCONTINUITY") >= 2
     assert sum(durations) >= 10  # 5 s primary, 3 s primary again, and the backup's last seconds
+
+
+async def test_hls_over_http_is_pulled_through_the_guarded_fetcher(env: Env, tmp_path: Path) -> None:
+    import functools
+    import http.server
+    import threading
+
+    from mediajobs.client.live import ladder
+    from mediajobs.client.live.publisher import publish as publish_file
+
+    site = tmp_path / "site"
+    site.mkdir()
+    await asyncio.to_thread(publish_file, str(site / "in.flv"), 3, 320, 180, 15, realtime=False)
+    made = await asyncio.create_subprocess_exec(*ladder.command(
+        str(site / "in.flv"), site / "hls", [ladder.Rendition("v", 320, 180, 300, 64)], fmt="flv",
+        segment_seconds=1), stdout=asyncio.subprocess.DEVNULL)
+    assert await made.wait() == 0
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
+    handler.log_message = lambda *a: None  # type: ignore[attr-defined]
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/hls/master.m3u8"
+        lj = await env.live.CreateLiveJob(lsvc.CreateLiveJobRequest(live_job=lres.LiveJob(
+            bucket="e2e", destination="over-http", job_template_id="tiny-live",
+            input=lres.LiveInput(server_type=lres.LiveInput.HLS, file_path=url))))
+        await env.live.SetLiveEncoding(lsvc.SetLiveEncodingRequest(stream_key=lj.stream_key, online=True))
+        assert await env.until(lj.id, S.STOPPED) == "STOPPED"
+    finally:
+        httpd.shutdown()
+    children = await env.timings(lj.id)
+    assert "CONNECTED" in children and "INPUT_ENDED" in children, children
+    durations, text = playlist(env.root / "live" / "e2e" / "over-http" / "r90" / "index.m3u8")
+    assert text.rstrip().endswith("#EXT-X-ENDLIST") and 2.5 <= sum(durations) <= 3.5

@@ -83,6 +83,9 @@ def add_parser(groups: Any) -> None:
                    help="run the reference live worker (LIVE_ENCODE: RTMP in, HLS ladder out) instead of a MODULE")
     p.add_argument("--rtmp-listen", metavar="HOST:PORT", default="127.0.0.1:1935",
                    help="with --live: where publishers connect (default 127.0.0.1:1935)")
+    p.add_argument("--allow-private-inputs", action="store_true",
+                   help="with --live: let live jobs pull HLS over http(s) from private and loopback addresses "
+                        "(refused by default, so a live job cannot make the worker probe its neighbours)")
     p.add_argument("--storage-root", metavar="DIR",
                    help=f"with --media or --live: the server's storage root (default: env {ENV_STORAGE_ROOT}, else the "
                         "server's default on this machine, DATA_DIR/storage)")
@@ -190,7 +193,7 @@ def _run_live(args: argparse.Namespace, c: MediaJobsClient) -> int:
         parse_listen(args.rtmp_listen)
     except ValueError as e:
         args.parser.error(f"--rtmp-listen: {e}")
-    options: dict[str, Any] = {"slots": args.concurrency or 1}
+    options: dict[str, Any] = {"slots": args.concurrency or 1, "allow_private_inputs": args.allow_private_inputs}
     if args.lease is not None:
         options["lease_duration"] = args.lease
     if args.identity is not None:
@@ -244,6 +247,8 @@ def cmd_worker(args: argparse.Namespace, c: MediaJobsClient) -> int:
                           "--live (the reference live worker)")
     if args.storage_root and not (args.media or args.live):
         args.parser.error("--storage-root goes with --media or --live")
+    if args.allow_private_inputs and not args.live:
+        args.parser.error("--allow-private-inputs goes with --live")
     if args.live:
         return _run_live(args, c)
     if args.media:

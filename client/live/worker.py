@@ -32,7 +32,8 @@ a rendition's playlist into a VOD playlist and an MP4 by stream copy.
 
 HLS input (server type HLS) has no publisher: the child pulls the playlist
 (a path under the storage root), paced to real time, and the session stops
-at its end.
+at its end; an http(s) playlist is fetched by hls_pull.py (every URL checked
+against private addresses) and fed to the child as MPEG-TS.
 """
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ from mediajobs.v1 import live_resources_pb2 as lres
 from mediajobs.v1 import worker_service_pb2 as wsvc
 
 from ..worker import JobCancelled, JobContext, Worker
-from . import clips, ladder
+from . import clips, hls_pull, ladder
 from .rtmp import PublishRefused, PublishRequest, RtmpServer, flv_header, flv_tag
 
 log = logging.getLogger("mediajobs.live.worker")
@@ -393,8 +394,9 @@ class _Publisher:
 class LiveWorker:
     def __init__(self, target: str, storage_root: Path, rtmp_listen: str = "127.0.0.1:1935", *, slots: int = 1,
                  lease_duration: float = 30.0, report_interval: float = 1.0, identity: str | None = None,
-                 python: str = sys.executable) -> None:
+                 python: str = sys.executable, allow_private_inputs: bool = False) -> None:
         self.storage_root = storage_root
+        self.allow_private_inputs = allow_private_inputs
         self.host, self.requested_port = parse_listen(rtmp_listen)
         self.report_interval = report_interval
         self.python = python
@@ -499,6 +501,42 @@ class LiveWorker:
         pub.active = False
         s.end_input()  # the child ends; then RECONNECTING (child_ended)
 
+    async def _feed_hls(self, s: _Session, url: str) -> None:
+        """Pull an http(s) HLS input into the session's ingest process,
+        segment by segment, each handed over when its start is due (real
+        time); a live playlist is reloaded every half target duration, and
+        one that brings nothing new for the reconnect window has ended."""
+        puller = hls_pull.Puller(url, self.allow_private_inputs)
+        loop = asyncio.get_running_loop()
+        started: float | None = None
+        media_t = 0.0
+        last_new = loop.time()
+        try:
+            while not s.stopping:
+                media = await asyncio.to_thread(puller.playlist)
+                fresh = puller.new_segments(media)
+                for seg in fresh:
+                    data = await asyncio.to_thread(puller.segment, seg)
+                    if started is None:
+                        started = loop.time()
+                    due = started + media_t - loop.time()
+                    if due > 0:
+                        await asyncio.sleep(due)  # pacing to real time
+                    if not s.write(data):
+                        return
+                    media_t += seg.duration
+                if fresh:
+                    last_new = loop.time()
+                elif media.ended or loop.time() - last_new > max(s.reconnect_window, 3 * media.target_duration):
+                    return  # all of it was handed over, or the live playlist stopped growing
+                await asyncio.sleep(max(0.5, media.target_duration / 2))  # reload interval
+        except hls_pull.InputRefused as e:
+            s.events.put_nowait(("input_refused", str(e)))
+        except OSError as e:
+            s.events.put_nowait(("input_refused", f"cannot pull {url[:120]}: {e}"))
+        finally:
+            s.end_input()  # the ingest process ends; the session then stops (INPUT_ENDED)
+
     # -- clips --------------------------------------------------------------------------
 
     def _clip(self, ctx: JobContext) -> dict[str, Any]:
@@ -532,7 +570,11 @@ class LiveWorker:
         await s.report(State.AWAITING_INPUT, "WORKER_READY",
                        f"{self.worker.identity} listens on rtmp port {self.port}" if s.server_type != "HLS"
                        else f"{self.worker.identity} pulls {s.file_path}")
-        if s.server_type == "HLS":
+        feeder: asyncio.Task[None] | None = None
+        if s.server_type == "HLS" and s.file_path.startswith(("http://", "https://")):
+            await s.start_child("pipe:0", "mpegts")
+            feeder = asyncio.create_task(self._feed_hls(s, s.file_path))
+        elif s.server_type == "HLS":
             src = (self.storage_root / s.file_path).resolve()
             if not src.is_relative_to(self.storage_root.resolve()) or not src.is_file():
                 s.stopping = "INPUT_NOT_FOUND"
@@ -567,6 +609,10 @@ class LiveWorker:
                 await s.report(child_status="ENCODER_LAGGING", message="the encoder fell too far behind; the "
                                                                        "publisher was dropped")
                 await self.front_door.drop(value.key)
+            elif kind == "input_refused":
+                s.stopping = "INPUT_REFUSED"
+                await s.report(child_status="INPUT_REFUSED", message=str(value)[:1000])
+                break
             elif kind == "key_reset":
                 for pub in list(s.publishers.values()):
                     await self.front_door.drop(pub.key)
@@ -592,6 +638,10 @@ class LiveWorker:
             if loop.time() >= next_report or kind != "tick":
                 await s.report()
                 next_report = loop.time() + self.report_interval
+        if feeder is not None and not feeder.done():
+            feeder.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await feeder
         # Stopping: say so, close the playlists, report the final counters, complete.
         if s.stopping not in ("STOP_REQUESTED", "ABORTED") and s.state != State.STOPPING:
             await s.report(State.STOPPING, s.stopping, _stop_message(s.stopping))
@@ -606,7 +656,8 @@ class LiveWorker:
 def _stop_message(why: str) -> str:
     return {"FINISH_TIME_REACHED": "the finish time came", "MAX_DURATION_REACHED": "the maximum duration passed",
             "RECONNECT_WINDOW_EXPIRED": "the publisher did not come back within the reconnect window",
-            "INPUT_ENDED": "the input playlist ended", "INPUT_NOT_FOUND": "the input playlist is missing"}.get(why, why)
+            "INPUT_ENDED": "the input playlist ended", "INPUT_NOT_FOUND": "the input playlist is missing",
+            "INPUT_REFUSED": "the input cannot be pulled"}.get(why, why)
 
 
 def build_live_worker(target: str, storage_root: Path, rtmp_listen: str = "127.0.0.1:1935",

@@ -91,8 +91,8 @@ def validate_create(req: lsvc.CreateLiveJobRequest) -> None:
             v.append(("live_job.input.file_path", "required for HLS input: the playlist to pull (a path under "
                                                   "the storage root, or an http(s) URL)"))
         elif inp.file_path.startswith(("http://", "https://")):
-            v.append(("live_job.input.file_path", "pulling HLS over http(s) is not available on this deployment "
-                                                  "yet; give a playlist path under the storage root"))
+            if not urllib.parse.urlsplit(inp.file_path).hostname or any(c.isspace() for c in inp.file_path):
+                v.append(("live_job.input.file_path", f"{clip(inp.file_path)} is not an http(s) URL"))
         else:
             try:
                 check_relative(inp.file_path, "live_job.input.file_path")
