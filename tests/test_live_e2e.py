@@ -80,6 +80,18 @@ class Env:
                     return
         raise AssertionError(f"live job {live_id} never reported {child_status}")
 
+    async def segments_written(self, live_id: str, n: int, timeout: float = 30) -> None:
+        """Until the first output's counter reaches `n`: read again at every
+        WatchJobs message (changes and the stream's periodic progress
+        bookmarks), so nothing here sleeps."""
+        async for _ in self.jobs.WatchJobs(svc.WatchJobsRequest(start_revision=1, types=["LIVE_ENCODE"],
+                                                                progress_interval=duration_pb2.Duration(seconds=1)),
+                                           timeout=timeout):
+            outs = (await self.live.ListLiveOutputs(lsvc.ListLiveOutputsRequest(live_job_id=live_id))).outputs
+            if outs and outs[0].counter >= n:
+                return
+        raise AssertionError(f"live job {live_id} never wrote {n} segments")
+
     async def timings(self, live_id: str) -> list[str]:
         page = await self.live.ListLiveTimings(lsvc.ListLiveTimingsRequest(live_job_id=live_id, page_size=100))
         return [t.child_status for t in page.timings]
@@ -292,11 +304,7 @@ async def test_a_worker_killed_mid_stream_is_replaced_and_the_playlists_continue
             await env.until(lj.id, S.LIVE)
             # Let a segment or two be written, then kill -9 the worker.
             first_playlist = root / "live" / "e2e" / "failover" / "r90" / "index.m3u8"
-            async for _ in env.jobs.WatchJobs(svc.WatchJobsRequest(start_revision=1, types=["LIVE_ENCODE"]),
-                                              timeout=30):
-                outs = (await env.live.ListLiveOutputs(lsvc.ListLiveOutputsRequest(live_job_id=lj.id))).outputs
-                if outs and outs[0].counter >= 2:
-                    break
+            await env.segments_written(lj.id, 2)
             os.kill(first.pid, sig.SIGKILL)
             await first.wait()
             code, _ = await pub
@@ -383,3 +391,31 @@ async def test_hls_over_http_is_pulled_through_the_guarded_fetcher(env: Env, tmp
     assert "CONNECTED" in children and "INPUT_ENDED" in children, children
     durations, text = playlist(env.root / "live" / "e2e" / "over-http" / "r90" / "index.m3u8")
     assert text.rstrip().endswith("#EXT-X-ENDLIST") and 2.5 <= sum(durations) <= 3.5
+
+
+async def test_maximum_duration_and_abort_close_the_playlists(env: Env) -> None:
+    lj = await env.create("capped", max_duration=duration_pb2.Duration(seconds=3))
+    await env.live.SetLiveEncoding(lsvc.SetLiveEncodingRequest(stream_key=lj.stream_key, online=True))
+    await env.until(lj.id, S.AWAITING_INPUT)
+    pub = asyncio.create_task(publish(env.url(lj.stream_key), 20))
+    assert await env.until(lj.id, S.STOPPED, timeout=40) == "STOPPED"
+    assert (await pub)[0] != 0  # dropped
+    assert "MAX_DURATION_REACHED" in await env.timings(lj.id)
+    _durations, text = playlist(env.root / "live" / "e2e" / "capped" / "r90" / "index.m3u8")
+    assert text.rstrip().endswith("#EXT-X-ENDLIST")
+    # AbortJob on a live session: the worker closes the playlists and the job ends ABORTED.
+    other = await env.create("aborted")
+    started = await env.live.SetLiveEncoding(lsvc.SetLiveEncodingRequest(stream_key=other.stream_key, online=True))
+    await env.until(other.id, S.AWAITING_INPUT)
+    pub = asyncio.create_task(publish(env.url(other.stream_key), 20))
+    await env.until(other.id, S.LIVE)
+    await env.segments_written(other.id, 1)
+    await env.jobs.AbortJob(svc.AbortJobRequest(id=started.live_job.current_job_id, reason="operator stop"))
+    assert await env.until(other.id, S.STOPPED, timeout=40) == "STOPPED"
+    await pub
+    job = await env.jobs.GetJob(svc.GetJobRequest(id=started.live_job.current_job_id))
+    assert job.state == 6 and job.abort_reason == "operator stop"  # ABORTED
+    children = await env.timings(other.id)
+    assert "ABORT_REQUESTED" in children and children[-1] == "ABORTED"
+    _durations, text = playlist(env.root / "live" / "e2e" / "aborted" / "r90" / "index.m3u8")
+    assert text.rstrip().endswith("#EXT-X-ENDLIST")
