@@ -24,7 +24,7 @@ from mediajobs.v1 import (bulk_upload_service_pb2, job_service_pb2, live_job_ser
 
 from .admission import Admission
 from .bulk.runner import BulkRunner
-from .config import Config, version
+from .config import Config, parse_srt_ingest, version
 from .convert import now_us
 from .dispatch import Dispatcher
 from .errors import ServiceError
@@ -300,7 +300,9 @@ async def build_server(cfg: Config, clock: Callable[[], int] = now_us) -> App:
                 MediaService(store, storage_root, admission))
     add_service(server, bulk_upload_service_pb2.DESCRIPTOR.services_by_name["BulkUploadService"],
                 BulkUploadService(store, admission))
-    live_settings = store_live.LiveSettings(cfg.live_ingest_url, cfg.live_playback_base_url, cfg.live_cdn_base_url)
+    srt_host, srt_low, srt_high = parse_srt_ingest(cfg.live_srt_ingest) if cfg.live_srt_ingest else ("", 0, 0)
+    live_settings = store_live.LiveSettings(cfg.live_ingest_url, cfg.live_playback_base_url, cfg.live_cdn_base_url,
+                                            srt_host, (srt_low, srt_high))
     add_service(server, live_job_service_pb2.DESCRIPTOR.services_by_name["LiveJobService"],
                 LiveJobService(store, live_settings, admission))
     bulk_runners = [BulkRunner(store, storage_root, i + 1) for i in range(cfg.bulk_runners)]

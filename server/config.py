@@ -65,6 +65,8 @@ class Config:
     live_ingest_url: str = "rtmp://127.0.0.1:1935/live"
     live_playback_base_url: str = ""
     live_cdn_base_url: str = ""
+    # SRT ingest for live jobs: HOST:LOW-HIGH (empty: SRT not available).
+    live_srt_ingest: str = ""
     # Live jobs' callbacks may go to private and loopback addresses.
     allow_private_callbacks: bool = False
 
@@ -146,6 +148,10 @@ _FLAGS: list[tuple[str, str, Callable[[str], object] | None, object, str]] = [
      "the playlists' paths under the storage root are given instead)"),
     ("--live-cdn-base-url", "MEDIAJOBS_LIVE_CDN_BASE_URL", None, "",
      "http(s) URL of a CDN in front of the storage root, for the cdn URL of live jobs with cdn_distribution"),
+    ("--live-srt-ingest", "MEDIAJOBS_LIVE_SRT_INGEST", None, "",
+     "HOST:LOW-HIGH: SRT ingest for live jobs, each given its own port of LOW-HIGH (at most 1,000) and passphrase, "
+     "reached at HOST; the live workers run srt-live-transmit listeners there (default none: SRT live jobs are "
+     "refused)"),
     ("--allow-private-callbacks", "MEDIAJOBS_ALLOW_PRIVATE_CALLBACKS", _flag, False,
      "let live jobs' callback URLs reach private and loopback addresses (by default refused, so that a "
      "callback cannot probe services next to the server); 1/true/yes to allow"),
@@ -170,6 +176,19 @@ def _check_listen(listen: str) -> None:
     host, sep, port = listen.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(f"--listen: {listen[:60]!r} is not HOST:PORT (e.g. 127.0.0.1:50051, [::]:50051, 0.0.0.0:0)")
+
+
+def parse_srt_ingest(text: str) -> tuple[str, int, int]:
+    """`HOST:LOW-HIGH` -> (host, low, high); ConfigError naming the flag."""
+    host, sep, ports = text.rpartition(":")
+    low_s, dash, high_s = ports.partition("-")
+    ok = bool(sep and host and low_s.isdigit() and (not dash or high_s.isdigit()))
+    low = int(low_s) if low_s.isdigit() else 0
+    high = int(high_s) if dash and high_s.isdigit() else low
+    if not ok or not 1024 <= low <= high <= 65535 or high - low >= 1000 or any(c.isspace() for c in host):
+        raise ConfigError(f"--live-srt-ingest: {text[:60]!r} is not HOST:LOW-HIGH with ports 1024-65535, at most "
+                          "1,000 of them (e.g. media.example.com:9000-9099)")
+    return host.strip("[]"), low, high
 
 
 def _check_url(flag: str, url: str, schemes: tuple[str, ...], required: bool = False) -> None:
@@ -213,6 +232,8 @@ def parse_args(argv: list[str] | None = None, env: dict[str, str] | None = None)
         _check_url("--live-ingest-url", a.live_ingest_url, ("rtmp://", "rtmps://"), required=True)
         _check_url("--live-playback-base-url", a.live_playback_base_url, ("http://", "https://"))
         _check_url("--live-cdn-base-url", a.live_cdn_base_url, ("http://", "https://"))
+        if a.live_srt_ingest:
+            parse_srt_ingest(a.live_srt_ingest)
     except ConfigError as e:
         sys.stderr.write(f"mediajobs-server: {e}\n")
         raise SystemExit(2) from None
@@ -237,4 +258,5 @@ def parse_args(argv: list[str] | None = None, env: dict[str, str] | None = None)
         live_playback_base_url=a.live_playback_base_url.rstrip("/"),
         live_cdn_base_url=a.live_cdn_base_url.rstrip("/"),
         allow_private_callbacks=bool(a.allow_private_callbacks),
+        live_srt_ingest=a.live_srt_ingest,
     )

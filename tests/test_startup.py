@@ -44,6 +44,12 @@ def run_server(tmp_path: Path, *args: str, env: dict[str, str] | None = None) ->
         (["--db", "mysql://root@localhost/mj"], {}, "--db"),
         (["--db", "postgresql://mj:s3cret-pw@127.0.0.1:1/mediajobs"], {}, "--db"),
         (["--db", "postgresql://mj:s3cret-pw@127.0.0.1:notaport/mediajobs"], {}, "--db"),
+        (["--live-ingest-url", "http://example.com/live"], {}, "--live-ingest-url"),
+        (["--live-playback-base-url", "ftp://cdn"], {}, "--live-playback-base-url"),
+        (["--live-srt-ingest", "example.com:80-90"], {}, "--live-srt-ingest"),
+        (["--live-srt-ingest", "example.com:9000-19000"], {}, "--live-srt-ingest"),
+        ([], {"MEDIAJOBS_LIVE_SRT_INGEST": "nohost"}, "--live-srt-ingest"),
+        (["--allow-private-callbacks", "perhaps"], {}, "--allow-private-callbacks"),
     ],
 )
 def test_a_bad_setting_gives_one_line_and_exit_status_2(tmp_path: Path, args: list[str], env: dict[str, str],

@@ -365,6 +365,7 @@ def hide_secrets(lj: LiveJob) -> LiveJob:
     out.ingest_url = ""
     out.backup_stream_key = ""
     out.backup_ingest_url = ""
+    out.srt_passphrase = ""
     out.input.callback_secret = ""
     return out
 
@@ -437,6 +438,8 @@ def _ingest_text(lj: LiveJob, show_key: bool) -> str:
         return lj.ingest_url
     if not lj.rtmp_server:
         return "-"
+    if lj.input.server_type == LiveInput.SRT:
+        return f"{lj.rtmp_server}?passphrase=<--show-key shows it>"
     return f"{lj.rtmp_server}/<stream key: --show-key shows it>"
 
 

@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 import signal
 import sys
 import time
@@ -73,6 +74,8 @@ STATS_INTERVAL_S = 2.0
 # How long a publisher of a live job started a moment ago may wait for its
 # session to reach this worker.
 SESSION_GRACE_S = 3.0
+# Silence after which an SRT publisher counts as gone.
+SRT_IDLE_S = 3.0
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -113,6 +116,9 @@ class _Session:
         self.publishers: dict[str, _Publisher] = {}
         self.active: _Publisher | None = None
         self.key_generation = -1
+        self.srt_port = int(p.get("srt_port", 0) or 0)
+        self.srt_passphrase = ""  # from the server's reply, for the SRT listener only
+        self.srt: _SrtIngest | None = None
         self.finish_at = 0.0  # wall clock, 0: none
         self.reconnect_window = 60.0
         self.max_duration = 12 * 3600.0
@@ -163,6 +169,8 @@ class _Session:
     def apply(self, reply: wsvc.ReportLiveStatusResponse) -> None:
         if reply.live_state:
             self.state = reply.live_state
+        if reply.srt_passphrase:
+            self.srt_passphrase = reply.srt_passphrase
         if reply.HasField("finish_time"):
             self.finish_at = reply.finish_time.ToNanoseconds() / 1e9
         self.reconnect_window = reply.reconnect_window.seconds + reply.reconnect_window.nanos / 1e9
@@ -244,7 +252,7 @@ class _Session:
                 setattr(s, name, float(v))
         if isinstance(ev.get("latency_ms"), (int, float)):
             s.latency_ms = int(ev["latency_ms"])
-        s.protocol = "hls" if self.server_type == "HLS" else "rtmp"
+        s.protocol = {"HLS": "hls", "SRT": "srt"}.get(self.server_type, "rtmp")
         self.stats_dirty = True
 
     def write(self, data: bytes) -> bool:
@@ -391,6 +399,74 @@ class _Publisher:
         self.s.events.put_nowait(("publisher_closed", self))
 
 
+class _SrtIngest(asyncio.DatagramProtocol):
+    """A live job's SRT ingest: Debian's srt-live-transmit listens on the
+    job's port with its passphrase (a caller with another one is rejected by
+    the handshake, before any media) and relays the MPEG-TS to a UDP port of
+    this process, which feeds the session's ingest process through its pipe.
+    Datagrams after silence mean a publisher (again); SRT_IDLE_S of silence
+    means it went away."""
+
+    def __init__(self, session: _Session) -> None:
+        self.s = session
+        self.gateway: asyncio.subprocess.Process | None = None
+        self.transport: asyncio.DatagramTransport | None = None
+        self.last = 0.0
+        self.pending: list[bytes] = []
+        self.pending_bytes = 0
+        self.announced = False
+        self.rejected_at = 0.0
+        self.watcher: asyncio.Task[None] | None = None
+
+    async def start(self, host: str) -> None:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=("127.0.0.1", 0))
+        self.transport = transport  # type: ignore[assignment]
+        udp_port = transport.get_extra_info("sockname")[1]
+        source = f"srt://{host}:{self.s.srt_port}?mode=listener&passphrase={self.s.srt_passphrase}&latency=120"
+        self.gateway = await asyncio.create_subprocess_exec(
+            "srt-live-transmit", source, f"udp://127.0.0.1:{udp_port}",
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        self.watcher = asyncio.create_task(self._watch_log())
+
+    async def _watch_log(self) -> None:
+        assert self.gateway is not None and self.gateway.stderr is not None
+        async for line in self.gateway.stderr:
+            if b"Incorrect passphrase" in line or b"BADSECRET" in line:
+                now = asyncio.get_running_loop().time()
+                if now - self.rejected_at >= 1.0:  # its log repeats per packet
+                    self.rejected_at = now
+                    self.s.events.put_nowait(("srt_rejected", None))
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.last = asyncio.get_running_loop().time()
+        if self.s.child is not None and self.s.child.proc.stdin is not None and not self.announced:
+            self.s.write(data)
+            return
+        if self.pending_bytes < MAX_GOP_BYTES:
+            self.pending.append(data)
+            self.pending_bytes += len(data)
+        if not self.announced:
+            self.announced = True
+            self.s.events.put_nowait(("srt_data", None))
+
+    def flush(self) -> None:
+        for data in self.pending:
+            self.s.write(data)
+        self.pending, self.pending_bytes, self.announced = [], 0, False
+
+    async def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+        if self.gateway is not None and self.gateway.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.gateway.terminate()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.gateway.wait(), 5)
+        if self.watcher is not None:
+            self.watcher.cancel()
+
+
 class LiveWorker:
     def __init__(self, target: str, storage_root: Path, rtmp_listen: str = "127.0.0.1:1935", *, slots: int = 1,
                  lease_duration: float = 30.0, report_interval: float = 1.0, identity: str | None = None,
@@ -398,6 +474,7 @@ class LiveWorker:
         self.storage_root = storage_root
         self.allow_private_inputs = allow_private_inputs
         self.host, self.requested_port = parse_listen(rtmp_listen)
+        self.srt_host = self.host  # SRT listeners bind where the RTMP front door does
         self.report_interval = report_interval
         self.python = python
         self.worker = Worker(target, concurrency=slots, lease_duration=lease_duration, identity=identity,
@@ -564,6 +641,8 @@ class LiveWorker:
             self.sessions.pop(ctx.job_id, None)
             if s.child is not None and s.child.proc.returncode is None:
                 await s.kill_child()
+            if s.srt is not None:
+                await s.srt.close()
 
     async def _run_session(self, s: _Session) -> dict[str, Any]:
         ctx = s.ctx
@@ -571,6 +650,15 @@ class LiveWorker:
                        f"{self.worker.identity} listens on rtmp port {self.port}" if s.server_type != "HLS"
                        else f"{self.worker.identity} pulls {s.file_path}")
         feeder: asyncio.Task[None] | None = None
+        if s.server_type == "SRT":
+            if shutil.which("srt-live-transmit") is None:
+                raise RuntimeError(f"{self.worker.identity} cannot take SRT input: srt-live-transmit is not "
+                                   "installed (apt-get install srt-tools)")
+            if not s.srt_port or not s.srt_passphrase:
+                raise RuntimeError("the SRT session has no port or passphrase (is the server's --live-srt-ingest "
+                                   "set?)")
+            s.srt = _SrtIngest(s)
+            await s.srt.start(self.srt_host)
         if s.server_type == "HLS" and s.file_path.startswith(("http://", "https://")):
             await s.start_child("pipe:0", "mpegts")
             feeder = asyncio.create_task(self._feed_hls(s, s.file_path))
@@ -602,6 +690,15 @@ class LiveWorker:
                 await self._publisher_went(s, value)
             elif kind == "connected" and s.server_type == "HLS":
                 await s.report(State.LIVE, "CONNECTED", f"pulling {s.file_path}")
+            elif kind == "srt_data" and s.srt is not None and s.child is None and not s.stopping:
+                await s.start_child("pipe:0", "mpegts")
+                s.srt.flush()
+                reconnect = s.state == State.RECONNECTING
+                await s.report(State.LIVE, "RECONNECTED" if reconnect else "CONNECTED", "SRT publisher connected")
+                s.reconnect_deadline = 0.0
+            elif kind == "srt_rejected":
+                await s.report(child_status="PUBLISH_REJECTED",
+                               message="an SRT caller was rejected: incorrect passphrase")
             elif kind == "lagging":
                 await s.report(child_status="ENCODER_LAGGING",
                                message=f"the encoder is {value.get('latency_ms')} ms behind the stream")
@@ -628,6 +725,8 @@ class LiveWorker:
                     await s.report(State.RECONNECTING, "DISCONNECTED",
                                    f"the publisher went away; waiting {s.reconnect_window:g} s for it")
                     s.reconnect_deadline = loop.time() + s.reconnect_window
+            if s.srt is not None and s.child is not None and loop.time() - s.srt.last > SRT_IDLE_S:
+                s.end_input()  # the SRT publisher went quiet: the child ends, then RECONNECTING
             now_wall = time.time()
             if s.finish_at and now_wall >= s.finish_at:
                 s.stopping = "FINISH_TIME_REACHED"
@@ -638,6 +737,8 @@ class LiveWorker:
             if loop.time() >= next_report or kind != "tick":
                 await s.report()
                 next_report = loop.time() + self.report_interval
+        if s.srt is not None:
+            await s.srt.close()
         if feeder is not None and not feeder.done():
             feeder.cancel()
             with contextlib.suppress(asyncio.CancelledError):

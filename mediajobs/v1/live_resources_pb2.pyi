@@ -184,6 +184,8 @@ class LiveJob(_message.Message):
     KEY_RESETS_FIELD_NUMBER: _builtins.int
     BACKUP_STREAM_KEY_FIELD_NUMBER: _builtins.int
     BACKUP_INGEST_URL_FIELD_NUMBER: _builtins.int
+    SRT_PORT_FIELD_NUMBER: _builtins.int
+    SRT_PASSPHRASE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Output only. ULID of the live job."""
     number: _builtins.int
@@ -261,6 +263,15 @@ class LiveJob(_message.Message):
     RETURNED_TO_PRIMARY) and the playlists continue across it.
     """
     backup_ingest_url: _builtins.str
+    srt_port: _builtins.int
+    """Output only, server type SRT (a deployment started with
+    --live-srt-ingest): the live job's own SRT port and passphrase (a
+    secret, shown like the stream key). `rtmp_server` is then
+    `srt://HOST:PORT` and `ingest_url` that with `?passphrase=...`: a caller
+    with another passphrase is rejected by the SRT handshake (and written to
+    the timings as PUBLISH_REJECTED).
+    """
+    srt_passphrase: _builtins.str
     @_builtins.property
     def input(self) -> Global___LiveInput:
         """Required. The input."""
@@ -354,10 +365,12 @@ class LiveJob(_message.Message):
         key_resets: _builtins.int = ...,
         backup_stream_key: _builtins.str = ...,
         backup_ingest_url: _builtins.str = ...,
+        srt_port: _builtins.int = ...,
+        srt_passphrase: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "error", b"error", "finish_time", b"finish_time", "input", b"input", "max_duration", b"max_duration", "reconnect_window", b"reconnect_window", "start_time", b"start_time", "statistics", b"statistics", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backup_ingest_url", b"backup_ingest_url", "backup_stream_key", b"backup_stream_key", "bucket", b"bucket", "cdn", b"cdn", "cdn_distribution", b"cdn_distribution", "create_time", b"create_time", "creator", b"creator", "current_job_id", b"current_job_id", "description", b"description", "destination", b"destination", "end_time", b"end_time", "error", b"error", "finish_time", b"finish_time", "id", b"id", "ingest_url", b"ingest_url", "input", b"input", "job_template_id", b"job_template_id", "key_resets", b"key_resets", "labels", b"labels", "max_duration", b"max_duration", "name", b"name", "number", b"number", "output_manifests", b"output_manifests", "playback_url", b"playback_url", "project", b"project", "reconnect_window", b"reconnect_window", "resource_name", b"resource_name", "rtmp_server", b"rtmp_server", "session_count", b"session_count", "start_time", b"start_time", "state", b"state", "statistics", b"statistics", "storage_master_file", b"storage_master_file", "stream_key", b"stream_key", "update_time", b"update_time", "web_socket_connection", b"web_socket_connection"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backup_ingest_url", b"backup_ingest_url", "backup_stream_key", b"backup_stream_key", "bucket", b"bucket", "cdn", b"cdn", "cdn_distribution", b"cdn_distribution", "create_time", b"create_time", "creator", b"creator", "current_job_id", b"current_job_id", "description", b"description", "destination", b"destination", "end_time", b"end_time", "error", b"error", "finish_time", b"finish_time", "id", b"id", "ingest_url", b"ingest_url", "input", b"input", "job_template_id", b"job_template_id", "key_resets", b"key_resets", "labels", b"labels", "max_duration", b"max_duration", "name", b"name", "number", b"number", "output_manifests", b"output_manifests", "playback_url", b"playback_url", "project", b"project", "reconnect_window", b"reconnect_window", "resource_name", b"resource_name", "rtmp_server", b"rtmp_server", "session_count", b"session_count", "srt_passphrase", b"srt_passphrase", "srt_port", b"srt_port", "start_time", b"start_time", "state", b"state", "statistics", b"statistics", "storage_master_file", b"storage_master_file", "stream_key", b"stream_key", "update_time", b"update_time", "web_socket_connection", b"web_socket_connection"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -684,6 +684,7 @@ class ReportLiveStatusResponse(_message.Message):
     MAX_DURATION_FIELD_NUMBER: _builtins.int
     KEY_GENERATION_FIELD_NUMBER: _builtins.int
     LIVE_STATE_FIELD_NUMBER: _builtins.int
+    SRT_PASSPHRASE_FIELD_NUMBER: _builtins.int
     stop_requested: _builtins.bool
     """Stop the session: close the playlists and complete the job."""
     cancel_requested: _builtins.bool
@@ -696,6 +697,10 @@ class ReportLiveStatusResponse(_message.Message):
     """
     live_state: _live_resources_pb2.LiveJob.State.ValueType
     """The live job's state after this report."""
+    srt_passphrase: _builtins.str
+    """Server type SRT: the passphrase the worker's SRT listener must require
+    (sent only to the lease holder; never in the job's params).
+    """
     @_builtins.property
     def lease_expire_time(self) -> _timestamp_pb2.Timestamp:
         """The new expiry of the lease."""
@@ -721,10 +726,11 @@ class ReportLiveStatusResponse(_message.Message):
         max_duration: _duration_pb2.Duration | None = ...,
         key_generation: _builtins.int = ...,
         live_state: _live_resources_pb2.LiveJob.State.ValueType = ...,
+        srt_passphrase: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["finish_time", b"finish_time", "lease_expire_time", b"lease_expire_time", "max_duration", b"max_duration", "reconnect_window", b"reconnect_window"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_requested", b"cancel_requested", "finish_time", b"finish_time", "key_generation", b"key_generation", "lease_expire_time", b"lease_expire_time", "live_state", b"live_state", "max_duration", b"max_duration", "reconnect_window", b"reconnect_window", "stop_requested", b"stop_requested"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_requested", b"cancel_requested", "finish_time", b"finish_time", "key_generation", b"key_generation", "lease_expire_time", b"lease_expire_time", "live_state", b"live_state", "max_duration", b"max_duration", "reconnect_window", b"reconnect_window", "srt_passphrase", b"srt_passphrase", "stop_requested", b"stop_requested"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

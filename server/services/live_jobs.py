@@ -30,7 +30,8 @@ SEGMENT_RE = re.compile(r"^[A-Za-z0-9_.-]{1,63}$")
 BUCKET_RE = re.compile(r"^[A-Za-z0-9_.-]{1,63}$")
 OUTPUT_ONLY = ("id", "number", "name", "stream_key", "state", "cdn", "rtmp_server", "ingest_url",
                "web_socket_connection", "storage_master_file", "playback_url", "current_job_id", "resource_name",
-               "project", "session_count", "key_resets", "backup_stream_key", "backup_ingest_url")
+               "project", "session_count", "key_resets", "backup_stream_key", "backup_ingest_url", "srt_port",
+               "srt_passphrase")
 OUTPUT_ONLY_MESSAGES = ("statistics", "start_time", "end_time", "finish_time", "create_time", "update_time", "error")
 MAX_DESTINATION_CHARS = 256
 MAX_DESCRIPTION_CHARS = 1024
@@ -109,11 +110,6 @@ def validate_create(req: lsvc.CreateLiveJobRequest) -> None:
     v += payloads.metadata_violations(lj.labels, "live_job.labels")
     if v:
         raise invalid_argument(v)
-    if inp.server_type == LiveInput.SRT:
-        raise ServiceError(
-            grpc.StatusCode.FAILED_PRECONDITION, "SERVER_TYPE_NOT_AVAILABLE",
-            "SRT input is not available on this deployment yet (the live worker ingests RTMP and HLS); "
-            "use server_type RTMP", precondition=("SERVER_TYPE_NOT_AVAILABLE", "SRT", "no SRT ingest"))
     if inp.input_class == LiveInput.STANDARD and inp.server_type != LiveInput.RTMP:
         raise invalid_argument([("live_job.input.input_class", "STANDARD (a primary and a backup ingest) is for "
                                                                "pushed RTMP input; use SINGLE for HLS")])

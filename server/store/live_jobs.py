@@ -90,6 +90,10 @@ class LiveSettings:
     rtmp_server: str = "rtmp://127.0.0.1:1935/live"
     playback_base_url: str = ""
     cdn_base_url: str = ""
+    # SRT ingest: the host publishers reach the live workers' SRT listeners
+    # at, and the ports given out to live jobs (none: SRT is not available).
+    srt_host: str = ""
+    srt_ports: tuple[int, int] = (0, 0)
 
 
 def key_hash(key: str) -> str:
@@ -296,6 +300,9 @@ def _urls(live: LiveJob, settings: LiveSettings, rendition_names: list[str]) -> 
     area = _area(live)
     live.rtmp_server = settings.rtmp_server
     live.ingest_url = f"{settings.rtmp_server.rstrip('/')}/{live.stream_key}"
+    if live.input.server_type == LiveInput.SRT:
+        live.rtmp_server = f"srt://{settings.srt_host}:{live.srt_port}"
+        live.ingest_url = f"{live.rtmp_server}?passphrase={live.srt_passphrase}&latency=120"
     live.backup_ingest_url = f"{settings.rtmp_server.rstrip('/')}/{live.backup_stream_key}" \
         if live.backup_stream_key else ""
     live.storage_master_file = f"{area}/master.m3u8"
@@ -306,6 +313,27 @@ def _urls(live: LiveJob, settings: LiveSettings, rendition_names: list[str]) -> 
         if settings.playback_base_url else ""
     live.cdn = f"{settings.cdn_base_url.rstrip('/')}/{area}/master.m3u8" \
         if settings.cdn_base_url and live.cdn_distribution else ""
+
+
+def _free_srt_port(tx: WriteTx, settings: LiveSettings) -> int:
+    """The lowest port of --live-srt-ingest no live job has (ports are the
+    deployment's: every project shares the range)."""
+    low, high = settings.srt_ports
+    if not settings.srt_host or not low:
+        raise ServiceError(
+            grpc.StatusCode.FAILED_PRECONDITION, "SERVER_TYPE_NOT_AVAILABLE",
+            "SRT input is not available on this deployment: the server runs without --live-srt-ingest (and the "
+            "live workers need Debian's srt-live-transmit); use server_type RTMP",
+            precondition=("SERVER_TYPE_NOT_AVAILABLE", "SRT", "no SRT ingest configured"))
+    p = tx.db.param
+    used = {int(r[0]) for r in tx.db.execute_sql(
+        f"SELECT srt_port FROM live_jobs WHERE srt_port >= {p} AND srt_port <= {p}", (low, high)).fetchall()}
+    for port in range(low, high + 1):
+        if port not in used:
+            return port
+    raise ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED, "SRT_PORTS_EXHAUSTED",
+                       f"every SRT port of this deployment ({low}-{high}) belongs to a live job; delete one, or "
+                       "widen --live-srt-ingest", metadata={"limit": str(high - low + 1)})
 
 
 def create_live_job(tx: WriteTx, req: lsvc.CreateLiveJobRequest, creator: str, settings: LiveSettings) -> LiveJob:
@@ -337,6 +365,9 @@ def create_live_job(tx: WriteTx, req: lsvc.CreateLiveJobRequest, creator: str, s
     live.name = str(uuid.uuid4())
     live.stream_key = str(uuid.uuid4())
     live.backup_stream_key = str(uuid.uuid4()) if live.input.input_class == LiveInput.STANDARD else ""
+    if live.input.server_type == LiveInput.SRT:
+        live.srt_port = _free_srt_port(tx, settings)
+        live.srt_passphrase = secrets.token_hex(16)
     live.state = State.OFFLINE
     live.job_template_id = template_id
     live.project = tx.project
@@ -356,11 +387,12 @@ def create_live_job(tx: WriteTx, req: lsvc.CreateLiveJobRequest, creator: str, s
     set_ts(live.create_time, tx.now)
     set_ts(live.update_time, tx.now)
     tx.db.execute_sql(
-        "INSERT INTO live_jobs (id, project, number, name, key_hash, old_key_hash, backup_key_hash, state, bucket, "
-        "destination, search_text, current_job_id, create_time, update_time, data) "
-        f"VALUES ({', '.join([p] * 15)})",
-        (live.id, tx.project, live.number, live.name, key_hash(live.stream_key), "", _backup_hash(live), live.state,
-         live.bucket, live.destination, _search_text(live), "", tx.now, tx.now, live.SerializeToString()))
+        "INSERT INTO live_jobs (id, project, number, name, key_hash, old_key_hash, backup_key_hash, srt_port, state, "
+        "bucket, destination, search_text, current_job_id, create_time, update_time, data) "
+        f"VALUES ({', '.join([p] * 16)})",
+        (live.id, tx.project, live.number, live.name, key_hash(live.stream_key), "", _backup_hash(live),
+         live.srt_port, live.state, live.bucket, live.destination, _search_text(live), "", tx.now, tx.now,
+         live.SerializeToString()))
     for i, o in enumerate(template.outputs, start=1):
         out = LiveOutput(live_job_id=live.id, output_id=i, name=o.name, status=LiveOutput.WAITING,
                          manifest=live.output_manifests[o.name])
@@ -399,6 +431,7 @@ def _start_session(tx: WriteTx, live: LiveJob, start_us: int, finish_us: int) ->
         "reconnect_window_s": live.reconnect_window.seconds,
         "max_duration_s": live.max_duration.seconds,
         "finish_time_us": finish_us,
+        "srt_port": live.srt_port,
     }
     job.params.update(params)
     job.progress_details.update({"live_state": "STARTING", "live_job_id": live.id})
@@ -580,7 +613,7 @@ def report_status(tx: WriteTx, req: wsvc.ReportLiveStatusRequest, lease_us: int)
         _report_outputs(tx, live, job, req.outputs)
     resp = wsvc.ReportLiveStatusResponse(
         stop_requested=live.state == State.STOPPING, cancel_requested=job.state == Job.ABORTING,
-        live_state=live.state, key_generation=live.key_resets)
+        live_state=live.state, key_generation=live.key_resets, srt_passphrase=live.srt_passphrase)
     set_ts(resp.lease_expire_time, expire)
     if live.HasField("finish_time"):
         resp.finish_time.CopyFrom(live.finish_time)
@@ -695,6 +728,8 @@ def reset_stream_key(tx: WriteTx, req: lsvc.ResetStreamKeyRequest, settings: Liv
     live.stream_key = str(uuid.uuid4())
     if live.backup_stream_key:
         live.backup_stream_key = str(uuid.uuid4())
+    if live.srt_passphrase:
+        live.srt_passphrase = secrets.token_hex(16)
     _urls(live, settings, list(live.output_manifests))
     live.key_resets += 1
     add_timing(tx, live, "KEY_RESET", "the stream key was reset" + (" (publisher dropped)" if
@@ -854,6 +889,7 @@ def hide_key(live: LiveJob) -> LiveJob:
     live.ingest_url = ""
     live.backup_stream_key = ""
     live.backup_ingest_url = ""
+    live.srt_passphrase = ""
     live.input.callback_secret = ""
     return live
 

@@ -326,6 +326,7 @@ class LiveJobRow(BaseModel):
     key_hash = peewee.CharField(max_length=64, unique=True)
     old_key_hash = peewee.CharField(max_length=64, default="", index=True)
     backup_key_hash = peewee.CharField(max_length=64, default="", index=True)
+    srt_port = peewee.IntegerField(default=0, index=True)
     state = peewee.SmallIntegerField()
     bucket = peewee.CharField(max_length=63)
     destination = peewee.CharField(max_length=256)
@@ -464,10 +465,11 @@ def create_schema(db: peewee.Database) -> None:
             "CREATE INDEX IF NOT EXISTS jobs_acquire ON jobs (project, state, type, priority DESC, id)"
         )
         # Columns added after their table first shipped: added in place.
-        for model, column in ((m.LiveJobRow, "backup_key_hash"),):
+        for model, column, sql_type in ((m.LiveJobRow, "backup_key_hash", "VARCHAR(64) NOT NULL DEFAULT ''"),
+                                        (m.LiveJobRow, "srt_port", "INTEGER NOT NULL DEFAULT 0")):
             table = model._meta.table_name
             if column not in {c.name for c in db.get_columns(table)}:
-                db.execute_sql(f"ALTER TABLE {table} ADD COLUMN {column} VARCHAR(64) NOT NULL DEFAULT ''")
+                db.execute_sql(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}")
                 db.execute_sql(f"CREATE INDEX IF NOT EXISTS {table}_{column} ON {table} ({column})")
         for key in ("revision", "compact_revision", "probe", "bulk_upload_number", "live_job_number"):
             m.MetaRow.insert(key=key, value=0).on_conflict_ignore().execute()
