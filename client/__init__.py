@@ -21,7 +21,7 @@
 """
 from __future__ import annotations
 
-from .client import DEFAULT_TARGET, MediaJobsClient, parse_priority, parse_state
+from .client import DEFAULT_TARGET, MediaJobsClient, parse_priority, parse_state, tls_credentials
 from .errors import MediaJobsError, RevisionCompactedError
 from .watch import Backoff, JobWatch, RetryInfo, is_retryable
 from .worker import JobCancelled, JobContext, RetryableError, Worker
@@ -41,4 +41,5 @@ __all__ = [
     "is_retryable",
     "parse_priority",
     "parse_state",
+    "tls_credentials",
 ]

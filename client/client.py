@@ -23,6 +23,7 @@ import datetime as dt
 import hashlib
 import os
 import threading
+from pathlib import Path
 import time
 import uuid
 import zlib
@@ -289,6 +290,28 @@ class BulkLogStream(Iterator[bytes]):
         self._cancel()
 
 
+def tls_credentials(ca: str | os.PathLike[str] | None = None, cert: str | os.PathLike[str] | None = None,
+                    key: str | os.PathLike[str] | None = None) -> grpc.ChannelCredentials:
+    """Channel credentials for a server with TLS: `ca` the PEM CA that signed
+    the server's certificate (None: the system's roots); `cert` and `key` a
+    client certificate for mutual TLS. Raises MediaJobsError naming a file
+    that cannot be read."""
+    def read(path: str | os.PathLike[str] | None, what: str) -> bytes | None:
+        if path is None:
+            return None
+        try:
+            return Path(path).read_bytes()
+        except OSError as e:
+            raise MediaJobsError(grpc.StatusCode.INVALID_ARGUMENT, f"{what} {path}: {e.strerror or e}") from None
+
+    if (cert is None) != (key is None):
+        raise MediaJobsError(grpc.StatusCode.INVALID_ARGUMENT,
+                             "a client certificate and its key go together: give both or neither")
+    return grpc.ssl_channel_credentials(root_certificates=read(ca, "TLS CA file"),
+                                        private_key=read(key, "TLS client key"),
+                                        certificate_chain=read(cert, "TLS client certificate"))
+
+
 class MediaJobsClient:
     """Synchronous JobService and MediaService client.
 
@@ -304,13 +327,19 @@ class MediaJobsClient:
         channel: grpc.Channel | None = None,
         timeout: float | None = DEFAULT_TIMEOUT,
         options: Sequence[tuple[str, Any]] | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.target = target
         self.timeout = timeout
+        # TLS (tls_credentials(...)); None: plaintext. Workers started from
+        # this client's settings (the CLI's) use the same.
+        self.credentials = credentials
         self._owns_channel = channel is None
+        opts = list(options if options is not None else DEFAULT_CHANNEL_OPTIONS)
         self.channel: grpc.Channel = (
             channel if channel is not None
-            else grpc.insecure_channel(target, options=list(options if options is not None else DEFAULT_CHANNEL_OPTIONS))
+            else grpc.secure_channel(target, credentials, options=opts) if credentials is not None
+            else grpc.insecure_channel(target, options=opts)
         )
         self.stub = svc_grpc.JobServiceStub(self.channel)
         self.media_stub = msvc_grpc.MediaServiceStub(self.channel)

@@ -41,6 +41,7 @@ from .store import jobs as store_jobs
 from .store import leases as store_leases
 from .store import live_jobs as store_live
 from .live_callbacks import CallbackSender
+from .tls import TlsError, TlsFiles
 from .store.db import DatabaseUrlError, durability_summary, is_postgres
 from .store.failures import DatabaseFailure, classify
 from .watch import BUFFER_SIZE, WatchHub, tail_log
@@ -107,6 +108,7 @@ class App:
     worker_service: WorkerService
     bulk_runners: list[BulkRunner] = field(default_factory=list)
     callbacks: CallbackSender | None = None
+    tls: TlsFiles | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     draining: bool = False
     # Whether health says SERVING (the database takes writes).
@@ -275,6 +277,13 @@ def open_store(cfg: Config, clock: Callable[[], int] = now_us) -> Store:
 async def build_server(cfg: Config, clock: Callable[[], int] = now_us) -> App:
     """Open the store and assemble the server on cfg.listen (port 0 = any free port).
     Must be awaited inside the event loop the server will run on."""
+    tls: TlsFiles | None = None
+    if cfg.tls_cert is not None and cfg.tls_key is not None:
+        tls = TlsFiles(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
+        try:
+            tls.check()  # before anything else starts: a bad file is one line
+        except TlsError as e:
+            raise StartupError(str(e)) from None
     store = open_store(cfg, clock)
     rev = store.read_sync(lambda db, p: store_jobs.current_revision(db))
     compact = store.read_sync(lambda db, p: store_jobs.compact_revision(db))
@@ -313,8 +322,15 @@ async def build_server(cfg: Config, clock: Callable[[], int] = now_us) -> App:
     reflection.enable_server_reflection(
         SERVICE_NAMES + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
     )
+    if tls is not None:
+        try:
+            credentials = tls.credentials()
+        except TlsError as e:
+            store.close()
+            raise StartupError(str(e)) from None
     try:
-        port = server.add_insecure_port(cfg.listen)
+        port = server.add_secure_port(cfg.listen, credentials) if tls is not None \
+            else server.add_insecure_port(cfg.listen)
     except RuntimeError:
         port = 0
     if port == 0:
@@ -323,7 +339,7 @@ async def build_server(cfg: Config, clock: Callable[[], int] = now_us) -> App:
                            "pick another with --listen HOST:PORT")
     callbacks = CallbackSender(store, cfg.allow_private_callbacks, store.clock)
     return App(cfg, server, port, store, hub, dispatcher, health_servicer, admission, worker_service, bulk_runners,
-               callbacks)
+               callbacks, tls)
 
 
 # Garbage collection while serving: start-up objects never die, so they are
@@ -396,6 +412,13 @@ async def trim_memory_forever() -> None:
             floor = min(floor, rss)
 
 
+def tls_summary(cfg: Config) -> str:
+    if cfg.tls_cert is None:
+        return "off (plaintext; --tls-cert/--tls-key turn it on)"
+    mutual = f", client certificates required (CA {cfg.tls_client_ca})" if cfg.tls_client_ca else ""
+    return f"on ({cfg.tls_cert}{mutual}; reloaded on change or SIGHUP)"
+
+
 async def serve(cfg: Config) -> None:
     tune_allocator()
     app = await build_server(cfg)
@@ -408,11 +431,14 @@ async def serve(cfg: Config) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if app.tls is not None:
+        loop.add_signal_handler(signal.SIGHUP, app.tls.request_reload)  # new certificates, no restart
     log.info("mediajobs %s: durability %s", version(), durability_summary(cfg.durability, is_postgres(app.store.db)))
     print(f"mediajobs-server {version()} listening on {cfg.listen.rsplit(':', 1)[0]}:{app.port}\n"
           f"  database:     {app.store.display_url}\n"
           f"  durability:   {durability_summary(cfg.durability, is_postgres(app.store.db))}\n"
-          f"  storage root: {cfg.storage_dir()}",
+          f"  storage root: {cfg.storage_dir()}\n"
+          f"  tls:          {tls_summary(cfg)}",
           flush=True)
     await stop.wait()
     log.info("draining (grace %.1fs)", cfg.shutdown_grace_s)

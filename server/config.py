@@ -65,6 +65,10 @@ class Config:
     live_ingest_url: str = "rtmp://127.0.0.1:1935/live"
     live_playback_base_url: str = ""
     live_cdn_base_url: str = ""
+    # TLS on the gRPC port (both or neither), and mutual TLS with a client CA.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
     # SRT ingest for live jobs: HOST:LOW-HIGH (empty: SRT not available).
     live_srt_ingest: str = ""
     # Live jobs' callbacks may go to private and loopback addresses.
@@ -140,6 +144,12 @@ _FLAGS: list[tuple[str, str, Callable[[str], object] | None, object, str]] = [
     ("--bulk-runners", "MEDIAJOBS_BULK_RUNNERS", _number(int, 0, 64, "a whole number"),
      Config.bulk_runners, "bulk uploads applied at once by the server itself (0-64; 0 leaves BULK_UPLOAD jobs to "
      "external workers)"),
+    ("--tls-cert", "MEDIAJOBS_TLS_CERT", None, None,
+     "PEM certificate (chain) for TLS on the gRPC port, with --tls-key; reloaded without a restart when the "
+     "file changes or on SIGHUP (default: no TLS)"),
+    ("--tls-key", "MEDIAJOBS_TLS_KEY", None, None, "PEM private key of --tls-cert"),
+    ("--tls-client-ca", "MEDIAJOBS_TLS_CLIENT_CA", None, None,
+     "PEM CA certificate(s): mutual TLS, every client must present a certificate this CA signed"),
     ("--live-ingest-url", "MEDIAJOBS_LIVE_INGEST_URL", None, Config.live_ingest_url,
      "the RTMP server live publishers push to, as they reach it (rtmp://HOST:PORT/APP; a live worker's "
      "--rtmp-listen); live jobs' ingest URLs are this plus the stream key"),
@@ -234,6 +244,10 @@ def parse_args(argv: list[str] | None = None, env: dict[str, str] | None = None)
         _check_url("--live-cdn-base-url", a.live_cdn_base_url, ("http://", "https://"))
         if a.live_srt_ingest:
             parse_srt_ingest(a.live_srt_ingest)
+        if bool(a.tls_cert) != bool(a.tls_key):
+            raise ConfigError("--tls-cert and --tls-key go together: give both (TLS) or neither")
+        if a.tls_client_ca and not a.tls_cert:
+            raise ConfigError("--tls-client-ca needs --tls-cert and --tls-key (mutual TLS is TLS first)")
     except ConfigError as e:
         sys.stderr.write(f"mediajobs-server: {e}\n")
         raise SystemExit(2) from None
@@ -259,4 +273,7 @@ def parse_args(argv: list[str] | None = None, env: dict[str, str] | None = None)
         live_cdn_base_url=a.live_cdn_base_url.rstrip("/"),
         allow_private_callbacks=bool(a.allow_private_callbacks),
         live_srt_ingest=a.live_srt_ingest,
+        tls_cert=Path(a.tls_cert).expanduser() if a.tls_cert else None,
+        tls_key=Path(a.tls_key).expanduser() if a.tls_key else None,
+        tls_client_ca=Path(a.tls_client_ca).expanduser() if a.tls_client_ca else None,
     )

@@ -33,7 +33,7 @@ from typing import Sequence
 import grpc
 
 from .. import render
-from ..client import DEFAULT_TARGET, MediaJobsClient
+from ..client import DEFAULT_TARGET, MediaJobsClient, tls_credentials
 from ..errors import MediaJobsError
 from . import bulk, cuepoints, entries, jobs, live, mediainfo, templates, worker
 from .common import ENV_DATA_DIR, ENV_SERVER, ENV_STORAGE_ROOT, _FMT, _add_globals, _exit_status, _note
@@ -86,6 +86,16 @@ def build_parser() -> argparse.ArgumentParser:
 # -- entry point ----------------------------------------------------------------------
 
 
+def _credentials(args: argparse.Namespace) -> grpc.ChannelCredentials | None:
+    """TLS from --tls-* or MEDIAJOBS_TLS_* (None: plaintext)."""
+    ca = args.tls_ca or os.environ.get("MEDIAJOBS_TLS_CA") or None
+    cert = args.tls_cert or os.environ.get("MEDIAJOBS_TLS_CLIENT_CERT") or None
+    key = args.tls_key or os.environ.get("MEDIAJOBS_TLS_CLIENT_KEY") or None
+    if not (ca or cert or key or args.tls_system_roots):
+        return None
+    return tls_credentials(ca, cert, key)
+
+
 def main(argv: Sequence[str] | None = None, *, channel: grpc.Channel | None = None) -> int:
     """Run the CLI; returns the exit status. `channel` replaces the channel to
     --server (tests inject a scripted one)."""
@@ -95,7 +105,12 @@ def main(argv: Sequence[str] | None = None, *, channel: grpc.Channel | None = No
     except SystemExit as e:
         return _exit_status(e)
     server = args.server or os.environ.get(ENV_SERVER) or DEFAULT_TARGET
-    client = MediaJobsClient(server, channel=channel)
+    try:
+        credentials = _credentials(args)
+    except MediaJobsError as e:
+        _note(f"mediajobs: {e.message}")
+        return 2
+    client = MediaJobsClient(server, channel=channel, credentials=credentials)
     try:
         return int(args.func(args, client))
     except MediaJobsError as e:

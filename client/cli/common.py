@@ -169,6 +169,15 @@ def _add_globals(p: argparse.ArgumentParser, sub: bool) -> None:
     # before the subcommand is not reset by the subcommand's parser.
     p.add_argument("--server", metavar="HOST:PORT", default=argparse.SUPPRESS if sub else None,
                    help=f"server address (default: env {ENV_SERVER}, else {DEFAULT_TARGET})")
+    p.add_argument("--tls-ca", metavar="FILE", default=argparse.SUPPRESS if sub else None,
+                   help="connect with TLS, trusting this PEM CA (env MEDIAJOBS_TLS_CA; --tls-system-roots: the "
+                        "system's)")
+    p.add_argument("--tls-system-roots", action="store_true", default=argparse.SUPPRESS if sub else False,
+                   help="connect with TLS, trusting the system's root CAs")
+    p.add_argument("--tls-cert", metavar="FILE", default=argparse.SUPPRESS if sub else None,
+                   help="client certificate for mutual TLS, with --tls-key (env MEDIAJOBS_TLS_CLIENT_CERT)")
+    p.add_argument("--tls-key", metavar="FILE", default=argparse.SUPPRESS if sub else None,
+                   help="private key of --tls-cert (env MEDIAJOBS_TLS_CLIENT_KEY)")
     p.add_argument("--json", action="store_true", default=argparse.SUPPRESS if sub else False,
                    help="print JSON (one document; JSON lines for jobs watch, entries add, mediainfo, bulk upload "
                         "and bulk watch) "
