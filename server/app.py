@@ -67,14 +67,32 @@ class StartupError(Exception):
     """The server cannot start; the message is one line that says what to fix."""
 
 
+# Transport hygiene. Requests up to 16 MiB are read (and refused past their
+# own limits with INVALID_ARGUMENT naming them); replies stay within 4 MiB.
+# The server pings every connection every 60 s (20 s to answer), so watch
+# streams through idle-closing proxies and NATs stay open and dead peers are
+# noticed. Clients may ping every 10 s at most, calls or not; after 2 pings
+# sooner than that the connection gets GOAWAY too_many_pings.
 SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
     ("grpc.keepalive_time_ms", 60_000),
     ("grpc.keepalive_timeout_ms", 20_000),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_ping_strikes", 2),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.so_reuseport", 0),
 ]
+
+
+def connection_age_options(cfg: Config) -> list[tuple[str, int]]:
+    """--max-connection-age: connections are closed (GOAWAY) after about
+    this long, so clients spread over servers behind a load balancer and
+    certificates rotate; calls get --max-connection-age-grace to finish, then
+    streams are cut and clients resume them (WatchJobs from last revision + 1)."""
+    if not cfg.max_connection_age_s:
+        return []
+    return [("grpc.max_connection_age_ms", int(cfg.max_connection_age_s * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(cfg.max_connection_age_grace_s * 1000))]
 
 
 def pending_call_options(cfg: Config) -> list[tuple[str, int]]:
@@ -300,7 +318,7 @@ async def build_server(cfg: Config, clock: Callable[[], int] = now_us) -> App:
         raise StartupError(f"--storage-root: cannot create {storage_root}: {e.strerror}") from None
     admission = Admission(cfg.max_concurrent_rpcs, cfg.max_watch_streams, cfg.max_parked_acquires)
 
-    server = grpc.aio.server(options=SERVER_OPTIONS + pending_call_options(cfg))
+    server = grpc.aio.server(options=SERVER_OPTIONS + pending_call_options(cfg) + connection_age_options(cfg))
     add_service(server, job_service_pb2.DESCRIPTOR.services_by_name["JobService"], JobService(store, hub, admission),
                 passthrough=["WatchJobs"])
     worker_service = WorkerService(store, dispatcher, storage_root, admission)

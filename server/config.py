@@ -65,6 +65,9 @@ class Config:
     live_ingest_url: str = "rtmp://127.0.0.1:1935/live"
     live_playback_base_url: str = ""
     live_cdn_base_url: str = ""
+    # Connections are closed after this long (0: never), calls get the grace.
+    max_connection_age_s: float = 3600.0
+    max_connection_age_grace_s: float = 30.0
     # TLS on the gRPC port (both or neither), and mutual TLS with a client CA.
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -144,6 +147,13 @@ _FLAGS: list[tuple[str, str, Callable[[str], object] | None, object, str]] = [
     ("--bulk-runners", "MEDIAJOBS_BULK_RUNNERS", _number(int, 0, 64, "a whole number"),
      Config.bulk_runners, "bulk uploads applied at once by the server itself (0-64; 0 leaves BULK_UPLOAD jobs to "
      "external workers)"),
+    ("--max-connection-age", "MEDIAJOBS_MAX_CONNECTION_AGE", _number(float, 0, 30 * 86400, "a number of seconds"),
+     Config.max_connection_age_s,
+     "seconds after which a connection is closed (GOAWAY) and its client reconnects, resuming watches "
+     "without gaps; 0: never (0 to 30 days)"),
+    ("--max-connection-age-grace", "MEDIAJOBS_MAX_CONNECTION_AGE_GRACE",
+     _number(float, 0, 86400, "a number of seconds"), Config.max_connection_age_grace_s,
+     "seconds calls get to finish on a closing connection before streams are cut (0 to 1 day)"),
     ("--tls-cert", "MEDIAJOBS_TLS_CERT", None, None,
      "PEM certificate (chain) for TLS on the gRPC port, with --tls-key; reloaded without a restart when the "
      "file changes or on SIGHUP (default: no TLS)"),
@@ -273,6 +283,8 @@ def parse_args(argv: list[str] | None = None, env: dict[str, str] | None = None)
         live_cdn_base_url=a.live_cdn_base_url.rstrip("/"),
         allow_private_callbacks=bool(a.allow_private_callbacks),
         live_srt_ingest=a.live_srt_ingest,
+        max_connection_age_s=float(a.max_connection_age),
+        max_connection_age_grace_s=float(a.max_connection_age_grace),
         tls_cert=Path(a.tls_cert).expanduser() if a.tls_cert else None,
         tls_key=Path(a.tls_key).expanduser() if a.tls_key else None,
         tls_client_ca=Path(a.tls_client_ca).expanduser() if a.tls_client_ca else None,
