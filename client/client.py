@@ -328,9 +328,12 @@ class MediaJobsClient:
         timeout: float | None = DEFAULT_TIMEOUT,
         options: Sequence[tuple[str, Any]] | None = None,
         credentials: grpc.ChannelCredentials | None = None,
+        api_key: str | None = None,
     ) -> None:
         self.target = target
         self.timeout = timeout
+        # An API key (servers with --auth keys): sent with every call.
+        self.api_key = api_key
         # TLS (tls_credentials(...)); None: plaintext. Workers started from
         # this client's settings (the CLI's) use the same.
         self.credentials = credentials
@@ -341,6 +344,10 @@ class MediaJobsClient:
             else grpc.secure_channel(target, credentials, options=opts) if credentials is not None
             else grpc.insecure_channel(target, options=opts)
         )
+        if api_key:
+            from .auth import KeyInterceptor
+
+            self.channel = grpc.intercept_channel(self.channel, KeyInterceptor(api_key))
         self.stub = svc_grpc.JobServiceStub(self.channel)
         self.media_stub = msvc_grpc.MediaServiceStub(self.channel)
         self.bulk_stub = bsvc_grpc.BulkUploadServiceStub(self.channel)

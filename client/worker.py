@@ -433,6 +433,7 @@ class Worker:
         call_timeout: float = 10.0,
         backoff: Backoff | None = None,
         credentials: grpc.ChannelCredentials | None = None,
+        api_key: str | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -451,6 +452,7 @@ class Worker:
         self.call_timeout = call_timeout
         self.backoff = backoff or Backoff(initial=0.1, maximum=5.0)
         self.credentials = credentials  # TLS (mediajobs.client.tls_credentials); None: plaintext
+        self.api_key = api_key  # servers with --auth keys: a key of the worker role
         self._handlers: dict[str, Handler] = {}
         self._is_async: dict[str, bool] = {}
         # Per run (see run()):
@@ -540,8 +542,14 @@ class Worker:
                 with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                     loop.add_signal_handler(sig, self._on_signal, sig)
                     installed.append(sig)
-        self._channel = grpc.aio.secure_channel(self.target, self.credentials, options=self.channel_options) \
-            if self.credentials is not None else grpc.aio.insecure_channel(self.target, options=self.channel_options)
+        interceptors = None
+        if self.api_key:
+            from .auth import aio_interceptors
+
+            interceptors = aio_interceptors(self.api_key)
+        self._channel = grpc.aio.secure_channel(self.target, self.credentials, options=self.channel_options,
+                                                interceptors=interceptors) if self.credentials is not None \
+            else grpc.aio.insecure_channel(self.target, options=self.channel_options, interceptors=interceptors)
         self._stub = wsvc_grpc.WorkerServiceStub(self._channel)
         self._flusher = loop.create_task(self._flush_loop(), name="mediajobs-worker-flush")
         self._acquirer = loop.create_task(self._acquire_loop(), name="mediajobs-worker-acquire")

@@ -9,6 +9,11 @@ from .config import parse_args
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["keys"]:  # API keys on the database directly (the first admin key)
+        from .keys_cli import main as keys_main
+
+        return keys_main(args[1:])
     cfg = parse_args(argv)  # exits 2 with one line for a bad flag or environment value
     try:
         asyncio.run(serve(cfg))

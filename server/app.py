@@ -23,6 +23,7 @@ from mediajobs.v1 import (bulk_upload_service_pb2, job_service_pb2, live_job_ser
                           worker_service_pb2)
 
 from .admission import Admission
+from .auth import Authenticator
 from .bulk.runner import BulkRunner
 from .config import Config, parse_srt_ingest, version
 from .convert import now_us
@@ -319,19 +320,20 @@ async def build_server(cfg: Config, clock: Callable[[], int] = now_us) -> App:
     admission = Admission(cfg.max_concurrent_rpcs, cfg.max_watch_streams, cfg.max_parked_acquires)
 
     server = grpc.aio.server(options=SERVER_OPTIONS + pending_call_options(cfg) + connection_age_options(cfg))
+    auth = Authenticator(store, cfg.project) if cfg.auth == "keys" else None
     add_service(server, job_service_pb2.DESCRIPTOR.services_by_name["JobService"], JobService(store, hub, admission),
-                passthrough=["WatchJobs"])
+                passthrough=["WatchJobs"], auth=auth)
     worker_service = WorkerService(store, dispatcher, storage_root, admission)
-    add_service(server, worker_service_pb2.DESCRIPTOR.services_by_name["WorkerService"], worker_service)
+    add_service(server, worker_service_pb2.DESCRIPTOR.services_by_name["WorkerService"], worker_service, auth=auth)
     add_service(server, media_service_pb2.DESCRIPTOR.services_by_name["MediaService"],
-                MediaService(store, storage_root, admission))
+                MediaService(store, storage_root, admission), auth=auth)
     add_service(server, bulk_upload_service_pb2.DESCRIPTOR.services_by_name["BulkUploadService"],
-                BulkUploadService(store, admission))
+                BulkUploadService(store, admission), auth=auth)
     srt_host, srt_low, srt_high = parse_srt_ingest(cfg.live_srt_ingest) if cfg.live_srt_ingest else ("", 0, 0)
     live_settings = store_live.LiveSettings(cfg.live_ingest_url, cfg.live_playback_base_url, cfg.live_cdn_base_url,
                                             srt_host, (srt_low, srt_high))
     add_service(server, live_job_service_pb2.DESCRIPTOR.services_by_name["LiveJobService"],
-                LiveJobService(store, live_settings, admission))
+                LiveJobService(store, live_settings, admission), auth=auth)
     bulk_runners = [BulkRunner(store, storage_root, i + 1) for i in range(cfg.bulk_runners)]
     for runner in bulk_runners:
         hub.listeners.append(runner.on_publish)

@@ -65,6 +65,10 @@ class Config:
     live_ingest_url: str = "rtmp://127.0.0.1:1935/live"
     live_playback_base_url: str = ""
     live_cdn_base_url: str = ""
+    # "none" (no keys; the default on a loopback address) or "keys".
+    auth: str = "none"
+    # Serve a non-loopback address without TLS or without keys anyway.
+    insecure: bool = False
     # Connections are closed after this long (0: never), calls get the grace.
     max_connection_age_s: float = 3600.0
     max_connection_age_grace_s: float = 30.0
@@ -147,6 +151,11 @@ _FLAGS: list[tuple[str, str, Callable[[str], object] | None, object, str]] = [
     ("--bulk-runners", "MEDIAJOBS_BULK_RUNNERS", _number(int, 0, 64, "a whole number"),
      Config.bulk_runners, "bulk uploads applied at once by the server itself (0-64; 0 leaves BULK_UPLOAD jobs to "
      "external workers)"),
+    ("--auth", "MEDIAJOBS_AUTH", None, None,
+     "none: no API keys; keys: every call needs `authorization: Bearer <API key>` and a role that allows it "
+     "(default: none on a loopback --listen address, keys otherwise)"),
+    ("--insecure", "MEDIAJOBS_INSECURE", _flag, False,
+     "serve an address other machines can reach without TLS or without API keys (refused otherwise)"),
     ("--max-connection-age", "MEDIAJOBS_MAX_CONNECTION_AGE", _number(float, 0, 30 * 86400, "a number of seconds"),
      Config.max_connection_age_s,
      "seconds after which a connection is closed (GOAWAY) and its client reconnects, resuming watches "
@@ -196,6 +205,19 @@ def _check_listen(listen: str) -> None:
     host, sep, port = listen.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(f"--listen: {listen[:60]!r} is not HOST:PORT (e.g. 127.0.0.1:50051, [::]:50051, 0.0.0.0:0)")
+
+
+def is_loopback(listen: str) -> bool:
+    """Whether HOST of HOST:PORT is this machine only (127.0.0.0/8, ::1, localhost)."""
+    import ipaddress
+
+    host = listen.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def parse_srt_ingest(text: str) -> tuple[str, int, int]:
@@ -254,6 +276,16 @@ def parse_args(argv: list[str] | None = None, env: dict[str, str] | None = None)
         _check_url("--live-cdn-base-url", a.live_cdn_base_url, ("http://", "https://"))
         if a.live_srt_ingest:
             parse_srt_ingest(a.live_srt_ingest)
+        loopback = is_loopback(a.listen)
+        auth = (a.auth or ("none" if loopback else "keys")).lower()
+        if auth not in ("none", "keys"):
+            raise ConfigError(f"--auth / MEDIAJOBS_AUTH: {auth[:20]!r} is not a mode: use none or keys")
+        if not loopback and not a.insecure and (auth == "none" or not a.tls_cert):
+            missing = " and ".join(w for w, m in (("TLS (--tls-cert/--tls-key)", not a.tls_cert),
+                                                   ("API keys (--auth keys)", auth == "none")) if m)
+            raise ConfigError(f"--listen {a.listen[:60]} can be reached from other machines, but without "
+                              f"{missing} anyone there could do anything: add {missing}, or give --insecure "
+                              "to serve it as it is (a trusted network)")
         if bool(a.tls_cert) != bool(a.tls_key):
             raise ConfigError("--tls-cert and --tls-key go together: give both (TLS) or neither")
         if a.tls_client_ca and not a.tls_cert:
@@ -283,6 +315,8 @@ def parse_args(argv: list[str] | None = None, env: dict[str, str] | None = None)
         live_cdn_base_url=a.live_cdn_base_url.rstrip("/"),
         allow_private_callbacks=bool(a.allow_private_callbacks),
         live_srt_ingest=a.live_srt_ingest,
+        auth=auth,
+        insecure=bool(a.insecure),
         max_connection_age_s=float(a.max_connection_age),
         max_connection_age_grace_s=float(a.max_connection_age_grace),
         tls_cert=Path(a.tls_cert).expanduser() if a.tls_cert else None,

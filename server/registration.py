@@ -32,16 +32,24 @@ def _passthrough(serialize: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
 
 
 def add_service(
-    server: grpc.aio.Server, service: descriptor.ServiceDescriptor, servicer: Any, passthrough: Iterable[str] = ()
+    server: grpc.aio.Server, service: descriptor.ServiceDescriptor, servicer: Any, passthrough: Iterable[str] = (),
+    auth: Any = None,
 ) -> None:
+    """`auth` (an auth.Authenticator, with --auth keys): every method checks
+    the caller's API key and role first."""
     raw = set(passthrough)
     handlers: dict[str, grpc.RpcMethodHandler] = {}
     for m in service.methods:
         req = message_factory.GetMessageClass(m.input_type)
         resp = message_factory.GetMessageClass(m.output_type)
         ser = resp.SerializeToString
+        behavior = getattr(servicer, m.name)
+        if auth is not None:
+            from .auth import guard
+
+            behavior = guard(auth, service.full_name, m.name, behavior, m.client_streaming, m.server_streaming)
         handlers[m.name] = _FACTORIES[(m.client_streaming, m.server_streaming)](
-            getattr(servicer, m.name),
+            behavior,
             # A request nested past what protobuf can parse reaches the
             # method (its handle_errors) as an UndecodableRequest, answered
             # INVALID_ARGUMENT naming the path, not gRPC's bare UNKNOWN.

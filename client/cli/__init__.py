@@ -110,7 +110,8 @@ def main(argv: Sequence[str] | None = None, *, channel: grpc.Channel | None = No
     except MediaJobsError as e:
         _note(f"mediajobs: {e.message}")
         return 2
-    client = MediaJobsClient(server, channel=channel, credentials=credentials)
+    api_key = args.api_key or os.environ.get("MEDIAJOBS_API_KEY") or None
+    client = MediaJobsClient(server, channel=channel, credentials=credentials, api_key=api_key)
     try:
         return int(args.func(args, client))
     except MediaJobsError as e:

@@ -169,6 +169,9 @@ def _add_globals(p: argparse.ArgumentParser, sub: bool) -> None:
     # before the subcommand is not reset by the subcommand's parser.
     p.add_argument("--server", metavar="HOST:PORT", default=argparse.SUPPRESS if sub else None,
                    help=f"server address (default: env {ENV_SERVER}, else {DEFAULT_TARGET})")
+    p.add_argument("--api-key", metavar="KEY", default=argparse.SUPPRESS if sub else None,
+                   help="API key for a server with --auth keys (env MEDIAJOBS_API_KEY; prefer the variable: "
+                        "a flag shows in the process list)")
     p.add_argument("--tls-ca", metavar="FILE", default=argparse.SUPPRESS if sub else None,
                    help="connect with TLS, trusting this PEM CA (env MEDIAJOBS_TLS_CA; --tls-system-roots: the "
                         "system's)")

@@ -198,7 +198,7 @@ def _run_live(args: argparse.Namespace, c: MediaJobsClient) -> int:
         options["lease_duration"] = args.lease
     if args.identity is not None:
         options["identity"] = args.identity
-    live = LiveWorker(c.target, root, args.rtmp_listen, credentials=c.credentials, **options)
+    live = LiveWorker(c.target, root, args.rtmp_listen, credentials=c.credentials, api_key=c.api_key, **options)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("mediajobs.worker").setLevel(logging.DEBUG if args.verbose >= 2 else logging.INFO)
@@ -275,6 +275,8 @@ def cmd_worker(args: argparse.Namespace, c: MediaJobsClient) -> int:
         worker.concurrency = args.concurrency
     if c.credentials is not None:
         worker.credentials = c.credentials  # --tls-* given to the CLI
+    if c.api_key:
+        worker.api_key = c.api_key
     if args.lease is not None:
         worker.lease_duration = args.lease
     if args.drain_timeout is not None:

@@ -471,7 +471,7 @@ class LiveWorker:
     def __init__(self, target: str, storage_root: Path, rtmp_listen: str = "127.0.0.1:1935", *, slots: int = 1,
                  lease_duration: float = 30.0, report_interval: float = 1.0, identity: str | None = None,
                  python: str = sys.executable, allow_private_inputs: bool = False,
-                 credentials: grpc.ChannelCredentials | None = None) -> None:
+                 credentials: grpc.ChannelCredentials | None = None, api_key: str | None = None) -> None:
         self.storage_root = storage_root
         self.allow_private_inputs = allow_private_inputs
         self.host, self.requested_port = parse_listen(rtmp_listen)
@@ -479,7 +479,7 @@ class LiveWorker:
         self.report_interval = report_interval
         self.python = python
         self.worker = Worker(target, concurrency=slots, lease_duration=lease_duration, identity=identity,
-                             drain_timeout=STOP_GRACE_S + 5, credentials=credentials)
+                             drain_timeout=STOP_GRACE_S + 5, credentials=credentials, api_key=api_key)
         self.worker.register(JOB_TYPE, self._session)
         self.worker.register(CLIP_JOB_TYPE, self._clip)
         self.encoder_id = f"{self.worker.identity}"[:128]

@@ -402,11 +402,30 @@ class LiveClipRow(BaseModel):
         indexes = ((("project", "live_job_id", "id"), False),)
 
 
+class ApiKeyRow(BaseModel):
+    """An API key: its secret is stored only as a sha256 (`secret_hash`);
+    `data` is nothing secret (name, creator)."""
+
+    id = peewee.CharField(max_length=26, primary_key=True)
+    project = peewee.CharField(max_length=64)
+    role = peewee.CharField(max_length=16)
+    name = peewee.CharField(max_length=128, default="")
+    secret_hash = peewee.CharField(max_length=64)
+    creator = peewee.CharField(max_length=128, default="")
+    create_time = peewee.BigIntegerField()
+    last_used_time = peewee.BigIntegerField(default=0)
+    revoke_time = peewee.BigIntegerField(default=0)
+
+    class Meta:
+        table_name = "api_keys"
+        indexes = ((("project", "id"), False),)
+
+
 ALL_MODELS = [
     JobRow, JobMetadataRow, JobEventRow, JobProblemRow, JobTypeRow, IdempotencyRow, MetaRow,
     EntryRow, EntryTagRow, MediaInfoRow, JobTemplateRow, CuePointRow, CuePointTagRow,
     BulkUploadRow, BulkUploadChunkRow, BulkUploadLineRow, BulkUploadObjectRow,
-    LiveJobRow, LiveOutputRow, LiveTimingRow, LiveCallbackRow, LiveClipRow,
+    LiveJobRow, LiveOutputRow, LiveTimingRow, LiveCallbackRow, LiveClipRow, ApiKeyRow,
 ]
 
 
@@ -436,6 +455,7 @@ class BoundModels:
     LiveTimingRow: Any
     LiveCallbackRow: Any
     LiveClipRow: Any
+    ApiKeyRow: Any
 
     def __init__(self, db: peewee.Database) -> None:
         self.all: list[Any] = []

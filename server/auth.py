@@ -1,0 +1,134 @@
+"""Authentication and roles (`--auth keys`): every call of every service
+carries `authorization: Bearer <API key>`; a missing or bad key is
+UNAUTHENTICATED, a role that does not allow the call PERMISSION_DENIED
+naming the roles that do. Health and reflection stay open.
+
+Roles:
+- viewer: reads and watches (Get*, List*, Watch*, Count*, Read*, Export*).
+- worker: reads, WorkerService (lease, heartbeat, complete, ...), and the
+  batch calls engines make (AddMediaInfo, CheckEntryIsDone,
+  AddBulkUploadResults, UpdateBulkUploadResults).
+- editor: reads, those batch calls, and every change (create, update,
+  delete, abort, re-run; jobs, entries, templates, cue points, bulk uploads,
+  live jobs).
+- admin: everything.
+
+A key is checked against the database once and then cached for
+CACHE_S seconds, so a revoked key stops working within that time; its
+last-used time is written at most once a minute.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import grpc
+
+from .errors import ServiceError
+from .store import Store
+from .store import api_keys
+
+CACHE_S = 10.0
+TOUCH_S = 60.0
+MAX_CACHED = 10_000
+
+READ_PREFIXES = ("Get", "List", "Watch", "Count", "Read", "Export", "Query")
+BATCH_CALLS = {"AddMediaInfo", "CheckEntryIsDone", "AddBulkUploadResults", "UpdateBulkUploadResults"}
+WORKER_SERVICE = "mediajobs.v1.WorkerService"
+
+
+def roles_for(service: str, method: str) -> tuple[str, ...]:
+    """The roles that may call `service`/`method`."""
+    if service == WORKER_SERVICE:
+        return ("admin", "worker")
+    if method in BATCH_CALLS:
+        return ("admin", "editor", "worker")
+    if method.startswith(READ_PREFIXES):
+        return ("admin", "editor", "worker", "viewer")
+    return ("admin", "editor")
+
+
+class Authenticator:
+    def __init__(self, store: Store, project: str) -> None:
+        self.store = store
+        self.project = project
+        self._cache: dict[str, tuple[api_keys.ApiKey | None, float]] = {}
+        self._touched: dict[str, float] = {}
+
+    async def check(self, context: grpc.aio.ServicerContext, service: str, method: str) -> api_keys.ApiKey:
+        """The caller's key, or ServiceError (UNAUTHENTICATED, PERMISSION_DENIED)."""
+        header = ""
+        for k, v in context.invocation_metadata() or ():
+            if k == "authorization":
+                header = v if isinstance(v, str) else v.decode("latin-1")
+                break
+        if not header.startswith("Bearer "):
+            raise ServiceError(grpc.StatusCode.UNAUTHENTICATED, "API_KEY_MISSING",
+                               "this server needs an API key: send the metadata `authorization: Bearer <key>` "
+                               "(mediajobs --api-key, or MEDIAJOBS_API_KEY)")
+        text = header[len("Bearer "):].strip()
+        now = time.monotonic()
+        hit = self._cache.get(text)
+        if hit is not None and hit[1] > now:
+            key = hit[0]
+        else:
+            key = await self.store.read(lambda db, p: api_keys.verify(db, text))
+            if len(self._cache) >= MAX_CACHED:
+                self._cache.clear()
+            self._cache[text] = (key, now + CACHE_S)
+        if key is None:
+            raise ServiceError(grpc.StatusCode.UNAUTHENTICATED, "API_KEY_INVALID",
+                               "the API key is unknown or revoked; ask an admin for a key "
+                               "(mediajobs-server keys create)")
+        if key.project != self.project:
+            raise ServiceError(grpc.StatusCode.PERMISSION_DENIED, "PROJECT_NOT_SERVED",
+                               f"the key belongs to project {key.project!r}; this server serves project "
+                               f"{self.project!r}", metadata={"project": key.project[:64]})
+        allowed = roles_for(service, method)
+        if key.role not in allowed:
+            raise ServiceError(grpc.StatusCode.PERMISSION_DENIED, "ROLE_NOT_ALLOWED",
+                               f"role {key.role} cannot call {method}; it needs the role {' or '.join(allowed)}",
+                               metadata={"role": key.role, "needed": ",".join(allowed), "method": method})
+        if now - self._touched.get(key.id, 0.0) > TOUCH_S:
+            self._touched[key.id] = now
+            stamp = self.store.clock()
+            asyncio.ensure_future(self._touch(key.id, stamp))
+        return key
+
+    async def _touch(self, key_id: str, now_us: int) -> None:
+        try:
+            await self.store.write(lambda tx: api_keys.touch(tx.db, key_id, now_us), bounded=False)
+        except Exception:  # noqa: BLE001 - a last-used time is not worth failing anything for
+            pass
+
+
+def guard(auth: Authenticator, service: str, method: str, fn: Any, client_streaming: bool,
+          server_streaming: bool) -> Any:
+    """`fn` (a servicer method) behind the key and role check."""
+    from grpc_status import rpc_status
+
+    from .errors import fail_call
+
+    async def refused(context: grpc.aio.ServicerContext) -> bool:
+        try:
+            await auth.check(context, service, method)
+        except ServiceError as e:
+            fail_call(context, rpc_status.to_status(e.to_status()))
+            return True
+        return False
+
+    if server_streaming:
+        async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if await refused(context):
+                return
+            async for item in fn(request, context):
+                yield item
+        return stream
+
+    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if await refused(context):
+            return None
+        return await fn(request, context)
+    del client_streaming  # the same wrapper serves a request iterator
+    return unary
