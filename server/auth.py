@@ -26,6 +26,7 @@ from typing import Any
 import grpc
 
 from .errors import ServiceError
+from .principal import set_principal
 from .store import Store
 from .store import api_keys
 
@@ -112,10 +113,11 @@ def guard(auth: Authenticator, service: str, method: str, fn: Any, client_stream
 
     async def refused(context: grpc.aio.ServicerContext) -> bool:
         try:
-            await auth.check(context, service, method)
+            key = await auth.check(context, service, method)
         except ServiceError as e:
             fail_call(context, rpc_status.to_status(e.to_status()))
             return True
+        set_principal(f"key:{key.id}")  # the creator of what this call makes
         return False
 
     if server_streaming:

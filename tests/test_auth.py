@@ -94,6 +94,10 @@ async def test_every_call_needs_a_key_and_a_role_that_allows_it(tmp_path: Path) 
                 await create(keys["viewer"])
             info = error_info(e.value)
             assert info.reason == "ROLE_NOT_ALLOWED" and "admin or editor" in (e.value.details() or "")
+            # What a key makes records the key as its creator, whatever the request says.
+            made = await jobs.CreateJob(svc.CreateJobRequest(type="TRANSCODE", creator="mallory"),
+                                        metadata=bearer(keys["editor"]))
+            assert made.creator == f"key:{keys['editor'].split('_')[1].upper()}"
             # A key of a project this server does not serve, and a revoked key.
             other = await make_key(app, "admin", project="elsewhere")
             assert await code(read(other)) == grpc.StatusCode.PERMISSION_DENIED

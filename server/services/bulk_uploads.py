@@ -19,6 +19,7 @@ from ..admission import Admission, unlimited
 from ..bulk import csv_records
 from ..bulk import files as bulk_files
 from ..bulk import results as bulk_results
+from ..principal import creator as principal_creator
 from ..errors import ServiceError, UndecodableRequest, clip, handle_errors, invalid_argument
 from ..store import Store
 from ..store import bulk_uploads as store_bulk
@@ -175,7 +176,9 @@ class BulkUploadService(bsvc_grpc.BulkUploadServiceServicer):
         if content:
             summary = await asyncio.to_thread(bulk_files.summarize, [content], [content], spec)
             bulk_files.check_size_and_sha(summary, spec, "")
-        creator = "anonymous"
+        creator = principal_creator("anonymous")
+        if creator != "anonymous":
+            spec.uploaded_by = creator  # the authenticated key, not a free field
 
         def start(tx: Any) -> BulkUpload:
             upload = store_bulk.start_upload(tx, request, creator)

@@ -12,6 +12,7 @@ from mediajobs.v1 import resources_pb2 as res
 
 from ..admission import Admission, unlimited
 from .. import payloads
+from ..principal import creator
 from ..errors import ServiceError, clip, handle_errors, invalid_argument
 from ..store import Store
 from ..store import jobs as store_jobs
@@ -93,6 +94,7 @@ class JobService(svc_grpc.JobServiceServicer):
     @handle_errors
     async def CreateJob(self, request: svc.CreateJobRequest, context: grpc.aio.ServicerContext) -> Job:
         validate_create(request)
+        request.creator = creator(request.creator)
         return await self.store.write(
             lambda tx: store_jobs.idempotent(tx, "CreateJob", request, Job, lambda t: store_jobs.new_job(t, request))
         )
@@ -108,6 +110,7 @@ class JobService(svc_grpc.JobServiceServicer):
             raise invalid_argument([("requests", f"at most {MAX_BATCH_CREATE} per call, got {len(reqs)}")])
         violations: list[tuple[str, str]] = []
         for i, r in enumerate(reqs):
+            r.creator = creator(r.creator)
             try:
                 validate_create(r)
             except ServiceError as e:

@@ -15,6 +15,7 @@ from mediajobs.v1 import live_resources_pb2 as lres
 
 from .. import payloads
 from ..admission import Admission, unlimited
+from ..principal import creator
 from ..errors import ServiceError, clip, handle_errors, invalid_argument
 from ..storage import check_relative
 from ..store import Store
@@ -149,6 +150,7 @@ class LiveJobService(lsvc_grpc.LiveJobServiceServicer):
     async def CreateLiveJob(self, request: lsvc.CreateLiveJobRequest, context: grpc.aio.ServicerContext) -> LiveJob:
         validate_create(request)
         _check_request_id(request.request_id)
+        request.live_job.creator = creator(request.live_job.creator)
         return await self.store.write(lambda tx: store_jobs.idempotent(
             tx, "CreateLiveJob", request, LiveJob,
             lambda t: store_live.create_live_job(t, request, "anonymous", self.settings)))

@@ -15,6 +15,7 @@ from mediajobs.v1 import resources_pb2 as res
 
 from .. import cue_points, payloads
 from ..admission import Admission, unlimited
+from ..principal import creator
 from ..errors import clip, handle_errors, invalid_argument
 from ..store import Store
 from ..store import entries as store_entries
@@ -95,6 +96,7 @@ class MediaService(msvc_grpc.MediaServiceServicer):
     async def CreateEntry(self, request: msvc.CreateEntryRequest, context: grpc.aio.ServicerContext) -> mres.Entry:
         validate_entry(request.entry, request.priority, request.creator)
         _check_request_id(request.request_id)
+        request.creator = creator(request.creator)
         source = ""
         if request.entry.source_uri:
             source = await asyncio.to_thread(
