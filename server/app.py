@@ -24,6 +24,7 @@ from mediajobs.v1 import (bulk_upload_service_pb2, job_service_pb2, live_job_ser
 
 from .admission import Admission
 from .auth import Authenticator
+from .quotas import Quotas
 from .bulk.runner import BulkRunner
 from .config import Config, parse_srt_ingest, version
 from .convert import now_us
@@ -320,6 +321,8 @@ async def build_server(cfg: Config, clock: Callable[[], int] = now_us) -> App:
     admission = Admission(cfg.max_concurrent_rpcs, cfg.max_watch_streams, cfg.max_parked_acquires)
 
     server = grpc.aio.server(options=SERVER_OPTIONS + pending_call_options(cfg) + connection_age_options(cfg))
+    store.quotas = Quotas(cfg.quota_pending_jobs, cfg.quota_open_bulk_uploads, cfg.quota_live_jobs_online,
+                          cfg.quota_requests_per_second)
     auth = Authenticator(store, cfg.project) if cfg.auth == "keys" else None
     add_service(server, job_service_pb2.DESCRIPTOR.services_by_name["JobService"], JobService(store, hub, admission),
                 passthrough=["WatchJobs"], auth=auth)

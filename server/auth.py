@@ -91,6 +91,7 @@ class Authenticator:
             raise ServiceError(grpc.StatusCode.PERMISSION_DENIED, "ROLE_NOT_ALLOWED",
                                f"role {key.role} cannot call {method}; it needs the role {' or '.join(allowed)}",
                                metadata={"role": key.role, "needed": ",".join(allowed), "method": method})
+        self.store.quotas.take(key.id)  # requests per second per key
         if now - self._touched.get(key.id, 0.0) > TOUCH_S:
             self._touched[key.id] = now
             stamp = self.store.clock()

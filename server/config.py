@@ -65,6 +65,11 @@ class Config:
     live_ingest_url: str = "rtmp://127.0.0.1:1935/live"
     live_playback_base_url: str = ""
     live_cdn_base_url: str = ""
+    # Quotas (0: none), see server/quotas.py.
+    quota_pending_jobs: int = 0
+    quota_open_bulk_uploads: int = 16
+    quota_live_jobs_online: int = 0
+    quota_requests_per_second: float = 0.0
     # "none" (no keys; the default on a loopback address) or "keys".
     auth: str = "none"
     # Serve a non-loopback address without TLS or without keys anyway.
@@ -151,6 +156,15 @@ _FLAGS: list[tuple[str, str, Callable[[str], object] | None, object, str]] = [
     ("--bulk-runners", "MEDIAJOBS_BULK_RUNNERS", _number(int, 0, 64, "a whole number"),
      Config.bulk_runners, "bulk uploads applied at once by the server itself (0-64; 0 leaves BULK_UPLOAD jobs to "
      "external workers)"),
+    ("--quota-pending-jobs", "MEDIAJOBS_QUOTA_PENDING_JOBS", _number(int, 0, 10**9, "a whole number"),
+     Config.quota_pending_jobs, "PENDING jobs a project may have; more creates fail RESOURCE_EXHAUSTED (0: no quota)"),
+    ("--quota-open-bulk-uploads", "MEDIAJOBS_QUOTA_OPEN_BULK_UPLOADS", _number(int, 1, 10_000, "a whole number"),
+     Config.quota_open_bulk_uploads, "bulk uploads a project may be writing at once (1-10000)"),
+    ("--quota-live-jobs-online", "MEDIAJOBS_QUOTA_LIVE_JOBS_ONLINE", _number(int, 0, 100_000, "a whole number"),
+     Config.quota_live_jobs_online, "live jobs a project may have online at once (0: no quota)"),
+    ("--quota-requests-per-second", "MEDIAJOBS_QUOTA_REQUESTS_PER_SECOND",
+     _number(float, 0, 1_000_000, "a number"), Config.quota_requests_per_second,
+     "calls per second per API key, with a second's worth of burst (--auth keys; 0: no quota)"),
     ("--auth", "MEDIAJOBS_AUTH", None, None,
      "none: no API keys; keys: every call needs `authorization: Bearer <API key>` and a role that allows it "
      "(default: none on a loopback --listen address, keys otherwise)"),
@@ -317,6 +331,10 @@ def parse_args(argv: list[str] | None = None, env: dict[str, str] | None = None)
         live_srt_ingest=a.live_srt_ingest,
         auth=auth,
         insecure=bool(a.insecure),
+        quota_pending_jobs=int(a.quota_pending_jobs),
+        quota_open_bulk_uploads=int(a.quota_open_bulk_uploads),
+        quota_live_jobs_online=int(a.quota_live_jobs_online),
+        quota_requests_per_second=float(a.quota_requests_per_second),
         max_connection_age_s=float(a.max_connection_age),
         max_connection_age_grace_s=float(a.max_connection_age_grace),
         tls_cert=Path(a.tls_cert).expanduser() if a.tls_cert else None,

@@ -181,7 +181,7 @@ class BulkUploadService(bsvc_grpc.BulkUploadServiceServicer):
             spec.uploaded_by = creator  # the authenticated key, not a free field
 
         def start(tx: Any) -> BulkUpload:
-            upload = store_bulk.start_upload(tx, request, creator)
+            upload = store_bulk.start_upload(tx, request, creator, self.store.quotas.open_bulk_uploads)
             if summary is None:
                 return upload
             for off in range(0, len(content), 1024 * 1024):

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import re
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 import grpc
 
@@ -95,9 +95,13 @@ class JobService(svc_grpc.JobServiceServicer):
     async def CreateJob(self, request: svc.CreateJobRequest, context: grpc.aio.ServicerContext) -> Job:
         validate_create(request)
         request.creator = creator(request.creator)
-        return await self.store.write(
-            lambda tx: store_jobs.idempotent(tx, "CreateJob", request, Job, lambda t: store_jobs.new_job(t, request))
-        )
+        quota = self.store.quotas.pending_jobs
+
+        def create(t: Any) -> Job:
+            store_jobs.check_pending_quota(t, quota, 1)
+            return store_jobs.new_job(t, request)
+
+        return await self.store.write(lambda tx: store_jobs.idempotent(tx, "CreateJob", request, Job, create))
 
     @handle_errors
     async def BatchCreateJobs(
@@ -123,7 +127,10 @@ class JobService(svc_grpc.JobServiceServicer):
         if reply_bytes > payloads.MESSAGE_BUDGET_BYTES:
             raise _batch_reply_too_large(len(reqs), reply_bytes, payloads.MESSAGE_BUDGET_BYTES)
 
+        quota = self.store.quotas.pending_jobs
+
         def create_all(tx):  # type: ignore[no-untyped-def]
+            store_jobs.check_pending_quota(tx, quota, len(reqs))
             jobs = [
                 store_jobs.idempotent(tx, "CreateJob", r, Job, lambda t, r=r: store_jobs.new_job(t, r)) for r in reqs
             ]

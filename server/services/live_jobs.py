@@ -175,7 +175,7 @@ class LiveJobService(lsvc_grpc.LiveJobServiceServicer):
             raise invalid_argument([("start_time", "only with online=true (a session's start and finish)")])
         return await self.store.write(lambda tx: store_jobs.idempotent(
             tx, "SetLiveEncoding", request, lsvc.SetLiveEncodingResponse,
-            lambda t: store_live.set_encoding(t, request, self.settings)))
+            lambda t: store_live.set_encoding(t, request, self.settings, self.store.quotas.live_jobs_online)))
 
     @handle_errors
     async def ListLiveTimings(self, request: lsvc.ListLiveTimingsRequest, context: grpc.aio.ServicerContext

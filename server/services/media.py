@@ -3,6 +3,7 @@ Thin servicer: validate -> call the store -> shape the reply."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 from pathlib import Path
 
 import grpc
@@ -102,10 +103,14 @@ class MediaService(msvc_grpc.MediaServiceServicer):
             source = await asyncio.to_thread(
                 store_entries.source_relative_path, self.storage_root, request.entry.source_uri
             )
+        quota = self.store.quotas.pending_jobs if source else 0
+
+        def create(t: Any) -> mres.Entry:
+            store_jobs.check_pending_quota(t, quota, 1)  # an entry with a source queues a job
+            return store_entries.create_entry(t, request, source)
+
         return await self.store.write(
-            lambda tx: store_jobs.idempotent(tx, "CreateEntry", request, mres.Entry,
-                                             lambda t: store_entries.create_entry(t, request, source))
-        )
+            lambda tx: store_jobs.idempotent(tx, "CreateEntry", request, mres.Entry, create))
 
     @handle_errors
     async def GetEntry(self, request: msvc.GetEntryRequest, context: grpc.aio.ServicerContext) -> mres.Entry:

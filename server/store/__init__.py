@@ -21,6 +21,7 @@ from .db import DEFAULT_DURABILITY, is_postgres, open_database, redact_url
 from .failures import DatabaseFailure, classify, reset_connection
 from .models import create_schema
 from .sanitize import sanitize_stored_payloads
+from ..quotas import Quotas
 from .writer import DEFAULT_MAX_QUEUE, GroupCommitWriter, PendingEvent, WriteTx
 
 T = TypeVar("T")
@@ -43,6 +44,7 @@ class Store:
         self.display_url = redact_url(url_or_path)
         self.project = project
         self.clock = clock
+        self.quotas = Quotas()  # the server sets its configured quotas
         self.durability = durability
         self.db: peewee.Database = open_database(url_or_path, durability)
         self._on_commit: list[Callable[[list[PendingEvent]], None]] = []

@@ -138,7 +138,8 @@ def _next_number(tx: WriteTx) -> int:
 # -- the upload ---------------------------------------------------------------------------
 
 
-def start_upload(tx: WriteTx, req: bsvc.StartBulkUploadRequest, creator: str) -> BulkUpload:
+def start_upload(tx: WriteTx, req: bsvc.StartBulkUploadRequest, creator: str,
+                 max_open: int = MAX_OPEN_UPLOADS) -> BulkUpload:
     """A new upload, UPLOADING (the service completes it at once when the
     file came inline)."""
     spec = req.bulk_upload
@@ -147,12 +148,13 @@ def start_upload(tx: WriteTx, req: bsvc.StartBulkUploadRequest, creator: str) ->
     p = tx.db.param
     open_now = tx.db.execute_sql(f"SELECT COUNT(*) FROM bulk_uploads WHERE project = {p} AND state = {p}",
                                  (tx.project, BulkUpload.UPLOADING)).fetchone()[0]
-    if open_now >= MAX_OPEN_UPLOADS and not req.content:
+    if open_now >= max_open and not req.content:
         raise ServiceError(
             grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_OPEN_UPLOADS",
-            f"the project already has {MAX_OPEN_UPLOADS} uploads still being written (the limit); finish or "
+            f"quota open_bulk_uploads: the project already has {max_open} uploads still being written (the "
+            "limit, --quota-open-bulk-uploads); finish or "
             "abort one of them (ListBulkUploads with state UPLOADING) first",
-            metadata={"limit": str(MAX_OPEN_UPLOADS)},
+            metadata={"limit": str(max_open), "quota": "open_bulk_uploads"}, retry_delay_s=5.0,
         )
     upload = BulkUpload()
     upload.CopyFrom(spec)

@@ -199,6 +199,20 @@ def new_job(tx: WriteTx, req: svc.CreateJobRequest, rerun_of: str = "", template
     return job
 
 
+def check_pending_quota(tx: WriteTx, limit: int, adding: int) -> None:
+    """RESOURCE_EXHAUSTED (QUOTA_EXCEEDED) when `adding` more PENDING jobs
+    would pass the project's quota (0: none; nothing is counted then)."""
+    if not limit:
+        return
+    p = tx.db.param
+    pending = int(tx.db.execute_sql(f"SELECT COUNT(*) FROM jobs WHERE project = {p} AND state = {p}",
+                                    (tx.project, Job.PENDING)).fetchone()[0])
+    if pending + adding > limit:
+        from ..quotas import exceeded
+
+        raise exceeded("pending_jobs", limit, "PENDING jobs in the project (workers take them, or abort some)")
+
+
 def build_job(req: svc.CreateJobRequest, project: str, now_us: int, template_id: str = "", job_id: str = "") -> Job:
     """A new PENDING job from a request, not yet written and without a
     revision: new_job completes it (template outputs, event)."""

@@ -455,7 +455,8 @@ def _start_session(tx: WriteTx, live: LiveJob, start_us: int, finish_us: int) ->
     return job
 
 
-def set_encoding(tx: WriteTx, req: lsvc.SetLiveEncodingRequest, settings: LiveSettings) -> lsvc.SetLiveEncodingResponse:
+def set_encoding(tx: WriteTx, req: lsvc.SetLiveEncodingRequest, settings: LiveSettings,
+                 max_online: int = 0) -> lsvc.SetLiveEncodingResponse:
     live = load_by_key(tx.db, tx.project, req.stream_key)
     if live is None:
         raise key_not_found()
@@ -464,6 +465,15 @@ def set_encoding(tx: WriteTx, req: lsvc.SetLiveEncodingRequest, settings: LiveSe
             raise wrong_state(live, "start", "LIVE_JOB_STOPPING",
                               "wait until it is STOPPED (WatchJobs or GetLiveJob), then start it again")
         if live.state in IDLE_STATES:
+            if max_online:
+                p = tx.db.param
+                online = int(tx.db.execute_sql(
+                    f"SELECT COUNT(*) FROM live_jobs WHERE project = {p} AND state IN "
+                    f"({', '.join([p] * len(ONLINE_STATES))})", (tx.project, *ONLINE_STATES)).fetchone()[0])
+                if online >= max_online:
+                    from ..quotas import exceeded
+
+                    raise exceeded("live_jobs_online", max_online, "live jobs online in the project (stop one first)")
             start_us, finish_us = _us(req.start_time), _us(req.finish_time)
             if finish_us and finish_us <= max(start_us, tx.now):
                 raise invalid_argument([("finish_time", "must be after start_time and in the future")])
