@@ -23,7 +23,7 @@ from mediajobs.v1 import (bulk_upload_service_pb2, job_service_pb2, live_job_ser
                           worker_service_pb2)
 
 from .admission import Admission
-from .auth import Authenticator
+from .auth import Authenticator, ReflectionGuard
 from .quotas import Quotas
 from .bulk.runner import BulkRunner
 from .config import Config, parse_srt_ingest, version
@@ -320,7 +320,11 @@ async def build_server(cfg: Config, clock: Callable[[], int] = now_us) -> App:
         raise StartupError(f"--storage-root: cannot create {storage_root}: {e.strerror}") from None
     admission = Admission(cfg.max_concurrent_rpcs, cfg.max_watch_streams, cfg.max_parked_acquires)
 
-    server = grpc.aio.server(options=SERVER_OPTIONS + pending_call_options(cfg) + connection_age_options(cfg))
+    reflection_guard: list[grpc.aio.ServerInterceptor] = []
+    if cfg.auth == "keys" and cfg.reflection_auth:
+        reflection_guard.append(ReflectionGuard(Authenticator(store, cfg.project)))
+    server = grpc.aio.server(options=SERVER_OPTIONS + pending_call_options(cfg) + connection_age_options(cfg),
+                             interceptors=reflection_guard or None)
     store.quotas = Quotas(cfg.quota_pending_jobs, cfg.quota_open_bulk_uploads, cfg.quota_live_jobs_online,
                           cfg.quota_requests_per_second)
     auth = Authenticator(store, cfg.project) if cfg.auth == "keys" else None

@@ -135,3 +135,36 @@ def guard(auth: Authenticator, service: str, method: str, fn: Any, client_stream
         return await fn(request, context)
     del client_streaming  # the same wrapper serves a request iterator
     return unary
+
+
+class ReflectionGuard(grpc.aio.ServerInterceptor):
+    """--reflection-auth: reflection calls need a key too (any role); they
+    are registered by grpcio-reflection, outside add_service, so they are
+    checked here."""
+
+    def __init__(self, auth: Authenticator) -> None:
+        self.auth = auth
+
+    async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(details)
+        if handler is None or not details.method.startswith("/grpc.reflection."):
+            return handler
+        service, _, method = details.method.lstrip("/").rpartition("/")
+        inner = handler.stream_stream
+        auth = self.auth
+
+        async def checked(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+            from grpc_status import rpc_status
+
+            from .errors import fail_call
+
+            try:
+                await auth.check(context, service, "Get" + method)  # reads: every role
+            except ServiceError as e:
+                fail_call(context, rpc_status.to_status(e.to_status()))
+                return
+            async for item in inner(request_iterator, context):
+                yield item
+
+        return grpc.stream_stream_rpc_method_handler(checked, request_deserializer=handler.request_deserializer,
+                                                     response_serializer=handler.response_serializer)

@@ -72,6 +72,8 @@ class Config:
     quota_requests_per_second: float = 0.0
     # "none" (no keys; the default on a loopback address) or "keys".
     auth: str = "none"
+    # With --auth keys: reflection needs a key too.
+    reflection_auth: bool = False
     # Serve a non-loopback address without TLS or without keys anyway.
     insecure: bool = False
     # Connections are closed after this long (0: never), calls get the grace.
@@ -168,6 +170,8 @@ _FLAGS: list[tuple[str, str, Callable[[str], object] | None, object, str]] = [
     ("--auth", "MEDIAJOBS_AUTH", None, None,
      "none: no API keys; keys: every call needs `authorization: Bearer <API key>` and a role that allows it "
      "(default: none on a loopback --listen address, keys otherwise)"),
+    ("--reflection-auth", "MEDIAJOBS_REFLECTION_AUTH", _flag, False,
+     "with --auth keys: server reflection (what grpcurl list/describe use) needs an API key too (default: open)"),
     ("--insecure", "MEDIAJOBS_INSECURE", _flag, False,
      "serve an address other machines can reach without TLS or without API keys (refused otherwise)"),
     ("--max-connection-age", "MEDIAJOBS_MAX_CONNECTION_AGE", _number(float, 0, 30 * 86400, "a number of seconds"),
@@ -300,6 +304,8 @@ def parse_args(argv: list[str] | None = None, env: dict[str, str] | None = None)
             raise ConfigError(f"--listen {a.listen[:60]} can be reached from other machines, but without "
                               f"{missing} anyone there could do anything: add {missing}, or give --insecure "
                               "to serve it as it is (a trusted network)")
+        if a.reflection_auth and auth != "keys":
+            raise ConfigError("--reflection-auth goes with --auth keys (without keys there is nothing to check)")
         if bool(a.tls_cert) != bool(a.tls_key):
             raise ConfigError("--tls-cert and --tls-key go together: give both (TLS) or neither")
         if a.tls_client_ca and not a.tls_cert:
@@ -330,6 +336,7 @@ def parse_args(argv: list[str] | None = None, env: dict[str, str] | None = None)
         allow_private_callbacks=bool(a.allow_private_callbacks),
         live_srt_ingest=a.live_srt_ingest,
         auth=auth,
+        reflection_auth=bool(a.reflection_auth),
         insecure=bool(a.insecure),
         quota_pending_jobs=int(a.quota_pending_jobs),
         quota_open_bulk_uploads=int(a.quota_open_bulk_uploads),

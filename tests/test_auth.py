@@ -178,3 +178,32 @@ def test_the_bootstrap_makes_lists_and_revokes_keys(tmp_path: Path) -> None:
     assert again.returncode == 1 and "no live key" in again.stderr
     bad = run_server(tmp_path, "keys", "--db", db, "create", "--role", "root")
     assert bad.returncode == 2
+
+
+async def test_reflection_is_open_unless_reflection_auth(tmp_path: Path) -> None:
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    async def services(port: int, key: str | None) -> Any:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = reflection_pb2_grpc.ServerReflectionStub(ch)
+            call = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
+                                             metadata=bearer(key) if key else None)
+            try:
+                async for resp in call:
+                    return {s.name for s in resp.list_services_response.service}
+            except grpc.aio.AioRpcError as e:
+                return e.code()
+        return None
+
+    for flag in (False, True):
+        app = await start_app(str(tmp_path / f"db{flag}.sqlite"), auth="keys", reflection_auth=flag)
+        try:
+            viewer = await make_key(app, "viewer")
+            open_answer = await services(app.port, None)
+            if flag:
+                assert open_answer == grpc.StatusCode.UNAUTHENTICATED
+            else:
+                assert "mediajobs.v1.JobService" in open_answer
+            assert "mediajobs.v1.LiveJobService" in await services(app.port, viewer)
+        finally:
+            await app.stop(None)
