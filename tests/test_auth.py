@@ -178,6 +178,9 @@ def test_the_bootstrap_makes_lists_and_revokes_keys(tmp_path: Path) -> None:
     assert again.returncode == 1 and "no live key" in again.stderr
     bad = run_server(tmp_path, "keys", "--db", db, "create", "--role", "root")
     assert bad.returncode == 2
+    audit = run_server(tmp_path, "keys", "--db", db, "audit")
+    actions = [ln.split()[2] for ln in audit.stdout.splitlines()]
+    assert audit.returncode == 0 and actions == ["KEY_CREATED", "KEY_REVOKED"] and key_id in audit.stdout
 
 
 async def test_reflection_is_open_unless_reflection_auth(tmp_path: Path) -> None:

@@ -87,3 +87,32 @@ def revoke(db: peewee.Database, key_id: str, now_us: int) -> bool:
 def touch(db: peewee.Database, key_id: str, now_us: int) -> None:
     p = db.param
     db.execute_sql(f"UPDATE api_keys SET last_used_time = {p} WHERE id = {p}", (now_us, key_id))
+
+
+@dataclass
+class AuditEntry:
+    id: int
+    project: str
+    time: int
+    actor: str
+    action: str
+    subject: str
+    detail: str
+
+
+def audit(db: peewee.Database, project: str, now_us: int, actor: str, action: str, subject: str,
+          detail: str = "") -> None:
+    """Record an admin action (in the caller's transaction)."""
+    p = db.param
+    db.execute_sql(f"INSERT INTO audit_log (project, time, actor, action, subject, detail) "
+                   f"VALUES ({p}, {p}, {p}, {p}, {p}, {p})",
+                   (project, now_us, actor[:128], action[:64], subject[:128], detail[:1000]))
+
+
+def audit_log(db: peewee.Database, project: str | None = None, limit: int = 1000) -> list[AuditEntry]:
+    p = db.param
+    where, args = (f"WHERE project = {p}", [project]) if project else ("", [])
+    rows = db.execute_sql(f"SELECT id, project, time, actor, action, subject, detail FROM audit_log {where} "
+                          f"ORDER BY id DESC LIMIT {int(limit)}", args).fetchall()
+    return [AuditEntry(int(r[0]), str(r[1]), int(r[2]), str(r[3]), str(r[4]), str(r[5]), str(r[6]))
+            for r in reversed(rows)]

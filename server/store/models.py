@@ -421,11 +421,28 @@ class ApiKeyRow(BaseModel):
         indexes = ((("project", "id"), False),)
 
 
+class AuditRow(BaseModel):
+    """An admin action (keys created and revoked; later projects): who, what,
+    when. Append-only."""
+
+    id = peewee.AutoField()
+    project = peewee.CharField(max_length=64)
+    time = peewee.BigIntegerField()
+    actor = peewee.CharField(max_length=128)
+    action = peewee.CharField(max_length=64)
+    subject = peewee.CharField(max_length=128)
+    detail = peewee.TextField(default="")
+
+    class Meta:
+        table_name = "audit_log"
+        indexes = ((("project", "id"), False),)
+
+
 ALL_MODELS = [
     JobRow, JobMetadataRow, JobEventRow, JobProblemRow, JobTypeRow, IdempotencyRow, MetaRow,
     EntryRow, EntryTagRow, MediaInfoRow, JobTemplateRow, CuePointRow, CuePointTagRow,
     BulkUploadRow, BulkUploadChunkRow, BulkUploadLineRow, BulkUploadObjectRow,
-    LiveJobRow, LiveOutputRow, LiveTimingRow, LiveCallbackRow, LiveClipRow, ApiKeyRow,
+    LiveJobRow, LiveOutputRow, LiveTimingRow, LiveCallbackRow, LiveClipRow, ApiKeyRow, AuditRow,
 ]
 
 
@@ -456,6 +473,7 @@ class BoundModels:
     LiveCallbackRow: Any
     LiveClipRow: Any
     ApiKeyRow: Any
+    AuditRow: Any
 
     def __init__(self, db: peewee.Database) -> None:
         self.all: list[Any] = []
