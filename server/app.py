@@ -320,14 +320,14 @@ async def build_server(cfg: Config, clock: Callable[[], int] = now_us) -> App:
         raise StartupError(f"--storage-root: cannot create {storage_root}: {e.strerror}") from None
     admission = Admission(cfg.max_concurrent_rpcs, cfg.max_watch_streams, cfg.max_parked_acquires)
 
+    auth = Authenticator(store, cfg.project) if cfg.auth == "keys" else None
     reflection_guard: list[grpc.aio.ServerInterceptor] = []
-    if cfg.auth == "keys" and cfg.reflection_auth:
-        reflection_guard.append(ReflectionGuard(Authenticator(store, cfg.project)))
+    if auth is not None and cfg.reflection_auth:
+        reflection_guard.append(ReflectionGuard(auth))
     server = grpc.aio.server(options=SERVER_OPTIONS + pending_call_options(cfg) + connection_age_options(cfg),
                              interceptors=reflection_guard or None)
     store.quotas = Quotas(cfg.quota_pending_jobs, cfg.quota_open_bulk_uploads, cfg.quota_live_jobs_online,
                           cfg.quota_requests_per_second)
-    auth = Authenticator(store, cfg.project) if cfg.auth == "keys" else None
     add_service(server, job_service_pb2.DESCRIPTOR.services_by_name["JobService"], JobService(store, hub, admission),
                 passthrough=["WatchJobs"], auth=auth)
     worker_service = WorkerService(store, dispatcher, storage_root, admission)

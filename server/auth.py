@@ -57,8 +57,10 @@ class Authenticator:
         self._cache: dict[str, tuple[api_keys.ApiKey | None, float]] = {}
         self._touched: dict[str, float] = {}
 
-    async def check(self, context: grpc.aio.ServicerContext, service: str, method: str) -> api_keys.ApiKey:
-        """The caller's key, or ServiceError (UNAUTHENTICATED, PERMISSION_DENIED)."""
+    async def check(self, context: grpc.aio.ServicerContext, method: str, allowed: tuple[str, ...]
+                    ) -> api_keys.ApiKey:
+        """The caller's key, or ServiceError (UNAUTHENTICATED; PERMISSION_DENIED
+        when its role is not one of `allowed`)."""
         header = ""
         for k, v in context.invocation_metadata() or ():
             if k == "authorization":
@@ -86,7 +88,6 @@ class Authenticator:
             raise ServiceError(grpc.StatusCode.PERMISSION_DENIED, "PROJECT_NOT_SERVED",
                                f"the key belongs to project {key.project!r}; this server serves project "
                                f"{self.project!r}", metadata={"project": key.project[:64]})
-        allowed = roles_for(service, method)
         if key.role not in allowed:
             raise ServiceError(grpc.StatusCode.PERMISSION_DENIED, "ROLE_NOT_ALLOWED",
                                f"role {key.role} cannot call {method}; it needs the role {' or '.join(allowed)}",
@@ -112,9 +113,11 @@ def guard(auth: Authenticator, service: str, method: str, fn: Any, client_stream
 
     from .errors import fail_call
 
+    allowed = roles_for(service, method)
+
     async def refused(context: grpc.aio.ServicerContext) -> bool:
         try:
-            key = await auth.check(context, service, method)
+            key = await auth.check(context, method, allowed)
         except ServiceError as e:
             fail_call(context, rpc_status.to_status(e.to_status()))
             return True
@@ -149,7 +152,7 @@ class ReflectionGuard(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None or not details.method.startswith("/grpc.reflection."):
             return handler
-        service, _, method = details.method.lstrip("/").rpartition("/")
+        method = details.method.rpartition("/")[2]
         inner = handler.stream_stream
         auth = self.auth
 
@@ -159,7 +162,7 @@ class ReflectionGuard(grpc.aio.ServerInterceptor):
             from .errors import fail_call
 
             try:
-                await auth.check(context, service, "Get" + method)  # reads: every role
+                await auth.check(context, method, api_keys.ROLES)  # any key
             except ServiceError as e:
                 fail_call(context, rpc_status.to_status(e.to_status()))
                 return

@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
-import socket
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from typing import Callable
 
+from .addresses import private_address
 from .convert import now_us
 from .store import Store
 from .store import live_jobs as store_live
@@ -47,15 +46,12 @@ def check_destination(url: str, allow_private: bool) -> None:
         return
     host = urllib.parse.urlsplit(url).hostname or ""
     try:
-        infos = socket.getaddrinfo(host, None)
+        addr = private_address(host)
     except OSError as e:
         raise OSError(f"cannot resolve {host}: {e}") from None
-    for info in infos:
-        addr = ipaddress.ip_address(info[4][0])
-        if addr.is_private or addr.is_loopback or addr.is_link_local or addr.is_reserved or addr.is_multicast \
-                or addr.is_unspecified:
-            raise CallbackRefused(f"{host} resolves to {addr}, a private address; the server refuses those "
-                                  "unless it runs with --allow-private-callbacks")
+    if addr is not None:
+        raise CallbackRefused(f"{host} resolves to {addr}, a private address; the server refuses those "
+                              "unless it runs with --allow-private-callbacks")
 
 
 def post(cb: store_live.Callback, allow_private: bool) -> None:

@@ -370,10 +370,6 @@ def hide_secrets(lj: LiveJob) -> LiveJob:
     return out
 
 
-def _callback_secret(lj: LiveJob) -> str:
-    return str(getattr(lj.input, "callback_secret", ""))
-
-
 def _fmt_seconds(d: Any) -> str:
     """A google.protobuf.Duration for people: `60 s`, `2 min 00 s`, `12 h 00 min`."""
     secs = d.seconds + d.nanos / 1e9
@@ -463,8 +459,8 @@ def live_job_details(lj: LiveJob, show_key: bool = False) -> str:
         pairs.append(("stream_key", lj.stream_key))
     if lj.input.callback_url:
         pairs.append(("callback_url", lj.input.callback_url))
-        if show_key and _callback_secret(lj):
-            pairs.append(("callback_secret", _callback_secret(lj)))
+        if show_key and lj.input.callback_secret:
+            pairs.append(("callback_secret", lj.input.callback_secret))
     pairs.append(("master_playlist", lj.storage_master_file or "-"))
     if lj.playback_url:
         pairs.append(("playback_url", lj.playback_url))
@@ -558,8 +554,8 @@ def cmd_live_create(args: argparse.Namespace, c: MediaJobsClient) -> int:
         pairs.insert(4, ("backup_ingest_url", lj.backup_ingest_url))
     if lj.playback_url:
         pairs.append(("playback_url", lj.playback_url))
-    if _callback_secret(lj):
-        pairs.append(("callback_secret", _callback_secret(lj)))
+    if lj.input.callback_secret:
+        pairs.append(("callback_secret", lj.input.callback_secret))
     _out(f"live job {lj.id} (#{lj.number}) created\n" + render.details(pairs))
     if lj.stream_key:
         _note("mediajobs: the ingest URL ends with the stream key: keep it secret (`mediajobs live get "

@@ -17,13 +17,13 @@ connection (DNS rebinding between the two is not prevented).
 """
 from __future__ import annotations
 
-import ipaddress
-import socket
 import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from typing import Any
+
+from mediajobs.server.addresses import private_address
 
 MAX_PLAYLIST_BYTES = 1024 * 1024
 MAX_SEGMENT_BYTES = 64 * 1024 * 1024
@@ -43,15 +43,12 @@ def check_url(url: str, allow_private: bool) -> None:
     if allow_private:
         return
     try:
-        infos = socket.getaddrinfo(u.hostname, u.port or (443 if u.scheme == "https" else 80))
+        addr = private_address(u.hostname, u.port or (443 if u.scheme == "https" else 80))
     except OSError as e:
         raise InputRefused(f"cannot resolve {u.hostname}: {e}") from None
-    for info in infos:
-        addr = ipaddress.ip_address(info[4][0])
-        if addr.is_private or addr.is_loopback or addr.is_link_local or addr.is_reserved or addr.is_multicast \
-                or addr.is_unspecified:
-            raise InputRefused(f"{u.hostname} resolves to {addr}, a private address: the worker does not pull "
-                               "from those unless it runs with --allow-private-inputs")
+    if addr is not None:
+        raise InputRefused(f"{u.hostname} resolves to {addr}, a private address: the worker does not pull "
+                           "from those unless it runs with --allow-private-inputs")
 
 
 class _Guarded(urllib.request.HTTPRedirectHandler):

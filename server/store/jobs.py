@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable
 import grpc
 import peewee
 from google.protobuf import field_mask_pb2
+from ..quotas import exceeded
 from ..ids import new_id
 
 from mediajobs.v1 import job_service_pb2 as svc
@@ -208,8 +209,6 @@ def check_pending_quota(tx: WriteTx, limit: int, adding: int) -> None:
     pending = int(tx.db.execute_sql(f"SELECT COUNT(*) FROM jobs WHERE project = {p} AND state = {p}",
                                     (tx.project, Job.PENDING)).fetchone()[0])
     if pending + adding > limit:
-        from ..quotas import exceeded
-
         raise exceeded("pending_jobs", limit, "PENDING jobs in the project (workers take them, or abort some)")
 
 

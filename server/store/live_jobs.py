@@ -34,6 +34,7 @@ from mediajobs.v1 import worker_service_pb2 as wsvc
 from .. import payloads
 from ..convert import set_ts
 from ..errors import ServiceError, clip, invalid_argument
+from ..quotas import exceeded
 from ..ids import new_id
 from . import jobs as store_jobs
 from . import leases
@@ -471,8 +472,6 @@ def set_encoding(tx: WriteTx, req: lsvc.SetLiveEncodingRequest, settings: LiveSe
                     f"SELECT COUNT(*) FROM live_jobs WHERE project = {p} AND state IN "
                     f"({', '.join([p] * len(ONLINE_STATES))})", (tx.project, *ONLINE_STATES)).fetchone()[0])
                 if online >= max_online:
-                    from ..quotas import exceeded
-
                     raise exceeded("live_jobs_online", max_online, "live jobs online in the project (stop one first)")
             start_us, finish_us = _us(req.start_time), _us(req.finish_time)
             if finish_us and finish_us <= max(start_us, tx.now):
