@@ -13,6 +13,8 @@ only and every loop is bounded.
   processes kept the machine (ours: this process and all its descendants).
 - `cleanup_tmp`: remove a run's temporary folder (unless --keep), after a
   failure printing the end of the logs in it first.
+- `Secure`: TLS with a throw-away CA (trustme) and an API key per server
+  database, for benchmarks run with TLS and `--auth keys` on.
 - `PySpy`: optional sampling profile of the server process (py-spy record,
   raw collapsed stacks) and a short "where does the time go" summary.
 - `pct`, `table`, `target_line`: reporting.
@@ -372,6 +374,69 @@ class ServerProc:
                 self.proc.wait(10)
         if self in _live:
             _live.remove(self)
+
+
+# -- TLS and API keys (--secure) -----------------------------------------------------
+
+
+class Secure:
+    """What `--secure` benchmarks need to run servers the way a deployment
+    does: TLS with a throw-away CA (trustme, a dev dependency) and a server
+    certificate for 127.0.0.1 and localhost, written as PEM files into
+    `folder`, and `--auth keys` with an API key made in each server's
+    database before it starts (`mediajobs-server keys create`, the
+    documented bootstrap of the first admin key).
+
+        sec = Secure(tmp)
+        key = sec.create_key(db)                       # before the server starts
+        server = ServerProc(db, extra_args=sec.server_args()).start()
+        ch = sec.channel(server.addr, CHANNEL_OPTIONS)  # grpc.aio, TLS
+        await stub(req, metadata=sec.metadata(key))
+    """
+
+    def __init__(self, folder: str | Path) -> None:
+        import trustme
+
+        folder = Path(folder) / "tls"
+        folder.mkdir(parents=True, exist_ok=True)
+        ca = trustme.CA()
+        leaf = ca.issue_cert("127.0.0.1", "localhost")
+        self.ca_path, self.cert_path, self.key_path = folder / "ca.pem", folder / "server.pem", folder / "server.key"
+        self.ca_path.write_bytes(ca.cert_pem.bytes())
+        self.cert_path.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+        self.key_path.write_bytes(leaf.private_key_pem.bytes())
+        self.key_path.chmod(0o600)
+
+    def server_args(self) -> list[str]:
+        return ["--tls-cert", str(self.cert_path), "--tls-key", str(self.key_path), "--auth", "keys"]
+
+    def create_key(self, db: str | Path, project: str = "default", role: str = "admin",
+                   timeout: float = 60.0) -> str:
+        """`python -m mediajobs.server keys create --db DB --project P --role R`
+        (it creates the database if need be); the key it prints on stdout."""
+        cmd = [sys.executable, "-m", "mediajobs.server", "keys", "create", "--db", str(db), "--project", project,
+               "--role", role, "--name", "bench"]
+        p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, stdin=subprocess.DEVNULL, timeout=timeout)
+        key = p.stdout.strip()
+        if p.returncode != 0 or not key or len(key.splitlines()) != 1:
+            raise RuntimeError(f"`{' '.join(cmd[1:])}` failed (exit code {p.returncode}): "
+                               f"{(p.stderr or p.stdout).strip()[-500:]}")
+        return key
+
+    def credentials(self) -> Any:
+        import grpc
+
+        return grpc.ssl_channel_credentials(root_certificates=self.ca_path.read_bytes())
+
+    def channel(self, addr: str, options: Sequence[tuple[str, Any]] = ()) -> Any:
+        """A grpc.aio channel to `addr` over TLS, trusting only the throw-away CA."""
+        import grpc
+
+        return grpc.aio.secure_channel(addr, self.credentials(), options=list(options))
+
+    @staticmethod
+    def metadata(key: str) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {key}"),)
 
 
 # -- profiling ----------------------------------------------------------------------

@@ -30,6 +30,23 @@ RESOURCE_EXHAUSTED with an ErrorInfo (OVERLOADED) and a RetryInfo: never
 CANCELLED or anything else. Reported: the p50/p99 of the refused calls
 (target p99 <= 50 ms), of the admitted ones, and of the health checks.
 
+--secure: the same, with TLS and API keys on, as a deployment runs. Every
+server process the bench starts gets `--tls-cert/--tls-key` (a throw-away CA
+and a certificate for 127.0.0.1 and localhost, made with trustme in the
+run's temporary folder) and `--auth keys`, with an admin key created in its
+database before it starts (`python -m mediajobs.server keys --db DB create
+--project default --role admin`, the documented bootstrap; the key is read
+from its stdout). Every call (seeding, Health/Check, GetJob, CreateJob, the
+overload burst and its health checks) goes over TLS and carries
+`authorization: Bearer <key>`. The server never authenticates Health/Check
+(health stays open), so the baseline pays TLS and the metadata but not the
+key check: the ratios measure exactly what authentication (a cached key
+lookup and the role check) adds per call to GetJob and CreateJob.
+Targets with --secure: GetJob >= 0.6 and CreateJob (strict) >= 0.4 of the
+secure empty RPC; CreateJob fast is measured and shown in the table but has
+no target there. The overload burst is kept, against a capped server with TLS
+and keys too.
+
 For each workload: warm-up, then a fixed measuring time; it reports calls/s,
 p50/p99 latency, the server's CPU seconds per call (from /proc/PID/stat) and
 this process's, and the ratios. Exit code 0 even when a target is missed;
@@ -39,6 +56,8 @@ fail).
     python scripts/bench_jobs.py            # ~2.5 min: 3 rounds x 4 workloads x (2 + 10) s
     python scripts/bench_jobs.py --quick    # ~20 s
     python scripts/bench_jobs.py --profile  # + py-spy summary of the server per workload
+    python scripts/bench_jobs.py --secure   # the same with TLS + API keys on every server and call
+    python scripts/bench_jobs.py --quick --secure   # ~25 s
 """
 from __future__ import annotations
 
@@ -66,6 +85,8 @@ CREATE = "/mediajobs.v1.JobService/CreateJob"
 GET = "/mediajobs.v1.JobService/GetJob"
 
 TARGETS = {"GetJob": 0.6, "CreateJob strict": 0.4, "CreateJob fast": 0.5}
+# --secure: TLS + API keys on the server and every call, baseline included.
+SECURE_TARGETS = {"GetJob": 0.6, "CreateJob strict": 0.4}
 BURST = 2000
 BURST_CAP = 64
 SHED_P99_TARGET_MS = 50.0
@@ -104,9 +125,11 @@ def create_requests(template: bytes):  # type: ignore[no-untyped-def]
 
 async def run_load(channels: list[grpc.aio.Channel], method: str, requests, concurrency: int,  # type: ignore[no-untyped-def]
                    duration: float, server: bc.ServerProc, name: str, record: bool = True,
-                   spy: tuple[str, Path] | None = None) -> Result:
+                   spy: tuple[str, Path] | None = None,
+                   metadata: tuple[tuple[str, str], ...] | None = None) -> Result:
     """`concurrency` tasks, each looping one call at a time until `duration`
-    has passed; tasks are spread round-robin over the channels."""
+    has passed; tasks are spread round-robin over the channels. `metadata`
+    (--secure: the authorization header) goes with every call."""
     stubs = [ch.unary_unary(method) for ch in channels]  # bytes in, bytes out
     r = Result(name, len(channels))
     lat = r.lat
@@ -119,7 +142,7 @@ async def run_load(channels: list[grpc.aio.Channel], method: str, requests, conc
             req = next(requests)
             t0 = perf()
             try:
-                await call(req, timeout=30)
+                await call(req, timeout=30, metadata=metadata)
             except grpc.aio.AioRpcError as e:
                 r.errors += 1
                 r.error_sample = r.error_sample or f"{e.code().name}: {e.details()}"
@@ -146,7 +169,8 @@ async def run_load(channels: list[grpc.aio.Channel], method: str, requests, conc
     return r
 
 
-async def seed_jobs(channel: grpc.aio.Channel, n: int) -> list[str]:
+async def seed_jobs(channel: grpc.aio.Channel, n: int,
+                    metadata: tuple[tuple[str, str], ...] | None = None) -> list[str]:
     create = channel.unary_unary(CREATE, response_deserializer=res.Job.FromString)
     template = create_request_template()
     ids: list[str] = []
@@ -154,7 +178,7 @@ async def seed_jobs(channel: grpc.aio.Channel, n: int) -> list[str]:
 
     async def one() -> None:
         while len(ids) < n:
-            ids.append((await create(next(reqs), timeout=30)).id)
+            ids.append((await create(next(reqs), timeout=30, metadata=metadata)).id)
 
     await asyncio.gather(*(one() for _ in range(min(32, n))))
     return ids[:n]
@@ -190,11 +214,19 @@ def _overloaded_details(e: grpc.aio.AioRpcError) -> bool:
     return kinds == {"info", "retry"}
 
 
-async def overload_burst(server: bc.ServerProc, n: int) -> Burst:
+def open_channel(addr: str, secure: bc.Secure | None) -> grpc.aio.Channel:
+    """A channel to `addr`: plaintext, or (--secure) TLS trusting the run's CA."""
+    if secure is not None:
+        return secure.channel(addr, bc.CHANNEL_OPTIONS)  # type: ignore[no-any-return]
+    return grpc.aio.insecure_channel(addr, options=bc.CHANNEL_OPTIONS)
+
+
+async def overload_burst(server: bc.ServerProc, n: int, secure: bc.Secure | None = None,
+                         metadata: tuple[tuple[str, str], ...] | None = None) -> Burst:
     """n concurrent CreateJob calls at once, and a health check every 10 ms."""
     out = Burst()
-    chans = [grpc.aio.insecure_channel(server.addr, options=bc.CHANNEL_OPTIONS) for _ in range(8)]
-    hch = grpc.aio.insecure_channel(server.addr, options=bc.CHANNEL_OPTIONS)
+    chans = [open_channel(server.addr, secure) for _ in range(8)]
+    hch = open_channel(server.addr, secure)
     for ch in chans + [hch]:
         await asyncio.wait_for(ch.channel_ready(), 10)
     creates = [ch.unary_unary(CREATE) for ch in chans]
@@ -207,7 +239,7 @@ async def overload_burst(server: bc.ServerProc, n: int) -> Burst:
     async def one(i: int) -> None:
         t0 = perf()
         try:
-            await creates[i % len(creates)](next(reqs), timeout=60)
+            await creates[i % len(creates)](next(reqs), timeout=60, metadata=metadata)
             out.admitted.append(perf() - t0)
             code = "OK"
         except grpc.aio.AioRpcError as e:
@@ -223,7 +255,7 @@ async def overload_burst(server: bc.ServerProc, n: int) -> Burst:
     async def probe_health() -> None:
         while not done.is_set():
             t0 = perf()
-            await check(health_req, timeout=30)
+            await check(health_req, timeout=30, metadata=metadata)
             out.health.append(perf() - t0)
             await asyncio.sleep(0.01)
 
@@ -250,14 +282,22 @@ async def bench(args: argparse.Namespace) -> int:
         allowed = sorted(bc.os.sched_getaffinity(0))
         server_cpus, client_cpus = {allowed[0]}, {allowed[1]}
         bc.os.sched_setaffinity(0, client_cpus)
+    # --secure: TLS files for every server, and an admin key in each one's
+    # database, made before it starts.
+    secure = bc.Secure(tmp) if args.secure else None
+    sec_args = secure.server_args() if secure is not None else []
+    md: dict[str, tuple[tuple[str, str], ...] | None] = {"main": None, "fast": None, "capped": None}
+    if secure is not None:
+        for which, path in (("main", db), ("fast", tmp / "jobs-fast.db"), ("capped", tmp / "jobs-burst.db")):
+            md[which] = secure.metadata(secure.create_key(path))
     server = bc.ServerProc(db, port=args.port, log_path=tmp / "server.log", cpus=server_cpus,
-                           extra_args=["--durability", "strict"]).start()
+                           extra_args=["--durability", "strict", *sec_args]).start()
     # The same build in `fast` durability, on its own file, for CreateJob only.
     fast = bc.ServerProc(tmp / "jobs-fast.db", log_path=tmp / "server-fast.log", cpus=server_cpus,
-                         extra_args=["--durability", "fast"]).start()
+                         extra_args=["--durability", "fast", *sec_args]).start()
     # And one with a small concurrency limit, for the overload burst.
     capped = bc.ServerProc(tmp / "jobs-burst.db", log_path=tmp / "server-burst.log", cpus=server_cpus,
-                           extra_args=["--max-concurrent-rpcs", str(BURST_CAP)]).start()
+                           extra_args=["--max-concurrent-rpcs", str(BURST_CAP), *sec_args]).start()
     spy = None
     exe, pdir = bc.profile_setup(args)
     if exe and pdir:
@@ -267,18 +307,32 @@ async def bench(args: argparse.Namespace) -> int:
           f"measure {args.duration:g} s per workload; {bc.machine_note()}; "
           + (f"server pinned to CPU {sorted(server_cpus)}, load generator to CPU {sorted(client_cpus)}"
              if server_cpus else "not pinned"))
+    if secure is not None:
+        print(f"secure: every server runs with TLS (throw-away CA, certificate for 127.0.0.1/localhost in "
+              f"{secure.cert_path.parent}) and --auth keys; every call goes over TLS with `authorization: Bearer "
+              f"<admin key>`. The baseline Health/Check pays TLS + the metadata but not the key check (health is "
+              f"never authenticated), so the ratios are what authentication adds per call.")
     results: list[Result] = []
     failed = False
     try:
         ch_counts = sorted({int(c) for c in args.channels.split(",")})
-        all_channels = [grpc.aio.insecure_channel(server.addr, options=bc.CHANNEL_OPTIONS) for _ in range(max(ch_counts))]
-        fast_channels = [grpc.aio.insecure_channel(fast.addr, options=bc.CHANNEL_OPTIONS) for _ in range(max(ch_counts))]
+        all_channels = [open_channel(server.addr, secure) for _ in range(max(ch_counts))]
+        fast_channels = [open_channel(fast.addr, secure) for _ in range(max(ch_counts))]
         for ch in all_channels + fast_channels:
             await asyncio.wait_for(ch.channel_ready(), 10)
-        ids = await seed_jobs(all_channels[0], args.jobs)
+        ids = await seed_jobs(all_channels[0], args.jobs, md["main"])
         print(f"seeded {len(ids)} jobs for GetJob")
         health_req = health_pb2.HealthCheckRequest(service="").SerializeToString()
         get_reqs = [svc.GetJobRequest(id=i).SerializeToString() for i in ids]
+        if secure is not None:  # the key is really checked: a call without one is refused
+            code = "OK"
+            try:
+                await all_channels[0].unary_unary(GET)(get_reqs[0], timeout=10)  # type: ignore[arg-type]
+            except grpc.aio.AioRpcError as e:
+                code = e.code().name
+            if code != "UNAUTHENTICATED":
+                raise RuntimeError(f"--secure: GetJob without a key ended {code}, not UNAUTHENTICATED")
+            print("secure: GetJob without a key -> UNAUTHENTICATED (keys are checked)")
         template = create_request_template()
         workloads = [
             ("empty (Health/Check)", bc.HEALTH_CHECK, lambda: itertools.repeat(health_req), False),
@@ -291,13 +345,14 @@ async def bench(args: argparse.Namespace) -> int:
                 for name, method, make, on_fast in workloads:
                     chans = (fast_channels if on_fast else all_channels)[:nch]
                     target = fast if on_fast else server
+                    meta = md["fast" if on_fast else "main"]
                     if args.warmup > 0:
                         w = await run_load(chans, method, make(), args.concurrency, args.warmup, target, name,
-                                           record=False)
+                                           record=False, metadata=meta)
                         if w.errors:
                             print(f"  warm-up {name}: {w.errors} errors, e.g. {w.error_sample}")
                     r = await run_load(chans, method, make(), args.concurrency, args.duration, target, name,
-                                       spy=spy)
+                                       spy=spy, metadata=meta)
                     results.append(r)
                     print(f"  round {rnd + 1} {nch} ch {name:22s} {r.rate:8,.0f} calls/s  "
                           f"p99 {1000 * bc.pct(r.lat, 99):6.1f} ms  server {r.server_cpu / r.wall:.2f} cores, "
@@ -306,8 +361,8 @@ async def bench(args: argparse.Namespace) -> int:
                     failed |= r.errors > 0
         for ch in all_channels + fast_channels:
             await ch.close()
-        await overload_burst(capped, 200)  # warm-up
-        burst = await overload_burst(capped, args.burst)
+        await overload_burst(capped, 200, secure, md["capped"])  # warm-up
+        burst = await overload_burst(capped, args.burst, secure, md["capped"])
         print(f"  overload burst: {args.burst} concurrent CreateJob in {burst.wall:.2f} s: "
               + ", ".join(f"{k} {v}" for k, v in sorted(burst.codes.items())), flush=True)
         failed |= set(burst.codes) - {"OK", "RESOURCE_EXHAUSTED"} != set() or burst.bad_refusals > 0
@@ -369,7 +424,7 @@ async def bench(args: argparse.Namespace) -> int:
             print(f"\nserver profile, {a.name}, {a.channels} ch:\n{a.profile.rstrip()}")
     if args.rounds > 1:
         for nch in sorted(ratios):
-            per = {name: [] for name in TARGETS}
+            per: dict[str, list[float]] = {name: [] for name, *_ in workloads[1:]}
             rs = [r for r in results if r.channels == nch]
             step = len(workloads)
             for i in range(0, len(rs), step):
@@ -383,13 +438,18 @@ async def bench(args: argparse.Namespace) -> int:
     # client-bound runtime); the other counts are in the table.
     best = max(ratios, key=lambda n: agg[(n, "empty (Health/Check)")].rate)
     print()
-    for name, thr in TARGETS.items():
-        line, _ = bc.target_line(f"{name}/empty", ratios[best][name], ">=", thr,
+    if secure is not None:
+        print("secure: TLS + `authorization: Bearer <key>` on every call, the baseline included; the baseline "
+              "Health/Check is not authenticated by the server, GetJob and CreateJob are (cached key lookup + "
+              "role check). CreateJob fast: no target with --secure (see the table).")
+    for name, thr in (SECURE_TARGETS if secure is not None else TARGETS).items():
+        line, _ = bc.target_line(f"{name}/empty" + (" (TLS + keys)" if secure is not None else ""),
+                                 ratios[best][name], ">=", thr,
                                  note=f"{args.concurrency} concurrent, {best} channel{'s' if best > 1 else ''}")
         print(line)
     print()
     print(f"overload: {args.burst} concurrent CreateJob calls at once against --max-concurrent-rpcs {BURST_CAP}, "
-          "and Health/Check every 10 ms meanwhile")
+          "and Health/Check every 10 ms meanwhile" + (" (TLS + keys)" if secure is not None else ""))
     print(bc.table(["calls", "count", "p50 ms", "p99 ms", "max ms"], [
         ["refused (RESOURCE_EXHAUSTED, OVERLOADED)", len(burst.shed), 1000 * bc.pct(burst.shed, 50),
          1000 * bc.pct(burst.shed, 99), 1000 * (burst.shed[-1] if burst.shed else 0)],
@@ -432,6 +492,9 @@ def main() -> int:
                     help="pin the server process to CPU 0 and this load generator to CPU 1, so the server has "
                          "one core to itself and the numbers are server-bound and repeatable (default: on; "
                          "--no-pin lets both float over all cores)")
+    ap.add_argument("--secure", action="store_true",
+                    help="TLS (a throw-away CA) and --auth keys on every server, and every call over TLS with an "
+                         "API key, the empty-RPC baseline included; targets GetJob >= 0.6, CreateJob >= 0.4")
     bc.add_quiet_arg(ap)
     bc.add_profile_args(ap)
     args = ap.parse_args()
