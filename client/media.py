@@ -108,6 +108,11 @@ class EncodedOutput:
 # -- paths ----------------------------------------------------------------------------
 
 
+# Where the other projects' areas live under the storage root (a job's root
+# is its project's area; see JobContext.area_root).
+PROJECTS_DIR = ".projects"
+
+
 def resolve_in_root(root: Path, rel: str) -> Path:
     """The real path of `rel` inside the storage `root`.
 
@@ -142,6 +147,10 @@ def resolve_in_root(root: Path, rel: str) -> Path:
         raise OutsideStorageRoot(f"path {rel!r} names the storage root itself, not a file in it")
     if os.path.commonpath([real, real_root]) != real_root:
         raise OutsideStorageRoot(f"path {rel!r} is outside the storage root")
+    if Path(os.path.relpath(real, real_root)).parts[0] == PROJECTS_DIR:
+        # Other projects' areas (the server's storage.PROJECTS_DIR): never
+        # reachable from a job, whatever its path says.
+        raise OutsideStorageRoot(f"path {rel!r} is outside this job's storage area")
     return Path(real)
 
 

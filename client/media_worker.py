@@ -106,15 +106,27 @@ class MediaWorker(Worker):
     def media_stub(self) -> msvc_grpc.MediaServiceStub:
         with self._channel_lock:
             if self._media_stub is None:
-                self._media_channel = grpc.insecure_channel(self.target, options=list(self.channel_options
-                                                                                   or DEFAULT_CHANNEL_OPTIONS))
-                self._media_stub = msvc_grpc.MediaServiceStub(self._media_channel)
+                # The same TLS and API key as the worker's own channel.
+                options = list(self.channel_options or DEFAULT_CHANNEL_OPTIONS)
+                channel = grpc.secure_channel(self.target, self.credentials, options=options) \
+                    if self.credentials is not None else grpc.insecure_channel(self.target, options=options)
+                self._media_channel = channel
+                if self.api_key:
+                    from .auth import KeyInterceptor
+
+                    channel = grpc.intercept_channel(channel, KeyInterceptor(self.api_key))
+                self._media_stub = msvc_grpc.MediaServiceStub(channel)
             return self._media_stub
 
     # -- helpers ---------------------------------------------------------------------
 
-    def _relative(self, path: Path) -> str:
-        return os.path.relpath(path, self.storage_root)
+    def _root(self, ctx: JobContext) -> Path:
+        """The job's project's area of the storage root: its paths are
+        relative to it."""
+        return Path(os.path.realpath(ctx.area_root(self.storage_root)))
+
+    def _relative(self, ctx: JobContext, path: Path) -> str:
+        return os.path.relpath(path, self._root(ctx))
 
     def _source(self, ctx: JobContext) -> tuple[str, Path]:
         source, alias = ctx.params.get("source"), ctx.params.get("input")
@@ -125,7 +137,7 @@ class MediaWorker(Worker):
         if not isinstance(source, str) or not source:
             raise JobParamsError("params.source is required: the source's path relative to the storage root, "
                                  "or a file:// URL under it (params.input is taken as an alias)")
-        return source, media.resolve_in_root(self.storage_root, source)
+        return source, media.resolve_in_root(self._root(ctx), source)
 
     @staticmethod
     def _entry_id(ctx: JobContext) -> str:
@@ -205,11 +217,11 @@ class MediaWorker(Worker):
             media.check_output_spec(spec)
             if not rel:
                 rel = f"{output_dir.rstrip('/')}/{spec.name}.mp4"
-            path = media.resolve_in_root(self.storage_root, rel)
+            path = media.resolve_in_root(self._root(ctx), rel)
             if any(path == other for _, other, _, _ in outs):
-                raise JobParamsError(f"params.outputs[{i}] would overwrite another output ({self._relative(path)}); "
-                                     "give the outputs different names or paths")
-            outs.append((spec, path, self._relative(path), flavor_asset_id))
+                raise JobParamsError(f"params.outputs[{i}] would overwrite another output "
+                                     f"({self._relative(ctx, path)}); give the outputs different names or paths")
+            outs.append((spec, path, self._relative(ctx, path), flavor_asset_id))
         return outs
 
     def transcode(self, ctx: JobContext) -> dict[str, Any]:

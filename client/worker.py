@@ -52,6 +52,7 @@ import threading
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterable, Mapping, Sequence, TypeVar, Union
 
 import grpc
@@ -142,9 +143,13 @@ class JobContext:
     loop (async handlers).
     """
 
-    def __init__(self, job: res.Job, lease_token: str, worker: "Worker", held: "_Held") -> None:
+    def __init__(self, job: res.Job, lease_token: str, worker: "Worker", held: "_Held", storage_area: str = ""
+                 ) -> None:
         self.job = job
         self.lease_token = lease_token
+        #: The job's project's area of the storage root (relative; "" = the
+        #: root itself): the job's paths are relative to it (see area_root).
+        self.storage_area = storage_area
         self._worker = worker
         self._held = held
         self._lock = threading.Lock()
@@ -156,6 +161,18 @@ class JobContext:
         self.cancel_reason = ""
         #: Whether the abort asked to skip cleanup steps.
         self.skip_cleanup = False
+
+    def area_root(self, storage_root: Path) -> Path:
+        """The directory under `storage_root` this job's paths are relative
+        to: its project's area. A server hands out only plain relative
+        areas; anything else is refused rather than followed."""
+        area = self.storage_area
+        if not area:
+            return storage_root
+        parts = area.split("/")
+        if area.startswith("/") or any(p in ("", ".", "..") for p in parts):
+            raise ValueError(f"the server gave an unusable storage area {area[:80]!r}")
+        return storage_root.joinpath(*parts)
 
     def __repr__(self) -> str:
         return f"<JobContext {self.job.type} {self.job.id} attempt {self.attempt}>"
@@ -693,7 +710,7 @@ class Worker:
     def _start(self, lj: wsvc.LeasedJob, lease_s: float, now: float) -> None:
         assert self._loop is not None
         held = _Held(lj, lease_s, now)
-        ctx = held.ctx = JobContext(lj.job, lj.lease_token, self, held)
+        ctx = held.ctx = JobContext(lj.job, lj.lease_token, self, held, lj.storage_area)
         self._held[held.job_id] = held
         self._running += 1
         self._handlers_idle.clear()

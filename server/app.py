@@ -19,8 +19,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from mediajobs.v1 import (bulk_upload_service_pb2, job_service_pb2, live_job_service_pb2, media_service_pb2,
-                          worker_service_pb2)
+from mediajobs.v1 import (admin_service_pb2, bulk_upload_service_pb2, job_service_pb2, live_job_service_pb2,
+                          media_service_pb2, worker_service_pb2)
 
 from .admission import Admission
 from .auth import Authenticator, ReflectionGuard
@@ -31,6 +31,7 @@ from .convert import now_us
 from .dispatch import Dispatcher
 from .errors import ServiceError
 from .registration import add_service
+from .services.admin import AdminService
 from .services.bulk_uploads import BulkUploadService
 from .services.jobs import JobService
 from .services.live_jobs import LiveJobService
@@ -56,6 +57,7 @@ SERVICE_NAMES = [
     media_service_pb2.DESCRIPTOR.services_by_name["MediaService"].full_name,
     bulk_upload_service_pb2.DESCRIPTOR.services_by_name["BulkUploadService"].full_name,
     live_job_service_pb2.DESCRIPTOR.services_by_name["LiveJobService"].full_name,
+    admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
 ]
 
 # How often the database is probed with a tiny write (health follows it),
@@ -245,7 +247,7 @@ class App:
         """Recover every job whose lease expired (the server's own cleanExclusiveJobs)."""
         total = store_leases.Recovered([], [], [])
         while True:
-            out = await self.store.write(store_leases.recover_expired, bounded=False)
+            out = await self.store.write(lambda tx: store_leases.recover_expired(tx, all_projects=True), bounded=False)
             total.retried += out.retried
             total.failed += out.failed
             total.aborted += out.aborted
@@ -320,7 +322,7 @@ async def build_server(cfg: Config, clock: Callable[[], int] = now_us) -> App:
         raise StartupError(f"--storage-root: cannot create {storage_root}: {e.strerror}") from None
     admission = Admission(cfg.max_concurrent_rpcs, cfg.max_watch_streams, cfg.max_parked_acquires)
 
-    auth = Authenticator(store, cfg.project) if cfg.auth == "keys" else None
+    auth = Authenticator(store) if cfg.auth == "keys" else None
     reflection_guard: list[grpc.aio.ServerInterceptor] = []
     if auth is not None and cfg.reflection_auth:
         reflection_guard.append(ReflectionGuard(auth))
@@ -341,6 +343,8 @@ async def build_server(cfg: Config, clock: Callable[[], int] = now_us) -> App:
                                             srt_host, (srt_low, srt_high))
     add_service(server, live_job_service_pb2.DESCRIPTOR.services_by_name["LiveJobService"],
                 LiveJobService(store, live_settings, admission), auth=auth)
+    add_service(server, admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"],
+                AdminService(store, cfg.project, auth, admission), auth=auth)
     bulk_runners = [BulkRunner(store, storage_root, i + 1) for i in range(cfg.bulk_runners)]
     for runner in bulk_runners:
         hub.listeners.append(runner.on_publish)

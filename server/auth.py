@@ -4,10 +4,12 @@ UNAUTHENTICATED, a role that does not allow the call PERMISSION_DENIED
 naming the roles that do. Health and reflection stay open.
 
 Roles:
-- viewer: reads and watches (Get*, List*, Watch*, Count*, Read*, Export*).
-- worker: reads, WorkerService (lease, heartbeat, complete, ...), and the
-  batch calls engines make (AddMediaInfo, CheckEntryIsDone,
-  AddBulkUploadResults, UpdateBulkUploadResults).
+- viewer: reads and watches (Get*, List*, Watch*, Count*, Read*, Export*,
+  Query*).
+- worker: WorkerService (lease, heartbeat, complete, ...), the batch calls
+  engines make (AddMediaInfo, CheckEntryIsDone, AddBulkUploadResults,
+  UpdateBulkUploadResults), and GetJob of the jobs its key holds a lease on
+  (any other job is NOT_FOUND to it).
 - editor: reads, those batch calls, and every change (create, update,
   delete, abort, re-run; jobs, entries, templates, cue points, bulk uploads,
   live jobs).
@@ -21,12 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Any, Callable
 
 import grpc
 
 from .errors import ServiceError
-from .principal import set_principal
+from .principal import Caller, set_caller
 from .store import Store
 from .store import api_keys
 
@@ -37,25 +39,44 @@ MAX_CACHED = 10_000
 READ_PREFIXES = ("Get", "List", "Watch", "Count", "Read", "Export", "Query")
 BATCH_CALLS = {"AddMediaInfo", "CheckEntryIsDone", "AddBulkUploadResults", "UpdateBulkUploadResults"}
 WORKER_SERVICE = "mediajobs.v1.WorkerService"
+JOB_SERVICE = "mediajobs.v1.JobService"
+ADMIN_SERVICE = "mediajobs.v1.AdminService"
 
 
 def roles_for(service: str, method: str) -> tuple[str, ...]:
-    """The roles that may call `service`/`method`."""
+    """The roles that may call `service`/`method`. AdminService is admin-only,
+    its Get/List calls included (checked before the read prefixes); which
+    projects an admin key reaches is AdminService's own check."""
+    if service == ADMIN_SERVICE:
+        return ("admin",)
     if service == WORKER_SERVICE:
         return ("admin", "worker")
     if method in BATCH_CALLS:
         return ("admin", "editor", "worker")
+    if service == JOB_SERVICE and method == "GetJob":
+        return ("admin", "editor", "viewer", "worker")  # a worker: only the jobs it holds (JobService.GetJob)
     if method.startswith(READ_PREFIXES):
-        return ("admin", "editor", "worker", "viewer")
+        return ("admin", "editor", "viewer")
     return ("admin", "editor")
 
 
 class Authenticator:
-    def __init__(self, store: Store, project: str) -> None:
+    def __init__(self, store: Store) -> None:
         self.store = store
-        self.project = project
         self._cache: dict[str, tuple[api_keys.ApiKey | None, float]] = {}
         self._touched: dict[str, float] = {}
+        # Bumped by forget(): a lookup that started before a revocation does
+        # not put the old answer back into the cache.
+        self._generation = 0
+
+    def forget(self, match: Callable[[api_keys.ApiKey], bool]) -> None:
+        """Drop the cached keys `match` selects (revoked, or of a deleted
+        project), after the change committed: they are refused from the next
+        call on, not within CACHE_S."""
+        self._generation += 1
+        for text, (key, _expiry) in list(self._cache.items()):
+            if key is not None and match(key):
+                del self._cache[text]
 
     async def check(self, context: grpc.aio.ServicerContext, method: str, allowed: tuple[str, ...]
                     ) -> api_keys.ApiKey:
@@ -76,18 +97,16 @@ class Authenticator:
         if hit is not None and hit[1] > now:
             key = hit[0]
         else:
+            generation = self._generation
             key = await self.store.read(lambda db, p: api_keys.verify(db, text))
-            if len(self._cache) >= MAX_CACHED:
-                self._cache.clear()
-            self._cache[text] = (key, now + CACHE_S)
+            if generation == self._generation:  # no revocation since the read began
+                if len(self._cache) >= MAX_CACHED:
+                    self._cache.clear()
+                self._cache[text] = (key, now + CACHE_S)
         if key is None:
             raise ServiceError(grpc.StatusCode.UNAUTHENTICATED, "API_KEY_INVALID",
                                "the API key is unknown or revoked; ask an admin for a key "
                                "(mediajobs-server keys create)")
-        if key.project != self.project:
-            raise ServiceError(grpc.StatusCode.PERMISSION_DENIED, "PROJECT_NOT_SERVED",
-                               f"the key belongs to project {key.project!r}; this server serves project "
-                               f"{self.project!r}", metadata={"project": key.project[:64]})
         if key.role not in allowed:
             raise ServiceError(grpc.StatusCode.PERMISSION_DENIED, "ROLE_NOT_ALLOWED",
                                f"role {key.role} cannot call {method}; it needs the role {' or '.join(allowed)}",
@@ -121,7 +140,9 @@ def guard(auth: Authenticator, service: str, method: str, fn: Any, client_stream
         except ServiceError as e:
             fail_call(context, rpc_status.to_status(e.to_status()))
             return True
-        set_principal(f"key:{key.id}")  # the creator of what this call makes
+        # The call's project (every store call of it is scoped to it) and
+        # the creator of what it makes.
+        set_caller(Caller(key.id, key.project, key.role))
         return False
 
     if server_streaming:

@@ -1,7 +1,8 @@
 """Waking workers that wait in AcquireJobs (long-poll without polling).
 
-A waiter registers a future under each job type it can run. When a batch of
-changes makes jobs of a type leasable (a job created, released, retried, or
+A waiter registers a future under its project and each job type it can run
+(a worker leases only its own project's jobs, so only those wake it). When
+a batch of changes makes jobs of a type leasable (a job created, released, retried, or
 reset), the dispatcher wakes as many waiters of that type as there are such
 jobs; a job that becomes leasable later (retry backoff) wakes them when its
 time comes. `seq` counts such wake-ups so a caller that found nothing can tell,
@@ -24,53 +25,56 @@ class Dispatcher:
     def __init__(self, clock_us: Callable[[], int]) -> None:
         self.clock_us = clock_us
         self.seq = 0
-        self._waiters: dict[str, collections.deque[asyncio.Future[None]]] = {}
-        self._timers: dict[str, asyncio.TimerHandle] = {}
+        # Keyed by (project, job type).
+        self._waiters: dict[tuple[str, str], collections.deque[asyncio.Future[None]]] = {}
+        self._timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
         self._count_waiters: list[tuple[int, asyncio.Future[None]]] = []
 
     def on_publish(self, events: list[PendingEvent]) -> None:
-        ready: collections.Counter[str] = collections.Counter()
+        ready: collections.Counter[tuple[str, str]] = collections.Counter()
         now = self.clock_us()
         for ev in events:
             if ev.state != PENDING:
                 continue
             if ev.available_time > now:
-                self._wake_later(ev.job_type, ev.available_time - now)
+                self._wake_later((ev.project, ev.job_type), ev.available_time - now)
             else:
-                ready[ev.job_type] += 1
-        for job_type, n in ready.items():
-            self.wake(job_type, n)
+                ready[(ev.project, ev.job_type)] += 1
+        for key, n in ready.items():
+            self.wake(key, n)
 
-    def wake(self, job_type: str, n: int) -> None:
+    def wake(self, key: tuple[str, str], n: int) -> None:
+        """Wake up to n waiters of (project, job type)."""
         self.seq += 1
-        q = self._waiters.get(job_type)
+        q = self._waiters.get(key)
         while q and n > 0:
             fut = q.popleft()
             if not fut.done():
                 fut.set_result(None)
                 n -= 1
         if q is not None and not q:
-            del self._waiters[job_type]
+            del self._waiters[key]
 
-    def _wake_later(self, job_type: str, delay_us: int) -> None:
+    def _wake_later(self, key: tuple[str, str], delay_us: int) -> None:
         loop = asyncio.get_running_loop()
         when = loop.time() + delay_us / 1e6
-        old = self._timers.get(job_type)
+        old = self._timers.get(key)
         if old is not None and old.when() <= when:
             return  # an earlier wake-up for this type is already due
         if old is not None:
             old.cancel()
 
         def fire() -> None:
-            self._timers.pop(job_type, None)
-            self.wake(job_type, 1 << 30)
+            self._timers.pop(key, None)
+            self.wake(key, 1 << 30)
 
-        self._timers[job_type] = loop.call_at(when, fire)
+        self._timers[key] = loop.call_at(when, fire)
 
-    async def wait(self, job_types: Iterable[str], timeout: float) -> None:
-        """Wait until a job of one of the types may be leasable, or timeout."""
+    async def wait(self, project: str, job_types: Iterable[str], timeout: float) -> None:
+        """Wait until a job of `project` of one of the types may be leasable,
+        or timeout."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        types = list(job_types)
+        types = [(project, t) for t in job_types]
         for t in types:
             self._waiters.setdefault(t, collections.deque()).append(fut)
         self._notify_count()

@@ -13,6 +13,22 @@ import grpc
 from .errors import ServiceError, clip, invalid_argument
 
 MAX_LINK_HOPS = 40
+# Each project sees its own area of the storage root: the server's home
+# project the root itself, any other project PROJECTS_DIR/<project>. The
+# top-level PROJECTS_DIR is hidden from every area (a path into it does not
+# exist), so no project can name or probe another's files.
+PROJECTS_DIR = ".projects"
+
+
+def project_area(project: str, home: str) -> str:
+    """The project's area, relative to the storage root ("" = the root)."""
+    return "" if project == home else f"{PROJECTS_DIR}/{project}"
+
+
+def area_root(root: Path, project: str, home: str) -> Path:
+    """The directory a project's paths are relative to."""
+    area = project_area(project, home)
+    return root / area if area else root
 
 
 def outside_root(path: str) -> ServiceError:
@@ -45,9 +61,10 @@ def check_relative(path: str, field: str = "local_path") -> list[str]:
 
 
 def resolve_inside(root: Path, path: str, field: str = "local_path") -> tuple[Path | None, os.stat_result | None]:
-    """Resolve `path` under `root` following symlinks only while they stay
-    inside. Returns (path, lstat result) or (None, None) when it does not
-    exist; PERMISSION_DENIED when a link leads outside."""
+    """Resolve `path` under `root` (a project's area) following symlinks
+    only while they stay inside. Returns (path, lstat result) or
+    (None, None) when it does not exist or lies in the hidden PROJECTS_DIR;
+    PERMISSION_DENIED when a link leads outside."""
     parts = check_relative(path, field)
     root = Path(os.path.realpath(root))
     cur: list[str] = []  # components below root, already resolved
@@ -63,6 +80,8 @@ def resolve_inside(root: Path, path: str, field: str = "local_path") -> tuple[Pa
                 raise outside_root(path)
             cur.pop()
             continue
+        if not cur and part == PROJECTS_DIR:
+            return None, None  # the other projects' areas: nothing there exists for this one
         candidate = root.joinpath(*cur, part)
         try:
             st = os.lstat(candidate)

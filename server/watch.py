@@ -13,7 +13,7 @@ from the log: it is never silently skipped.
 Several server processes may share one PostgreSQL database. Revisions are
 dense and commit in order across processes (see store/writer.py), so the hub
 tracks completeness by contiguity: `revision` is the highest revision R such
-that every event of this project at or below R has been offered to the synced
+that every event (of every project) at or below R has been offered to the synced
 watchers (and, from `buffer[0]` on, is in the buffer). A commit of this
 process that arrives after a gap proves the missing revisions were committed
 by another process: it is held back until the hub has read the gap from the
@@ -37,7 +37,7 @@ from .errors import ServiceError
 from .payloads import encode_varint
 from .store import PendingEvent, Store
 from .store.db import is_postgres
-from .store.events import EventFilter, committed_revision, read_events
+from .store.events import EventFilter, committed_revision, read_all_events, read_events
 
 log = logging.getLogger("mediajobs.watch")
 
@@ -101,6 +101,7 @@ def chunk_events(events: list[PendingEvent]) -> list[list[PendingEvent]]:
 
 @dataclass(eq=False)
 class Watcher:
+    project: str  # only this project's events, whatever the filters say
     job_ids: frozenset[str]
     types: frozenset[str]
     states: frozenset[int]
@@ -113,6 +114,8 @@ class Watcher:
     closed: bool = False
 
     def matches(self, ev: PendingEvent) -> bool:
+        if ev.project != self.project:
+            return False
         if self.job_ids and ev.job_id not in self.job_ids:
             return False
         if self.types and ev.job_type not in self.types:
@@ -195,9 +198,9 @@ class WatchHub:
 
     def _advance(self, events: list[PendingEvent], upto: int = 0) -> None:
         """Offer `events` (ascending, all above `revision`, and with no event
-        of this project missing between them) and move `revision` to the
-        last of them, or to `upto` if higher (revisions without an event of
-        this project)."""
+        missing between them) and move `revision` to the last of them, or to
+        `upto` if higher (revisions without an event). Each watcher takes
+        only its own project's events (Watcher.matches)."""
         by_job, by_type, everyone = self._by_job, self._by_type, self._all
         buffer = self.buffer
         for ev in events:
@@ -283,7 +286,7 @@ class WatchHub:
             if hi < lo:
                 return
             try:
-                rows, compacted = await self.store.read(read_events, lo, hi, LOG_PAGE)
+                rows, compacted = await self.store.read(read_all_events, lo, hi, LOG_PAGE)
             except Exception:
                 if self.closing:
                     return

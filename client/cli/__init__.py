@@ -12,11 +12,13 @@
     mediajobs live create --bucket events --destination studio-a/main   # prints the ingest URL
     mediajobs live start 01HA255YE6H6DEETJ5M6595ZDA && mediajobs live watch 01HA255YE6H6DEETJ5M6595ZDA
     mediajobs worker --media                          # the reference media worker, default storage root
+    mediajobs admin projects create acme              # admin keys: projects, API keys, the audit log
+    mediajobs admin keys create --project acme --role editor --name ci   # prints the key once
 
 Global options (--server, --json) may come before or after the subcommand.
 
 The CLI is a package with one module per command group (jobs, entries,
-mediainfo, templates, cuepoints, bulk, live, worker) and `common` for what they share.
+mediainfo, templates, cuepoints, bulk, live, worker, admin) and `common` for what they share.
 Each group module has `add_parser(groups)`, which adds the group and its
 ACTIONs (each with its `cmd_*` handler as `func`) to the COMMAND subparsers,
 and the handlers themselves. To add a group, write `cli/<group>.py` with
@@ -35,7 +37,7 @@ import grpc
 from .. import render
 from ..client import DEFAULT_TARGET, MediaJobsClient, tls_credentials
 from ..errors import MediaJobsError
-from . import bulk, cuepoints, entries, jobs, live, mediainfo, templates, worker
+from . import admin, bulk, cuepoints, entries, jobs, live, mediainfo, templates, worker
 from .common import ENV_DATA_DIR, ENV_SERVER, ENV_STORAGE_ROOT, _FMT, _add_globals, _exit_status, _note
 from .common import default_storage_root, version_text
 from .entries import EntryProgress, EntryProgressDisplay, follow_entry, source_uri_of
@@ -80,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     bulk.add_parser(groups)
     live.add_parser(groups)
     worker.add_parser(groups)
+    admin.add_parser(groups)
     return ap
 
 

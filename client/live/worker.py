@@ -53,6 +53,7 @@ import grpc
 from mediajobs.v1 import live_resources_pb2 as lres
 from mediajobs.v1 import worker_service_pb2 as wsvc
 
+from ..media import PROJECTS_DIR
 from ..worker import JobCancelled, JobContext, Worker
 from . import clips, hls_pull, ladder
 from .rtmp import PublishRefused, PublishRequest, RtmpServer, flv_header, flv_tag
@@ -102,7 +103,9 @@ class _Session:
         p = ctx.params
         self.live_job_id = str(p.get("live_job_id", ""))
         self.out_rel = str(p.get("output_dir", ""))
-        self.out_dir = worker.storage_root / self.out_rel
+        # The job's paths are relative to its project's area of the storage root.
+        self.root = ctx.area_root(worker.storage_root)
+        self.out_dir = self.root / self.out_rel
         self.renditions = [ladder.Rendition.from_dict({k: (int(v) if isinstance(v, float) else v)
                                                        for k, v in r.items()}) for r in p.get("renditions", [])]
         self.segment_s = float(p.get("segment_seconds", 2.0))
@@ -620,13 +623,14 @@ class LiveWorker:
     def _clip(self, ctx: JobContext) -> dict[str, Any]:
         """A LIVE_CLIP job (a thread of the SDK's pool): see clips.py."""
         p = ctx.params
-        root = self.storage_root.resolve()
+        area = ctx.area_root(self.storage_root)
+        root = area.resolve()
         for key in ("playlist", "output_dir"):
             target = (root / str(p.get(key, ""))).resolve()
-            if not str(p.get(key, "")) or not target.is_relative_to(root):
+            if not str(p.get(key, "")) or not target.is_relative_to(root) or (
+                    target.relative_to(root).parts[:1] == (PROJECTS_DIR,)):
                 raise clips.ClipError(f"params.{key} must be a path under the storage root")
-        return clips.cut(self.storage_root, str(p["playlist"]), int(p["start_us"]), int(p["end_us"]),
-                         str(p["output_dir"]))
+        return clips.cut(area, str(p["playlist"]), int(p["start_us"]), int(p["end_us"]), str(p["output_dir"]))
 
     # -- a session ----------------------------------------------------------------------
 
@@ -664,8 +668,9 @@ class LiveWorker:
             await s.start_child("pipe:0", "mpegts")
             feeder = asyncio.create_task(self._feed_hls(s, s.file_path))
         elif s.server_type == "HLS":
-            src = (self.storage_root / s.file_path).resolve()
-            if not src.is_relative_to(self.storage_root.resolve()) or not src.is_file():
+            src = (s.root / s.file_path).resolve()
+            if not src.is_relative_to(s.root.resolve()) or not src.is_file() or (
+                    src.relative_to(s.root.resolve()).parts[:1] == (PROJECTS_DIR,)):
                 s.stopping = "INPUT_NOT_FOUND"
                 await s.report(State.STOPPING, "INPUT_NOT_FOUND", f"{s.file_path} is not a playlist under the "
                                                                    "storage root")

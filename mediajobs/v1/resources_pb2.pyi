@@ -331,8 +331,13 @@ class JobLease(_message.Message):
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     LAST_HEARTBEAT_TIME_FIELD_NUMBER: _builtins.int
     DURATION_FIELD_NUMBER: _builtins.int
+    HOLDER_FIELD_NUMBER: _builtins.int
     identity: _builtins.str
     """The worker's free-form identity."""
+    holder: _builtins.str
+    """Output only. With API keys: the key that leased the job (`key:<id>`).
+    A key with the worker role reads only the jobs it holds.
+    """
     @_builtins.property
     def lock_key(self) -> Global___LockKey:
         """The lock key the worker acquired with."""
@@ -359,10 +364,11 @@ class JobLease(_message.Message):
         expire_time: _timestamp_pb2.Timestamp | None = ...,
         last_heartbeat_time: _timestamp_pb2.Timestamp | None = ...,
         duration: _duration_pb2.Duration | None = ...,
+        holder: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "expire_time", b"expire_time", "last_heartbeat_time", b"last_heartbeat_time", "lock_key", b"lock_key"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "expire_time", b"expire_time", "identity", b"identity", "last_heartbeat_time", b"last_heartbeat_time", "lock_key", b"lock_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "expire_time", b"expire_time", "holder", b"holder", "identity", b"identity", "last_heartbeat_time", b"last_heartbeat_time", "lock_key", b"lock_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

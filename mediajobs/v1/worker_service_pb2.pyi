@@ -97,8 +97,16 @@ class LeasedJob(_message.Message):
     JOB_FIELD_NUMBER: _builtins.int
     LEASE_TOKEN_FIELD_NUMBER: _builtins.int
     LEASE_EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    STORAGE_AREA_FIELD_NUMBER: _builtins.int
     lease_token: _builtins.str
     """The fencing token to send with Heartbeat/Complete/Fail/Release."""
+    storage_area: _builtins.str
+    """The job's project's area of the storage root: the directory, relative
+    to the storage root, that the job's paths (sources, outputs, live
+    output directories, playlists) are relative to. "" for the server's
+    home project (`default`: the root itself); `.projects/<project>` for
+    any other project.
+    """
     @_builtins.property
     def job(self) -> _resources_pb2.Job:
         """The job, RUNNING, with its attempt_count already counting this lease."""
@@ -113,10 +121,11 @@ class LeasedJob(_message.Message):
         job: _resources_pb2.Job | None = ...,
         lease_token: _builtins.str = ...,
         lease_expire_time: _timestamp_pb2.Timestamp | None = ...,
+        storage_area: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job", "lease_expire_time", b"lease_expire_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job", "lease_expire_time", b"lease_expire_time", "lease_token", b"lease_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job", "lease_expire_time", b"lease_expire_time", "lease_token", b"lease_token", "storage_area", b"storage_area"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

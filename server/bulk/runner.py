@@ -28,6 +28,8 @@ from mediajobs.v1 import resources_pb2 as res
 
 from ..errors import ServiceError
 from ..ids import IdBlock
+from ..principal import acting_for
+from ..storage import area_root
 from ..store import Store, PendingEvent
 from ..store import bulk_uploads as store_bulk
 from ..store import entries as store_entries
@@ -77,7 +79,7 @@ class BulkRunner:
             try:
                 got = await self.store.write(
                     lambda tx: leases.acquire(tx, [store_bulk.JOB_TYPE], 1, int(LEASE_S * 1e6), res.LockKey(),
-                                              self.identity), bounded=False)
+                                              self.identity, all_projects=True), bounded=False)
             except ServiceError as e:
                 log.warning("bulk runner cannot lease jobs: %s", e.message)
                 got = []
@@ -87,23 +89,27 @@ class BulkRunner:
                     await asyncio.wait_for(self._wake.wait(), IDLE_POLL_S)
                 continue
             leased = got[0]
-            try:
-                await self.process(leased.job, leased.token)
-            except asyncio.CancelledError:
-                # Shutting down: hand the job back at once for the next start.
-                with contextlib.suppress(Exception):
-                    await self.store.write(lambda tx: leases.release(tx, leased.job.id, leased.token, "", False),
-                                           bounded=False)
-                raise
-            except ServiceError as e:
-                log.warning("bulk upload job %s stopped: %s", leased.job.id, e)
-                await self._fail(leased.job.id, leased.token, e.to_status(), retryable=e.code.name in (
-                    "UNAVAILABLE", "RESOURCE_EXHAUSTED"))
-            except Exception as e:  # noqa: BLE001 - a bug must not stop the runner
-                log.exception("bulk upload job %s failed", leased.job.id)
-                await self._fail(leased.job.id, leased.token,
-                                 status_pb2.Status(code=code_pb2.INTERNAL, message=f"{type(e).__name__}: {e}"[:500]),
-                                 retryable=True)
+            with acting_for(leased.job.project):  # every read and write below is the upload's project's
+                await self._run(leased)
+
+    async def _run(self, leased: leases.Leased) -> None:
+        try:
+            await self.process(leased.job, leased.token)
+        except asyncio.CancelledError:
+            # Shutting down: hand the job back at once for the next start.
+            with contextlib.suppress(Exception):
+                await self.store.write(lambda tx: leases.release(tx, leased.job.id, leased.token, "", False),
+                                       bounded=False)
+            raise
+        except ServiceError as e:
+            log.warning("bulk upload job %s stopped: %s", leased.job.id, e)
+            await self._fail(leased.job.id, leased.token, e.to_status(), retryable=e.code.name in (
+                "UNAVAILABLE", "RESOURCE_EXHAUSTED"))
+        except Exception as e:  # noqa: BLE001 - a bug must not stop the runner
+            log.exception("bulk upload job %s failed", leased.job.id)
+            await self._fail(leased.job.id, leased.token,
+                             status_pb2.Status(code=code_pb2.INTERNAL, message=f"{type(e).__name__}: {e}"[:500]),
+                             retryable=True)
 
     async def _fail(self, job_id: str, token: str, error: status_pb2.Status, retryable: bool) -> None:
         with contextlib.suppress(ServiceError):
@@ -184,7 +190,8 @@ class BulkRunner:
             found = sources.get(f.source)
             if found is None:
                 try:
-                    found = store_entries.source_relative_path(self.storage_root, f.source, "source_uri")
+                    found = store_entries.source_relative_path(
+                        area_root(self.storage_root, project, self.store.project), f.source, "source_uri")
                 except ServiceError as e:
                     found = e
                 sources[f.source] = found

@@ -12,8 +12,8 @@ from mediajobs.v1 import resources_pb2 as res
 
 from ..admission import Admission, unlimited
 from .. import payloads
-from ..principal import creator
-from ..errors import ServiceError, clip, handle_errors, invalid_argument
+from ..principal import caller, creator
+from ..errors import ServiceError, clip, handle_errors, invalid_argument, job_not_found
 from ..store import Store
 from ..store import jobs as store_jobs
 from ..store import templates as store_templates
@@ -148,6 +148,9 @@ class JobService(svc_grpc.JobServiceServicer):
         _check_job_id(request.id)
         store_jobs.check_read_mask(request.read_mask)
         job = await self.store.read_point(store_jobs.get_job, request.id)
+        who = caller()
+        if who is not None and who.role == "worker" and job.lease.holder != who.name:
+            raise job_not_found(request.id)  # a worker key reads only the jobs it holds
         return store_jobs.shape_job(job, request.read_mask, request.include_metadata)
 
     @handle_errors
@@ -264,6 +267,7 @@ class JobService(svc_grpc.JobServiceServicer):
                     metadata={"current_revision": str(current), "start_revision": str(start)},
                 )
         w = Watcher(
+            project=self.store.scope(),
             job_ids=frozenset(request.job_ids),
             types=frozenset(request.types),
             states=frozenset(request.states),

@@ -15,7 +15,7 @@ from mediajobs.v1 import live_resources_pb2 as lres
 
 from .. import payloads
 from ..admission import Admission, unlimited
-from ..principal import creator
+from ..principal import caller, creator
 from ..errors import ServiceError, clip, handle_errors, invalid_argument
 from ..storage import check_relative
 from ..store import Store
@@ -130,6 +130,13 @@ def _check_key(key: str) -> None:
         raise invalid_argument([("stream_key", "at most 256 characters; this is not a stream key")])
 
 
+def _viewer() -> bool:
+    """A read-only (viewer) key: it never sees stream keys, passphrases or
+    callback secrets (they let their holder publish or sign)."""
+    who = caller()
+    return who is not None and who.role == "viewer"
+
+
 class LiveJobService(lsvc_grpc.LiveJobServiceServicer):
     def __init__(self, store: Store, settings: store_live.LiveSettings, admission: Admission | None = None) -> None:
         self.store = store
@@ -144,6 +151,8 @@ class LiveJobService(lsvc_grpc.LiveJobServiceServicer):
         for s in request.states:
             if s not in LiveJob.State.values() or s == 0:
                 raise invalid_argument([("states", f"unknown state {s}")])
+        if _viewer():
+            request.include_stream_key = False  # the keys publish: not for a read-only key
         return await self.store.read(store_live.list_live_jobs, request, self.settings)
 
     @handle_errors
@@ -158,7 +167,8 @@ class LiveJobService(lsvc_grpc.LiveJobServiceServicer):
     @handle_errors
     async def GetLiveJob(self, request: lsvc.GetLiveJobRequest, context: grpc.aio.ServicerContext) -> LiveJob:
         _check_ref(request.id, "id")
-        return await self.store.read(store_live.load_live, request.id)
+        live = await self.store.read(store_live.load_live, request.id)
+        return store_live.hide_key(live) if _viewer() else live
 
     @handle_errors
     async def ListLiveOutputs(self, request: lsvc.ListLiveOutputsRequest, context: grpc.aio.ServicerContext

@@ -18,6 +18,7 @@ from .. import cue_points, payloads
 from ..admission import Admission, unlimited
 from ..principal import creator
 from ..errors import clip, handle_errors, invalid_argument
+from ..storage import area_root
 from ..store import Store
 from ..store import entries as store_entries
 from ..store import jobs as store_jobs
@@ -101,7 +102,8 @@ class MediaService(msvc_grpc.MediaServiceServicer):
         source = ""
         if request.entry.source_uri:
             source = await asyncio.to_thread(
-                store_entries.source_relative_path, self.storage_root, request.entry.source_uri
+                store_entries.source_relative_path, area_root(self.storage_root, self.store.scope(), self.store.project),
+                request.entry.source_uri
             )
         quota = self.store.quotas.pending_jobs if source else 0
 

@@ -21,7 +21,8 @@ from ..dispatch import Dispatcher
 from .. import payloads
 from ..admission import Admission, unlimited
 from ..errors import ServiceError, clip, handle_errors, invalid_argument
-from ..storage import resolve_inside
+from ..principal import caller
+from ..storage import area_root, project_area, resolve_inside
 from ..store import Store
 from ..store import leases
 from ..store import live_jobs as store_live
@@ -151,7 +152,7 @@ class WorkerService(wsvc_grpc.WorkerServiceServicer):
                 break
             self.admission.park()  # RESOURCE_EXHAUSTED past --max-parked-acquires
             try:
-                await self.dispatcher.wait(types, left)
+                await self.dispatcher.wait(self.store.scope(), types, left)
             finally:
                 self.admission.unpark()
         if got:
@@ -173,7 +174,8 @@ class WorkerService(wsvc_grpc.WorkerServiceServicer):
                 context.add_done_callback(give_back_unless_delivered)  # type: ignore[arg-type]  # stub wants a class
         resp = wsvc.AcquireJobsResponse(lease_duration=_duration(lease_s))
         for item in got:
-            lj = resp.jobs.add(job=item.job, lease_token=item.token)
+            lj = resp.jobs.add(job=item.job, lease_token=item.token,
+                               storage_area=project_area(item.job.project, self.store.project))
             set_ts(lj.lease_expire_time, item.expire_time)
         return resp
 
@@ -192,7 +194,10 @@ class WorkerService(wsvc_grpc.WorkerServiceServicer):
     async def _acquire_once(
         self, types: list[str], max_jobs: int, lease_us: int, lock_key: res.LockKey, identity: str
     ) -> list[leases.Leased]:
-        fut = self.store.submit(lambda tx: leases.acquire(tx, types, max_jobs, lease_us, lock_key, identity))
+        who = caller()
+        holder = who.name if who is not None else ""
+        fut = self.store.submit(lambda tx: leases.acquire(tx, types, max_jobs, lease_us, lock_key, identity,
+                                                          holder=holder))
         try:
             return await asyncio.shield(fut)
         except asyncio.CancelledError:
@@ -351,7 +356,8 @@ class WorkerService(wsvc_grpc.WorkerServiceServicer):
     ) -> wsvc.CheckFileExistsResponse:
         if request.size < -1:
             raise invalid_argument([("size", "must be -1 (any), 0 or a size in bytes")])
-        path, st = await asyncio.to_thread(resolve_inside, self.storage_root, request.local_path)
+        area = area_root(self.storage_root, self.store.scope(), self.store.project)
+        path, st = await asyncio.to_thread(resolve_inside, area, request.local_path)
         resp = wsvc.CheckFileExistsResponse()
         if path is not None and st is not None and stat.S_ISREG(st.st_mode):
             resp.exists = True

@@ -17,6 +17,7 @@ import peewee
 
 from ..convert import now_us
 from ..errors import ServiceError
+from ..principal import current_project
 from .db import DEFAULT_DURABILITY, is_postgres, open_database, redact_url
 from .failures import DatabaseFailure, classify, reset_connection
 from .models import create_schema
@@ -57,7 +58,7 @@ class Store:
         self.inline_point_reads = not is_postgres(self.db)
 
     def open(self) -> "Store":
-        create_schema(self.db)
+        create_schema(self.db, self.project)
         sanitize_stored_payloads(self.db)  # once per database: see store/sanitize.py
         self.db.close()
         self.writer.start()
@@ -88,32 +89,41 @@ class Store:
         for cb in self._on_commit:
             cb(events)
 
+    def scope(self) -> str:
+        """The project the calling task acts for (see principal.py): every
+        read and write it queues is scoped to it."""
+        return current_project() or self.project
+
     async def write(self, fn: Callable[[WriteTx], T], bounded: bool = True) -> T:
-        """Run a mutation in the writer; returns after its commit. Client
-        requests are bounded (RESOURCE_EXHAUSTED past --max-write-queue);
-        the server's own housekeeping passes bounded=False."""
-        return await self.writer.submit(fn, bounded)
+        """Run a mutation in the writer, in the caller's project (tx.project);
+        returns after its commit. Client requests are bounded
+        (RESOURCE_EXHAUSTED past --max-write-queue); the server's own
+        housekeeping passes bounded=False."""
+        return await self.writer.submit(fn, bounded, self.scope())
 
     def submit(self, fn: Callable[[WriteTx], T], bounded: bool = True) -> "asyncio.Future[T]":
         """Queue a mutation; the future resolves after its commit, whether or
         not anyone still awaits it."""
-        return self.writer.submit(fn, bounded)
+        return self.writer.submit(fn, bounded, self.scope())
 
     def write_sync(self, fn: Callable[[WriteTx], T]) -> T:
-        return self.writer.run_sync(fn)  # type: ignore[no-any-return]
+        return self.writer.run_sync(fn, self.scope())  # type: ignore[no-any-return]
 
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run fn(db, project, *args) on a pool thread, with the caller's
+        project (contextvars do not cross into the pool, so it is taken
+        here)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, functools.partial(self._run_read, fn, *args))
+        return await loop.run_in_executor(self._pool, functools.partial(self._run_read, self.scope(), fn, *args))
 
-    def _run_read(self, fn: Callable[..., T], *args: Any) -> T:
+    def _run_read(self, project: str, fn: Callable[..., T], *args: Any) -> T:
         """Run a read on this thread's connection. A connection the database
         dropped (restart, failover) is replaced and the read tried once more
         (reads are safe to repeat); a database that cannot serve is
         UNAVAILABLE, never INTERNAL."""
         for attempt in (1, 2):
             try:
-                return fn(self.db, self.project, *args)
+                return fn(self.db, project, *args)
             except ServiceError:
                 raise
             except Exception as e:
@@ -132,8 +142,8 @@ class Store:
         few tens of microseconds from the page cache, less than the hop to a
         pool thread costs); on a networked database it goes to the pool."""
         if self.inline_point_reads:
-            return self._run_read(fn, *args)
+            return self._run_read(self.scope(), fn, *args)
         return await self.read(fn, *args)
 
     def read_sync(self, fn: Callable[..., T], *args: Any) -> T:
-        return self._run_read(fn, *args)
+        return self._run_read(self.scope(), fn, *args)

@@ -1042,13 +1042,14 @@ EXPIRE_STEP = 50
 
 
 def expire_idle_uploads(tx: WriteTx, now_us: int) -> int:
-    """UPLOADING uploads idle for UPLOAD_IDLE_US -> EXPIRED, chunks deleted
-    (a bounded step; returns how many)."""
+    """UPLOADING uploads idle for UPLOAD_IDLE_US -> EXPIRED, chunks deleted,
+    in every project (a bounded step; returns how many)."""
     p = tx.db.param
-    rows = tx.db.execute_sql(f"SELECT id FROM bulk_uploads WHERE project = {p} AND state = {p} AND update_time < {p} "
-                             f"LIMIT {EXPIRE_STEP}", (tx.project, BulkUpload.UPLOADING, now_us - UPLOAD_IDLE_US)
+    rows = tx.db.execute_sql(f"SELECT id, project FROM bulk_uploads WHERE state = {p} AND update_time < {p} "
+                             f"LIMIT {EXPIRE_STEP}", (BulkUpload.UPLOADING, now_us - UPLOAD_IDLE_US)
                              ).fetchall()
-    for (upload_id,) in rows:
+    for upload_id, project in rows:
+        tx.project = project  # what follows (events, hooks) belongs to the upload's project
         upload = load_upload(tx.db, tx.project, upload_id)
         _delete_chunks(tx, upload_id)
         upload.uploaded_bytes = 0

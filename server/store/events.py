@@ -22,19 +22,39 @@ class EventFilter:
     states: Sequence[int] = ()
 
 
+_COLUMNS = "revision, job_id, job_type, state, previous_state, data, project"
+
+
 def _row(r: Sequence[object]) -> PendingEvent:
-    return PendingEvent(int(r[0]), str(r[1]), str(r[2]), int(r[3]), int(r[4]), bytes(r[5]))  # type: ignore[arg-type, call-overload]
+    return PendingEvent(int(r[0]), str(r[1]), str(r[2]), int(r[3]), int(r[4]), bytes(r[5]),  # type: ignore[arg-type, call-overload]
+                        0, str(r[6]))
 
 
 def read_events(
     db: peewee.Database, project: str, from_rev: int, to_rev: int, limit: int, flt: EventFilter | None = None
 ) -> tuple[list[PendingEvent], int]:
-    """Matching events with from_rev <= revision <= to_rev, oldest first, at
-    most `limit`, and the compact revision read in the same transaction: if
-    it is >= from_rev, events of the range may be gone (OUT_OF_RANGE)."""
+    """Matching events of `project` with from_rev <= revision <= to_rev,
+    oldest first, at most `limit`, and the compact revision read in the same
+    transaction: if it is >= from_rev, events of the range may be gone
+    (OUT_OF_RANGE)."""
+    return _read(db, project, from_rev, to_rev, limit, flt)
+
+
+def read_all_events(db: peewee.Database, _project: str, from_rev: int, to_rev: int, limit: int
+                    ) -> tuple[list[PendingEvent], int]:
+    """read_events over every project (the watch hub's own log reads: it
+    fans out to the watchers of all projects)."""
+    return _read(db, None, from_rev, to_rev, limit, None)
+
+
+def _read(db: peewee.Database, project: str | None, from_rev: int, to_rev: int, limit: int,
+          flt: EventFilter | None) -> tuple[list[PendingEvent], int]:
     p = db.param
-    where = [f"revision >= {p}", f"revision <= {p}", f"project = {p}"]
-    args: list[object] = [from_rev, to_rev, project]
+    where = [f"revision >= {p}", f"revision <= {p}"]
+    args: list[object] = [from_rev, to_rev]
+    if project is not None:
+        where.append(f"project = {p}")
+        args.append(project)
     if flt is not None:
         if flt.job_ids and len(flt.job_ids) <= MAX_IN_LIST:
             where.append(f"job_id IN ({', '.join([p] * len(flt.job_ids))})")
@@ -47,7 +67,7 @@ def read_events(
             where.append(f"(state IN ({marks}) OR previous_state IN ({marks}))")
             args += list(flt.states) * 2
     sql = (
-        "SELECT revision, job_id, job_type, state, previous_state, data FROM job_events "
+        f"SELECT {_COLUMNS} FROM job_events "
         f"WHERE {' AND '.join(where)} ORDER BY revision LIMIT {int(limit)}"
     )
     with db.atomic():
@@ -62,14 +82,10 @@ def committed_revision(db: peewee.Database, project: str) -> int:
     return current_revision(db)
 
 
-def recent_events(db: peewee.Database, project: str, n: int) -> list[PendingEvent]:
-    """The newest n events, oldest first (to warm the watch buffer at start)."""
-    p = db.param
-    rows = db.execute_sql(
-        "SELECT revision, job_id, job_type, state, previous_state, data FROM job_events "
-        f"WHERE project = {p} ORDER BY revision DESC LIMIT {int(n)}",
-        (project,),
-    ).fetchall()
+def recent_events(db: peewee.Database, _project: str, n: int) -> list[PendingEvent]:
+    """The newest n events of every project, oldest first (to warm the
+    watch buffer at start)."""
+    rows = db.execute_sql(f"SELECT {_COLUMNS} FROM job_events ORDER BY revision DESC LIMIT {int(n)}").fetchall()
     return [_row(r) for r in reversed(rows)]
 
 

@@ -129,7 +129,8 @@ def emit(tx: WriteTx, job: Job, etype: int, prev_state: int) -> None:
     tx.db.execute_sql(
         hot(tx.db).insert_event, (rev, tx.project, job.id, job.type, job.state, prev_state, tx.now, data)
     )
-    tx.events.append(PendingEvent(rev, job.id, job.type, job.state, prev_state, data, _us(job.available_time)))
+    tx.events.append(PendingEvent(rev, job.id, job.type, job.state, prev_state, data, _us(job.available_time),
+                                  tx.project))
 
 
 def _us(ts: Any) -> int:
@@ -264,7 +265,7 @@ def insert_created(tx: WriteTx, jobs: list[Job]) -> None:
         data = b"".join((revision_tag, varint(rev), created_type, job_tag, varint(len(job_bytes)), job_bytes,
                          event_time))
         event_rows.append((rev, tx.project, job.id, job.type, job.state, Job.STATE_UNSPECIFIED, tx.now, data))
-        tx.events.append(PendingEvent(rev, job.id, job.type, job.state, Job.STATE_UNSPECIFIED, data, 0))
+        tx.events.append(PendingEvent(rev, job.id, job.type, job.state, Job.STATE_UNSPECIFIED, data, 0, tx.project))
         job_rows.append((job.id, job.project, job.type, job.state, job.priority, job.creator, _us(job.create_time),
                          tx.now, 0, 0, job.revision, "", "", 0, 0, job_bytes))
         meta_rows.extend((job.id, job.project, k, v) for k, v in job.metadata.items())

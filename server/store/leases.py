@@ -64,18 +64,23 @@ def expiry_backoff_us(attempt: int) -> int:
 
 
 def acquire(
-    tx: WriteTx, types: list[str], max_jobs: int, lease_us: int, lock_key: res.LockKey, identity: str
+    tx: WriteTx, types: list[str], max_jobs: int, lease_us: int, lock_key: res.LockKey, identity: str,
+    all_projects: bool = False, holder: str = "",
 ) -> list[Leased]:
-    """Lease up to max_jobs PENDING jobs of `types`: highest priority, then oldest."""
+    """Lease up to max_jobs PENDING jobs of `types`: highest priority, then
+    oldest. Only tx.project's jobs (a worker's), or any project's (the
+    server's own bulk runners)."""
     db = tx.db
     p = db.param
+    scope = "" if all_projects else f"project = {p} AND "
     sql = (
-        f"SELECT data FROM jobs WHERE project = {p} AND state = {p} AND type IN ({', '.join([p] * len(types))}) "
+        f"SELECT data FROM jobs WHERE {scope}state = {p} AND type IN ({', '.join([p] * len(types))}) "
         f"AND available_time <= {p} ORDER BY priority DESC, id LIMIT {int(max_jobs)}"
     )
     if is_postgres(db):
         sql += " FOR UPDATE SKIP LOCKED"
-    rows = db.execute_sql(sql, (tx.project, Job.PENDING, *types, tx.now)).fetchall()
+    args = (Job.PENDING, *types, tx.now) if all_projects else (tx.project, Job.PENDING, *types, tx.now)
+    rows = db.execute_sql(sql, args).fetchall()
     # The reply holds every leased job: stop before it would pass the
     # message budget (at least one job; the rest stay PENDING, untouched).
     reply = payloads.MessageBudget()
@@ -84,19 +89,22 @@ def acquire(
     for (data,) in rows:
         if not reply.admit(len(data) + lease_bytes):
             break
-        leased.append(_lease(tx, Job.FromString(bytes(data)), lease_us, lock_key, identity))
+        job = Job.FromString(bytes(data))
+        tx.project = job.project  # (the same unless all_projects) its events and hooks are its project's
+        leased.append(_lease(tx, job, lease_us, lock_key, identity, holder))
     return leased
 
 
-def lease_job(tx: WriteTx, job_id: str, lease_us: int, lock_key: res.LockKey, identity: str) -> Leased:
+def lease_job(tx: WriteTx, job_id: str, lease_us: int, lock_key: res.LockKey, identity: str, holder: str = ""
+              ) -> Leased:
     """PENDING -> RUNNING under a new lease with a fresh fencing token."""
     job, _ = load_job_for_update(tx, job_id)
     if job.state != Job.PENDING:
         raise illegal_transition(job_id, state_name(job.state), "lease")
-    return _lease(tx, job, lease_us, lock_key, identity)
+    return _lease(tx, job, lease_us, lock_key, identity, holder)
 
 
-def _lease(tx: WriteTx, job: Job, lease_us: int, lock_key: res.LockKey, identity: str) -> Leased:
+def _lease(tx: WriteTx, job: Job, lease_us: int, lock_key: res.LockKey, identity: str, holder: str = "") -> Leased:
     token = secrets.token_hex(16)
     expire = tx.now + lease_us
     job.state = Job.RUNNING
@@ -109,6 +117,8 @@ def _lease(tx: WriteTx, job: Job, lease_us: int, lock_key: res.LockKey, identity
         set_ts(job.start_time, tx.now)
     job.lease.lock_key.CopyFrom(lock_key)
     job.lease.identity = identity
+    if holder:
+        job.lease.holder = holder
     set_ts(job.lease.expire_time, expire)
     set_ts(job.lease.last_heartbeat_time, tx.now)
     job.lease.duration.FromMicroseconds(lease_us)
@@ -270,24 +280,25 @@ class Recovered:
     aborted: list[str]
 
 
-def recover_expired(tx: WriteTx, limit: int = 500) -> Recovered:
+def recover_expired(tx: WriteTx, limit: int = 500, all_projects: bool = False) -> Recovered:
     """Jobs whose lease ran out: ABORTING -> ABORTED; RUNNING -> PENDING (at once
     after a first expiry, then with a growing backoff), or FAILED once its
-    attempts are used up. Each records a problem."""
+    attempts are used up. Each records a problem. Only tx.project's jobs
+    (CleanExclusiveJobs), or every project's (the server's own sweep)."""
     m = models_for(tx.db)
+    cond = (m.JobRow.state.in_([Job.RUNNING, Job.ABORTING])) & (m.JobRow.lease_expire_time < tx.now)
+    if not all_projects:
+        cond &= m.JobRow.project == tx.project
     rows = list(
-        m.JobRow.select(m.JobRow.id)
-        .where(
-            (m.JobRow.project == tx.project)
-            & (m.JobRow.state.in_([Job.RUNNING, Job.ABORTING]))
-            & (m.JobRow.lease_expire_time < tx.now)
-        )
+        m.JobRow.select(m.JobRow.id, m.JobRow.project)
+        .where(cond)
         .order_by(m.JobRow.lease_expire_time)
         .limit(limit)
         .tuples()
     )
     out = Recovered([], [], [])
-    for (job_id,) in rows:
+    for job_id, project in rows:
+        tx.project = project  # events and hooks of this job belong to its project
         job, lease = load_job_for_update(tx, job_id)
         worker = owner_of(job.lease) or lease.owner
         last_hb = job.lease.last_heartbeat_time.ToJsonString() if job.lease.HasField("last_heartbeat_time") else ""

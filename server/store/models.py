@@ -5,6 +5,7 @@ A job row keeps the columns that filters, ordering and leasing need, plus
 """
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import peewee
@@ -131,7 +132,9 @@ class MetaRow(BaseModel):
     """Store-wide counters: `revision` (last committed), `compact_revision`
     (everything at or below it has been removed from job_events), `probe`
     (rewritten by the server's health probe, a write that changes nothing)
-    and `bulk_upload_number` (the last BulkUpload.number handed out)."""
+    and `bulk_upload_number` (the last BulkUpload.number handed out). Markers of
+    one-off work: `payload_check_version` (store/sanitize.py) and
+    `projects_registered` (create_schema)."""
 
     key = peewee.CharField(max_length=64, primary_key=True)
     value = peewee.BigIntegerField()
@@ -422,8 +425,9 @@ class ApiKeyRow(BaseModel):
 
 
 class AuditRow(BaseModel):
-    """An admin action (keys created and revoked; later projects): who, what,
-    when. Append-only."""
+    """An admin action (projects created and deleted, keys created and
+    revoked): who, what, when. Append-only: deleting a project keeps its
+    entries."""
 
     id = peewee.AutoField()
     project = peewee.CharField(max_length=64)
@@ -438,11 +442,26 @@ class AuditRow(BaseModel):
         indexes = ((("project", "id"), False),)
 
 
+class ProjectRow(BaseModel):
+    """A project (tenant); the `project` column of every other table names
+    one. Store-wide, like store_meta: the one table without a `project`
+    column of its own (store/projects.py)."""
+
+    name = peewee.CharField(max_length=64, primary_key=True)
+    display_name = peewee.CharField(max_length=256, default="")
+    description = peewee.TextField(default="")
+    creator = peewee.CharField(max_length=128, default="")
+    create_time = peewee.BigIntegerField()
+
+    class Meta:
+        table_name = "projects"
+
+
 ALL_MODELS = [
     JobRow, JobMetadataRow, JobEventRow, JobProblemRow, JobTypeRow, IdempotencyRow, MetaRow,
     EntryRow, EntryTagRow, MediaInfoRow, JobTemplateRow, CuePointRow, CuePointTagRow,
     BulkUploadRow, BulkUploadChunkRow, BulkUploadLineRow, BulkUploadObjectRow,
-    LiveJobRow, LiveOutputRow, LiveTimingRow, LiveCallbackRow, LiveClipRow, ApiKeyRow, AuditRow,
+    LiveJobRow, LiveOutputRow, LiveTimingRow, LiveCallbackRow, LiveClipRow, ApiKeyRow, AuditRow, ProjectRow,
 ]
 
 
@@ -474,6 +493,7 @@ class BoundModels:
     LiveClipRow: Any
     ApiKeyRow: Any
     AuditRow: Any
+    ProjectRow: Any
 
     def __init__(self, db: peewee.Database) -> None:
         self.all: list[Any] = []
@@ -494,7 +514,10 @@ def models_for(db: peewee.Database) -> BoundModels:
     return m
 
 
-def create_schema(db: peewee.Database) -> None:
+def create_schema(db: peewee.Database, home_project: str = "default") -> None:
+    """Create what is missing (tables, indexes, columns added later, the
+    store_meta counters) and the home project's row (`home_project`, the
+    server's project, cfg.project), so existing databases keep working."""
     m = models_for(db)
     with db.atomic():
         db.create_tables(m.all, safe=True)
@@ -511,3 +534,26 @@ def create_schema(db: peewee.Database) -> None:
                 db.execute_sql(f"CREATE INDEX IF NOT EXISTS {table}_{column} ON {table} ({column})")
         for key in ("revision", "compact_revision", "probe", "bulk_upload_number", "live_job_number"):
             m.MetaRow.insert(key=key, value=0).on_conflict_ignore().execute()
+        _register_projects(m, home_project)
+
+
+# Projects found in a database that predates the projects table, and the
+# home project, are created by the server itself.
+SERVER_CREATOR = "mediajobs-server"
+
+
+def _register_projects(m: BoundModels, home_project: str) -> None:
+    now = int(time.time() * 1_000_000)
+    # Once per database (marked by the store_meta key `projects_registered`):
+    # every project that already has rows gets its projects row, so a
+    # database made before the projects table keeps all of its data
+    # manageable (and deletable) through AdminService.
+    if m.MetaRow.get_or_none(m.MetaRow.key == "projects_registered") is None:
+        found: set[str] = set()
+        for model in m.all:
+            if "project" in model._meta.fields:
+                found.update(p for (p,) in model.select(model.project).distinct().tuples())
+        for name in sorted(found):
+            m.ProjectRow.insert(name=name, creator=SERVER_CREATOR, create_time=now).on_conflict_ignore().execute()
+        m.MetaRow.insert(key="projects_registered", value=1).on_conflict_ignore().execute()
+    m.ProjectRow.insert(name=home_project, creator=SERVER_CREATOR, create_time=now).on_conflict_ignore().execute()

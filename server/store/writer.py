@@ -49,6 +49,8 @@ class PendingEvent:
     data: bytes  # serialized JobEvent
     # For a PENDING job: when it may be leased (0 = now); tells waiting workers.
     available_time: int = 0
+    # The job's project: watchers and waiting workers see only their own.
+    project: str = ""
 
 
 class WriteTx:
@@ -87,6 +89,7 @@ class _Op:
     error: BaseException | None = None
     events: list[PendingEvent] = field(default_factory=list)
     bounded: bool = False
+    project: str = ""
 
 
 _STOP = object()
@@ -143,7 +146,7 @@ class GroupCommitWriter:
             self._q.put(_STOP)
             self._thread.join()
 
-    def submit(self, fn: Callable[[WriteTx], Any], bounded: bool = True) -> "asyncio.Future[Any]":
+    def submit(self, fn: Callable[[WriteTx], Any], bounded: bool = True, project: str = "") -> "asyncio.Future[Any]":
         """Queue a mutation; the returned future resolves after its commit.
         A bounded submit (every client request) is refused with
         RESOURCE_EXHAUSTED when max_queue mutations are already waiting;
@@ -154,15 +157,15 @@ class GroupCommitWriter:
             self._submitted += 1
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
-        self._q.put(_Op(fn, loop, fut, bounded=bounded))
+        self._q.put(_Op(fn, loop, fut, bounded=bounded, project=project or self.project))
         return fut
 
-    def run_sync(self, fn: Callable[[WriteTx], Any]) -> Any:
+    def run_sync(self, fn: Callable[[WriteTx], Any], project: str = "") -> Any:
         """Run a mutation from a non-async thread and wait for its commit."""
         import concurrent.futures
 
         fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        self._q.put(_Op(fn, None, fut))
+        self._q.put(_Op(fn, None, fut, project=project or self.project))
         return fut.result()
 
     # -- writer thread -------------------------------------------------------
@@ -248,6 +251,7 @@ class GroupCommitWriter:
                 started = True
                 tx = WriteTx(db, start_rev, self.clock(), self.project)
                 for op in batch:
+                    tx.project = op.project  # each mutation runs in its caller's project
                     mark = tx.mark()
                     try:
                         with db.atomic():  # savepoint
