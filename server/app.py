@@ -323,6 +323,8 @@ async def build_server(cfg: Config, clock: Callable[[], int] = now_us) -> App:
     admission = Admission(cfg.max_concurrent_rpcs, cfg.max_watch_streams, cfg.max_parked_acquires)
 
     auth = Authenticator(store) if cfg.auth == "keys" else None
+    if auth is not None:
+        auth.on_forget.append(hub.end_watchers)  # a revoked key's open watches end at once
     reflection_guard: list[grpc.aio.ServerInterceptor] = []
     if auth is not None and cfg.reflection_auth:
         reflection_guard.append(ReflectionGuard(auth))

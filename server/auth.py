@@ -68,15 +68,20 @@ class Authenticator:
         # Bumped by forget(): a lookup that started before a revocation does
         # not put the old answer back into the cache.
         self._generation = 0
+        # Called with (key_id, project) by forget().
+        self.on_forget: list[Callable[[str, str], None]] = []
 
-    def forget(self, match: Callable[[api_keys.ApiKey], bool]) -> None:
-        """Drop the cached keys `match` selects (revoked, or of a deleted
-        project), after the change committed: they are refused from the next
-        call on, not within CACHE_S."""
+    def forget(self, key_id: str = "", project: str = "") -> None:
+        """A key was revoked (`key_id`), or a project deleted with all its
+        keys (`project`), and the change committed: drop the cached keys,
+        so they are refused from the next call on (not within CACHE_S), and
+        tell the listeners (the watch hub ends those keys' open streams)."""
         self._generation += 1
         for text, (key, _expiry) in list(self._cache.items()):
-            if key is not None and match(key):
+            if key is not None and (key.id == key_id or key.project == project):
                 del self._cache[text]
+        for listener in self.on_forget:
+            listener(key_id, project)
 
     async def check(self, context: grpc.aio.ServicerContext, method: str, allowed: tuple[str, ...]
                     ) -> api_keys.ApiKey:

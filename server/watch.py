@@ -112,6 +112,10 @@ class Watcher:
     waiter: "asyncio.Future[bool] | None" = None
     desyncs: int = 0
     closed: bool = False
+    key_id: str = ""  # the API key the stream was opened with (--auth keys)
+    # Why the stream was ended by the server other than by shutdown (its
+    # key was revoked, its project deleted).
+    ended: ServiceError | None = None
 
     def matches(self, ev: PendingEvent) -> bool:
         if ev.project != self.project:
@@ -377,7 +381,25 @@ class WatchHub:
             w.closed = True
             w.wake()
 
+    def end_watchers(self, key_id: str = "", project: str = "") -> None:
+        """A key was revoked (`key_id`) or a project deleted (`project`): end
+        the streams opened with it UNAUTHENTICATED; a deleted project's
+        events also leave the buffer (a project made later under the same
+        name must not see them)."""
+        if project:
+            self.buffer = collections.deque((ev for ev in self.buffer if ev.project != project), maxlen=BUFFER_SIZE)
+        for w in list(self._registered):
+            if (key_id and w.key_id == key_id) or (project and w.project == project):
+                w.ended = ServiceError(
+                    grpc.StatusCode.UNAUTHENTICATED, "API_KEY_REVOKED",
+                    "the API key this stream was opened with was revoked (or its project deleted); "
+                    "open the watch again with a valid key")
+                w.closed = True
+                w.wake()
+
     def _closing_error(self, w: Watcher) -> ServiceError:
+        if w.ended is not None:
+            return w.ended
         return ServiceError(
             grpc.StatusCode.UNAVAILABLE,
             "SERVER_SHUTTING_DOWN",

@@ -245,7 +245,7 @@ def test_the_bootstrap_makes_lists_and_revokes_keys(tmp_path: Path) -> None:
     listed = run_server(tmp_path, "keys", "--db", db, "list")
     assert listed.stdout == run_server(tmp_path, "keys", "list", "--db", db).stdout
     key_id = key.split("_")[1].upper()
-    assert key_id in listed.stdout and "admin" in listed.stdout and key.split("_")[2] not in listed.stdout
+    assert key_id in listed.stdout and "admin" in listed.stdout and key.split("_", 2)[2] not in listed.stdout
     assert run_server(tmp_path, "keys", "--db", db, "revoke", key_id).returncode == 0
     again = run_server(tmp_path, "keys", "--db", db, "revoke", key_id)
     assert again.returncode == 1 and "no live key" in again.stderr

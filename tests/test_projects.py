@@ -82,8 +82,9 @@ async def new_project(ch: grpc.aio.Channel, home_admin: str, name: str) -> Tenan
 
 
 @pytest.fixture
-async def two(tmp_path: Path) -> AsyncIterator[tuple[App, Tenant, Tenant]]:
-    app = await start_app(str(tmp_path / "db.sqlite"), auth="keys", storage_root=tmp_path / "storage")
+async def two(db_url: str, tmp_path: Path) -> AsyncIterator[tuple[App, Tenant, Tenant]]:
+    """A server on SQLite and on PostgreSQL, with projects acme and globex."""
+    app = await start_app(db_url, auth="keys", storage_root=tmp_path / "storage")
     try:
         home_admin = await make_key(app, "admin")
         async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as ch:
@@ -313,6 +314,23 @@ async def test_storage_areas_cannot_be_named_or_probed_across_projects(
         code = await code_of(t.media.CreateEntry(msvc.CreateEntryRequest(
             entry=mres.Entry(name="x", source_uri=uri)), metadata=t.md()))
         assert code in (NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT), (t.name, uri, code)
+    made = await acme.media.CreateEntry(msvc.CreateEntryRequest(entry=mres.Entry(name="x", source_uri="mine.txt")),
+                                        metadata=acme.md())
+    assert made.source_uri == "mine.txt"
+    # Bulk sources resolve in the upload's project's area too.
+    up = await acme.bulk.StartBulkUpload(bsvc.StartBulkUploadRequest(
+        bulk_upload=bres.BulkUpload(file_name="c.csv"), content=b"name,source\nA,home.txt\nB,mine.txt\n"),
+        metadata=acme.md())
+    async for u in acme.bulk.WatchBulkUpload(bsvc.WatchBulkUploadRequest(id=up.id), metadata=acme.md(), timeout=60):
+        if u.counts.applied == 2:  # both records applied (B's entry then waits for a worker)
+            break
+    results = (await acme.bulk.ListBulkUploadResults(bsvc.ListBulkUploadResultsRequest(id=up.id),
+                                                     metadata=acme.md())).results
+    assert [r.status == bres.BulkUploadResult.ERROR for r in results] == [True, False], \
+        [(r.status, r.error.message) for r in results]
+    entry_b = await acme.media.GetEntry(msvc.GetEntryRequest(id=results[1].object_id), metadata=acme.md())
+    assert entry_b.source_uri == "mine.txt"
+    assert "does not exist" in results[0].error.message and str(root / "home.txt") not in results[0].error.message
 
 
 async def test_a_media_worker_works_inside_its_projects_area(two: tuple[App, Tenant, Tenant]) -> None:
@@ -357,3 +375,38 @@ async def test_quotas_are_per_project(tmp_path: Path) -> None:
             assert made.project == "globex"
     finally:
         await app.stop(None)
+
+
+async def test_revoking_a_key_ends_its_watches_and_a_deleted_projects_history_is_gone(
+        two: tuple[App, Tenant, Tenant]) -> None:
+    app, acme, globex = two
+    admin = admin_service_pb2_grpc.AdminServiceStub(acme.ch)
+    made = await admin.CreateApiKey(asvc.CreateApiKeyRequest(project="acme", role="viewer"), metadata=acme.md("admin"))
+    await app.hub.wait_for_watchers(0)
+    doomed = acme.jobs.WatchJobs(svc.WatchJobsRequest(), metadata=bearer(made.key), timeout=60)
+    kept = globex.jobs.WatchJobs(svc.WatchJobsRequest(), metadata=globex.md("viewer"), timeout=60)
+    await app.hub.wait_for_watchers(2)
+    await admin.RevokeApiKey(asvc.RevokeApiKeyRequest(id=made.api_key.id), metadata=acme.md("admin"))
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        async for _ in doomed:
+            pass
+    assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED and "revoked" in (e.value.details() or "")
+    await app.hub.wait_for_watchers(1)  # the other key's watch goes on
+    kept.cancel()
+
+    # A project deleted with force and made again under the same name starts
+    # with no history: not even the server's in-memory buffer shows the old one.
+    old = await acme.jobs.CreateJob(svc.CreateJobRequest(type="T"), metadata=acme.md())
+    home_admin = await make_key(app, "admin")
+    await admin.DeleteProject(asvc.DeleteProjectRequest(name="acme", force=True), metadata=bearer(home_admin))
+    assert await code_of(acme.jobs.GetJob(svc.GetJobRequest(id=old.id), metadata=acme.md())) == \
+        grpc.StatusCode.UNAUTHENTICATED  # its keys went with it
+    again = await new_project(acme.ch, home_admin, "acme")
+    fresh = await again.jobs.CreateJob(svc.CreateJobRequest(type="T"), metadata=again.md())
+    call = again.jobs.WatchJobs(svc.WatchJobsRequest(start_revision=1), metadata=again.md("viewer"), timeout=30)
+    async for resp in call:
+        if resp.events:
+            assert [ev.job.id for ev in resp.events] == [fresh.id]
+            call.cancel()
+            break
+    assert await code_of(again.jobs.GetJob(svc.GetJobRequest(id=old.id), metadata=again.md())) == NOT_FOUND

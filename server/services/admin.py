@@ -149,11 +149,12 @@ class AdminService(asvc_grpc.AdminServiceServicer):
         if scope is not None and project != scope:
             raise store_projects.not_found(project)
 
-    def _forget_keys(self, match: Callable[[api_keys.ApiKey], bool]) -> None:
-        """Drop matching keys from the Authenticator's cache (none without
-        --auth keys)."""
+    def _forget_keys(self, key_id: str = "", project: str = "") -> None:
+        """Refuse a revoked key, or a deleted project's keys, from now on:
+        out of the Authenticator's cache, their open streams ended (nothing
+        to do without --auth keys)."""
         if self.auth is not None:
-            self.auth.forget(match)
+            self.auth.forget(key_id, project)
 
     # -- projects ------------------------------------------------------------------------
 
@@ -197,7 +198,7 @@ class AdminService(asvc_grpc.AdminServiceServicer):
         actor = self._actor()
         resp = await self.store.write(lambda tx: store_projects.delete_project(
             tx.db, request.name, request.force, self.home, actor, tx.now))
-        self._forget_keys(lambda k: k.project == request.name)  # its keys are gone: refused from now on
+        self._forget_keys(project=request.name)  # its keys are gone: refused from now on
         return resp
 
     # -- API keys ------------------------------------------------------------------------
@@ -268,7 +269,7 @@ class AdminService(asvc_grpc.AdminServiceServicer):
             return key
 
         key = await self.store.write(revoke)
-        self._forget_keys(lambda k: k.id == key_id)  # refused from this reply on
+        self._forget_keys(key_id=key_id)  # refused from this reply on
         return store_projects.key_message(key)
 
     # -- audit log ------------------------------------------------------------------------

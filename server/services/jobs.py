@@ -266,8 +266,10 @@ class JobService(svc_grpc.JobServiceServicer):
                     f"the database may have been reset or restored: re-list with ListJobs and watch from its revision + 1",
                     metadata={"current_revision": str(current), "start_revision": str(start)},
                 )
+        who = caller()
         w = Watcher(
             project=self.store.scope(),
+            key_id=who.key_id if who is not None else "",
             job_ids=frozenset(request.job_ids),
             types=frozenset(request.types),
             states=frozenset(request.states),
