@@ -11,9 +11,11 @@ import ctypes
 import gc
 import logging
 import os
+import shutil
 import signal
+import tempfile
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -131,6 +133,10 @@ class App:
     bulk_runners: list[BulkRunner] = field(default_factory=list)
     callbacks: CallbackSender | None = None
     tls: TlsFiles | None = None
+    # With --http-listen: the gRPC address only the embedded gateway uses
+    # (a unix socket in a private directory), and the running gateway.
+    gateway_target: str = ""
+    gateway: Any = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     draining: bool = False
     # Whether health says SERVING (the database takes writes).
@@ -139,6 +145,15 @@ class App:
 
     async def start(self) -> None:
         await self.server.start()
+        if self.gateway_target:
+            from .gateway.app import Gateway
+            from .gateway.upstream import Upstream
+
+            try:
+                self.gateway = await Gateway(Upstream(self.gateway_target)).start(self.cfg.http_listen)
+            except OSError as e:
+                await self.server.stop(None)
+                raise StartupError(f"--http-listen: cannot listen on {self.cfg.http_listen}: {e.strerror}") from None
         loop = asyncio.get_running_loop()
         # The writer thread reports when writes stop or start working; the
         # database watcher turns that into health at once.
@@ -215,10 +230,14 @@ class App:
     async def stop(self, grace: float | None = None) -> None:
         """Drain: health NOT_SERVING, let calls finish, stop sweeps, close the store."""
         self.draining = True
+        if self.gateway is not None:
+            await self.gateway.stop()  # HTTP first: its calls are calls of this server
         await self.health.enter_graceful_shutdown()
         self.hub.close()  # watch streams end at once with UNAVAILABLE; unary calls get `grace`
         self.dispatcher.close()  # waiting AcquireJobs calls return (empty) at once
         await self.server.stop(grace)
+        if self.gateway_target:
+            shutil.rmtree(os.path.dirname(self.gateway_target.removeprefix("unix:")), ignore_errors=True)
         await self.worker_service.give_backs_done()  # jobs whose AcquireJobs reply was lost go back first
         for t in self.tasks:
             t.cancel()
@@ -370,9 +389,17 @@ async def build_server(cfg: Config, clock: Callable[[], int] = now_us) -> App:
         store.close()
         raise StartupError(f"--listen: cannot listen on {cfg.listen}: the address is in use or not this machine's; "
                            "pick another with --listen HOST:PORT")
+    gateway_target = ""
+    if cfg.http_listen:
+        # The embedded gateway calls the API like any client, but over a
+        # unix socket only this process knows (keys are still checked; TLS
+        # is not needed on a socket in a private directory).
+        sock_dir = tempfile.mkdtemp(prefix="mediajobs-gw-")
+        gateway_target = f"unix:{sock_dir}/grpc.sock"
+        server.add_insecure_port(gateway_target)
     callbacks = CallbackSender(store, cfg.allow_private_callbacks, store.clock)
     return App(cfg, server, port, store, hub, dispatcher, health_servicer, admission, worker_service, bulk_runners,
-               callbacks, tls)
+               callbacks, tls, gateway_target)
 
 
 # Garbage collection while serving: start-up objects never die, so they are
@@ -471,7 +498,9 @@ async def serve(cfg: Config) -> None:
           f"  database:     {app.store.display_url}\n"
           f"  durability:   {durability_summary(cfg.durability, is_postgres(app.store.db))}\n"
           f"  storage root: {cfg.storage_dir()}\n"
-          f"  tls:          {tls_summary(cfg)}",
+          f"  tls:          {tls_summary(cfg)}"
+          + (f"\n  http gateway: http://{cfg.http_listen.rsplit(':', 1)[0]}:{app.gateway.port}"
+             if app.gateway is not None else ""),
           flush=True)
     await stop.wait()
     log.info("draining (grace %.1fs)", cfg.shutdown_grace_s)

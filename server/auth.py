@@ -48,7 +48,7 @@ def roles_for(service: str, method: str) -> tuple[str, ...]:
     its Get/List calls included (checked before the read prefixes); which
     projects an admin key reaches is AdminService's own check."""
     if service == ADMIN_SERVICE:
-        return ("admin",)
+        return ("admin", "editor", "worker", "viewer") if method == "GetCaller" else ("admin",)
     if service == WORKER_SERVICE:
         return ("admin", "worker")
     if method in BATCH_CALLS:

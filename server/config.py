@@ -83,6 +83,8 @@ class Config:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
+    # The HTTP gateway inside the server (HOST:PORT; "" = none).
+    http_listen: str = ""
     # SRT ingest for live jobs: HOST:LOW-HIGH (empty: SRT not available).
     live_srt_ingest: str = ""
     # Live jobs' callbacks may go to private and loopback addresses.
@@ -130,6 +132,8 @@ def _flag(text: str) -> bool:
 
 _FLAGS: list[tuple[str, str, Callable[[str], object] | None, object, str]] = [
     ("--listen", "MEDIAJOBS_LISTEN", None, Config.listen, "HOST:PORT to listen on"),
+    ("--http-listen", "MEDIAJOBS_HTTP_LISTEN", None, "",
+     "HOST:PORT of the HTTP gateway served by this process (REST/JSON over the same API; default: none)"),
     ("--db", "MEDIAJOBS_DB", None, "",
      "SQLite file path or database URL such as postgresql://user@host/db (default DATA_DIR/mediajobs.db)"),
     ("--data-dir", "MEDIAJOBS_DATA_DIR", None, None,
@@ -219,10 +223,10 @@ def _env_default(env: dict[str, str], flag: str, var: str, parse: Callable[[str]
         raise ConfigError(f"environment variable {var} (the {flag} flag): {e}") from None
 
 
-def _check_listen(listen: str) -> None:
+def _check_listen(listen: str, flag: str = "--listen") -> None:
     host, sep, port = listen.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"--listen: {listen[:60]!r} is not HOST:PORT (e.g. 127.0.0.1:50051, [::]:50051, 0.0.0.0:0)")
+        raise ConfigError(f"{flag}: {listen[:60]!r} is not HOST:PORT (e.g. 127.0.0.1:50051, [::]:50051, 0.0.0.0:0)")
 
 
 def is_loopback(listen: str) -> bool:
@@ -304,6 +308,12 @@ def parse_args(argv: list[str] | None = None, env: dict[str, str] | None = None)
             raise ConfigError(f"--listen {a.listen[:60]} can be reached from other machines, but without "
                               f"{missing} anyone there could do anything: add {missing}, or give --insecure "
                               "to serve it as it is (a trusted network)")
+        if a.http_listen:
+            _check_listen(a.http_listen, "--http-listen")
+            if not is_loopback(a.http_listen) and not a.insecure:
+                raise ConfigError(f"--http-listen {a.http_listen[:60]} can be reached from other machines, but the "
+                                  "HTTP gateway has no TLS of its own: keep it on a loopback address behind a TLS "
+                                  "proxy, or give --insecure (a trusted network)")
         if a.reflection_auth and auth != "keys":
             raise ConfigError("--reflection-auth goes with --auth keys (without keys there is nothing to check)")
         if bool(a.tls_cert) != bool(a.tls_key):
@@ -347,4 +357,5 @@ def parse_args(argv: list[str] | None = None, env: dict[str, str] | None = None)
         tls_cert=Path(a.tls_cert).expanduser() if a.tls_cert else None,
         tls_key=Path(a.tls_key).expanduser() if a.tls_key else None,
         tls_client_ca=Path(a.tls_client_ca).expanduser() if a.tls_client_ca else None,
+        http_listen=a.http_listen,
     )

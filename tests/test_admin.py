@@ -420,10 +420,16 @@ async def test_a_project_admin_reaches_its_own_project_only(lite: Env) -> None:
 
 async def test_other_roles_and_no_key_are_refused(lite: Env) -> None:
     env = lite
-    methods = [m.name for m in asvc.DESCRIPTOR.services_by_name["AdminService"].methods]
+    methods = [m.name for m in asvc.DESCRIPTOR.services_by_name["AdminService"].methods if m.name != "GetCaller"]
     assert len(methods) == 8
     for m in methods:
         assert roles_for("mediajobs.v1.AdminService", m) == ("admin",)
+    # GetCaller: any key may ask who it is; nobody without one.
+    for role in ("editor", "worker", "viewer", "admin"):
+        key = await bootstrap_key(env.app, role)
+        who = await env.admin.GetCaller(asvc.GetCallerRequest(), metadata=bearer(key))
+        assert (who.project, who.role, who.home) == ("default", role, True) and who.key_id == key_id(key)
+    assert await status(env.admin.GetCaller(asvc.GetCallerRequest())) == UNAUTHENTICATED
     requests = {
         "CreateProject": asvc.CreateProjectRequest(project=asvc.Project(name="x")),
         "GetProject": asvc.GetProjectRequest(name="default"),

@@ -83,7 +83,7 @@ MATRIX = {
     },
     "AdminService": {
         "CreateProject": "a", "GetProject": "a", "ListProjects": "a", "DeleteProject": "a", "CreateApiKey": "a",
-        "ListApiKeys": "a", "RevokeApiKey": "a", "ListAuditEntries": "a",
+        "ListApiKeys": "a", "RevokeApiKey": "a", "ListAuditEntries": "a", "GetCaller": "aevw",
     },
 }
 ROLE_LETTER = {"admin": "a", "editor": "e", "worker": "w", "viewer": "v"}

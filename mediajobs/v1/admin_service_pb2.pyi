@@ -47,6 +47,59 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class GetCallerRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCallerRequest: _TypeAlias = GetCallerRequest  # noqa: Y015
+
+@_typing.final
+class Caller(_message.Message):
+    """The caller of GetCaller."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    HOME_FIELD_NUMBER: _builtins.int
+    project: _builtins.str
+    """The project every call of this caller works in."""
+    role: _builtins.str
+    """admin, editor, worker or viewer; "" without API keys (anyone may do
+    anything then).
+    """
+    key_id: _builtins.str
+    """The API key's id; "" without API keys."""
+    home: _builtins.bool
+    """Whether this project is the server's home project (its admins are
+    system admins).
+    """
+    def __init__(
+        self,
+        *,
+        project: _builtins.str = ...,
+        role: _builtins.str = ...,
+        key_id: _builtins.str = ...,
+        home: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["home", b"home", "key_id", b"key_id", "project", b"project", "role", b"role"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Caller: _TypeAlias = Caller  # noqa: Y015
+
+@_typing.final
 class Project(_message.Message):
     """A tenant: every job, entry, template, cue point, media info, bulk upload,
     live job and API key belongs to one project.

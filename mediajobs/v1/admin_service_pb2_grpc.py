@@ -74,6 +74,11 @@ class AdminServiceStub:
                 request_serializer=mediajobs_dot_v1_dot_admin__service__pb2.ListAuditEntriesRequest.SerializeToString,
                 response_deserializer=mediajobs_dot_v1_dot_admin__service__pb2.ListAuditEntriesResponse.FromString,
                 _registered_method=True)
+        self.GetCaller = channel.unary_unary(
+                '/mediajobs.v1.AdminService/GetCaller',
+                request_serializer=mediajobs_dot_v1_dot_admin__service__pb2.GetCallerRequest.SerializeToString,
+                response_deserializer=mediajobs_dot_v1_dot_admin__service__pb2.Caller.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -161,6 +166,15 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetCaller(self, request, context):
+        """Who the caller is: its key's id, project and role (any role may ask;
+        without API keys, the home project and no key). Gateways and tools use
+        it to learn a key's project without probing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -203,6 +217,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListAuditEntries,
                     request_deserializer=mediajobs_dot_v1_dot_admin__service__pb2.ListAuditEntriesRequest.FromString,
                     response_serializer=mediajobs_dot_v1_dot_admin__service__pb2.ListAuditEntriesResponse.SerializeToString,
+            ),
+            'GetCaller': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCaller,
+                    request_deserializer=mediajobs_dot_v1_dot_admin__service__pb2.GetCallerRequest.FromString,
+                    response_serializer=mediajobs_dot_v1_dot_admin__service__pb2.Caller.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -421,6 +440,33 @@ class AdminService:
             '/mediajobs.v1.AdminService/ListAuditEntries',
             mediajobs_dot_v1_dot_admin__service__pb2.ListAuditEntriesRequest.SerializeToString,
             mediajobs_dot_v1_dot_admin__service__pb2.ListAuditEntriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCaller(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mediajobs.v1.AdminService/GetCaller',
+            mediajobs_dot_v1_dot_admin__service__pb2.GetCallerRequest.SerializeToString,
+            mediajobs_dot_v1_dot_admin__service__pb2.Caller.FromString,
             options,
             channel_credentials,
             insecure,

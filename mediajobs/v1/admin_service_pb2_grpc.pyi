@@ -108,6 +108,11 @@ class AdminServiceStub:
     size, a bad page token), NOT_FOUND (another project for a project
     admin).
     """
+    GetCaller: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.GetCallerRequest, _admin_service_pb2.Caller]
+    """Who the caller is: its key's id, project and role (any role may ask;
+    without API keys, the home project and no key). Gateways and tools use
+    it to learn a key's project without probing.
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -161,6 +166,11 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """The audit log, newest first. Errors: INVALID_ARGUMENT (a negative page
     size, a bad page token), NOT_FOUND (another project for a project
     admin).
+    """
+    GetCaller: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.GetCallerRequest, _admin_service_pb2.Caller]  # type: ignore[assignment]
+    """Who the caller is: its key's id, project and role (any role may ask;
+    without API keys, the home project and no key). Gateways and tools use
+    it to learn a key's project without probing.
     """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -260,6 +270,17 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         """The audit log, newest first. Errors: INVALID_ARGUMENT (a negative page
         size, a bad page token), NOT_FOUND (another project for a project
         admin).
+        """
+
+    @_abc_1.abstractmethod
+    def GetCaller(
+        self,
+        request: _admin_service_pb2.GetCallerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_service_pb2.Caller, _abc.Awaitable[_admin_service_pb2.Caller]]:
+        """Who the caller is: its key's id, project and role (any role may ask;
+        without API keys, the home project and no key). Gateways and tools use
+        it to learn a key's project without probing.
         """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -64,7 +64,7 @@ class Job(_message.Message):
         Vocabulary mapping (this API <- Vidispine / Bytescale / Kaltura batch):
           PENDING   <- READY, WAITING, STARTED-not-yet-leased / Created, Pending / PENDING, QUEUED
           RUNNING   <- STARTED, IN_PROGRESS / Running / PROCESSING, PROCESSED, MOVEFILE
-          ABORTING  <- ABORTED_PENDING / Cancelling, Rollback / (none)
+          ABORTING  <- ABORT_PENDING / Cancelling, Rollback / (none)
           SUCCEEDED <- FINISHED / Succeeded / FINISHED
           FAILED    <- FAILED_TOTAL / Failed / FAILED, FATAL
           ABORTED   <- ABORTED / Cancelled / ABORTED

@@ -288,6 +288,13 @@ class AdminService(asvc_grpc.AdminServiceServicer):
             resp.next_page_token = encode_token([rows[size - 1].id], fp)
         return resp
 
+    @handle_errors
+    async def GetCaller(self, request: asvc.GetCallerRequest, context: grpc.aio.ServicerContext) -> asvc.Caller:
+        c = caller()
+        if c is None:
+            return asvc.Caller(project=self.home, home=True)
+        return asvc.Caller(project=c.project, role=c.role, key_id=c.key_id, home=c.project == self.home)
+
     def _project_filter(self, given: str) -> str | None:
         """The project a list is limited to: a project admin's own (another
         is NOT_FOUND), else `given` (None: every project)."""

@@ -1,0 +1,83 @@
+"""`mediajobs-gateway`: the HTTP gateway as a process of its own, in front of
+a mediajobs gRPC server (any number of gateways per server).
+
+    mediajobs-gateway --server 127.0.0.1:50051 --listen 127.0.0.1:8080
+
+Every call carries the HTTP request's `Authorization: Bearer <API key>` to
+the server, which checks it: the gateway holds no credentials of its own.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+import grpc
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="mediajobs-gateway", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--server", default=os.environ.get("MEDIAJOBS_SERVER", "127.0.0.1:50051"),
+                    help="the mediajobs gRPC server, HOST:PORT (env MEDIAJOBS_SERVER; default 127.0.0.1:50051)")
+    ap.add_argument("--listen", default=os.environ.get("MEDIAJOBS_GATEWAY_LISTEN", "127.0.0.1:8080"),
+                    help="HOST:PORT to serve HTTP on (env MEDIAJOBS_GATEWAY_LISTEN; default 127.0.0.1:8080)")
+    ap.add_argument("--tls-ca", default=os.environ.get("MEDIAJOBS_TLS_CA", ""),
+                    help="the server uses TLS: trust this CA file (env MEDIAJOBS_TLS_CA)")
+    ap.add_argument("--tls-system-roots", action="store_true",
+                    help="the server uses TLS: trust the system's CAs")
+    ap.add_argument("--insecure", action="store_true",
+                    help="allow a --listen address other machines can reach (the gateway has no TLS of its own: "
+                         "put it behind a TLS proxy)")
+    ap.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    a = ap.parse_args(argv)
+    from ..config import ConfigError, _check_listen, is_loopback
+
+    try:
+        _check_listen(a.listen)
+        if not is_loopback(a.listen) and not a.insecure:
+            raise ConfigError(f"--listen {a.listen[:60]} can be reached from other machines, but the gateway has "
+                              "no TLS of its own: keep it on a loopback address behind a TLS proxy, or give "
+                              "--insecure (a trusted network)")
+    except ConfigError as e:
+        ap.exit(2, f"mediajobs-gateway: {e}\n")
+    return a
+
+
+async def run(a: argparse.Namespace) -> None:
+    from .app import Gateway
+    from .upstream import Upstream
+
+    credentials = None
+    if a.tls_ca or a.tls_system_roots:
+        root = Path(a.tls_ca).expanduser().read_bytes() if a.tls_ca else None
+        credentials = grpc.ssl_channel_credentials(root_certificates=root)
+    gw = await Gateway(Upstream(a.server, credentials)).start(a.listen)
+    print(f"mediajobs-gateway listening on http://{a.listen.rsplit(':', 1)[0]}:{gw.port} -> {a.server}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await gw.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(run(a))
+    except OSError as e:
+        print(f"mediajobs-gateway: cannot listen on {a.listen}: {e.strerror}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
