@@ -150,7 +150,8 @@ class App:
             from .gateway.upstream import Upstream
 
             try:
-                self.gateway = await Gateway(Upstream(self.gateway_target)).start(self.cfg.http_listen)
+                settings = {"kaltura_partners": self.cfg.kaltura_partners}
+                self.gateway = await Gateway(Upstream(self.gateway_target), settings).start(self.cfg.http_listen)
             except OSError as e:
                 await self.server.stop(None)
                 raise StartupError(f"--http-listen: cannot listen on {self.cfg.http_listen}: {e.strerror}") from None

@@ -83,8 +83,10 @@ class Config:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
-    # The HTTP gateway inside the server (HOST:PORT; "" = none).
+    # The HTTP gateway inside the server (HOST:PORT; "" = none), and its
+    # Kaltura partners file (partner id -> KS secret and API key).
     http_listen: str = ""
+    kaltura_partners: str = ""
     # SRT ingest for live jobs: HOST:LOW-HIGH (empty: SRT not available).
     live_srt_ingest: str = ""
     # Live jobs' callbacks may go to private and loopback addresses.
@@ -134,6 +136,8 @@ _FLAGS: list[tuple[str, str, Callable[[str], object] | None, object, str]] = [
     ("--listen", "MEDIAJOBS_LISTEN", None, Config.listen, "HOST:PORT to listen on"),
     ("--http-listen", "MEDIAJOBS_HTTP_LISTEN", None, "",
      "HOST:PORT of the HTTP gateway served by this process (REST/JSON over the same API; default: none)"),
+    ("--kaltura-partners", "MEDIAJOBS_KALTURA_PARTNERS", None, "",
+     "the HTTP gateway's Kaltura partners file: JSON {partnerId: {secret, api_key, user_api_key}} (KS sessions)"),
     ("--db", "MEDIAJOBS_DB", None, "",
      "SQLite file path or database URL such as postgresql://user@host/db (default DATA_DIR/mediajobs.db)"),
     ("--data-dir", "MEDIAJOBS_DATA_DIR", None, None,
@@ -358,4 +362,5 @@ def parse_args(argv: list[str] | None = None, env: dict[str, str] | None = None)
         tls_key=Path(a.tls_key).expanduser() if a.tls_key else None,
         tls_client_ca=Path(a.tls_client_ca).expanduser() if a.tls_client_ca else None,
         http_listen=a.http_listen,
+        kaltura_partners=a.kaltura_partners,
     )

@@ -133,6 +133,9 @@ async def test_keys_pass_through_so_roles_and_projects_hold(tmp_path: Path) -> N
         async with aiohttp.ClientSession() as s:
             r = await s.get(f"{base}/v1/jobs")
             assert r.status == 401 and r.headers["WWW-Authenticate"].startswith("Bearer")
+            r = await s.get(f"{base}/v1/jobs", headers={"Authorization": "Bearer mjk_\u00e9t\u00e9".encode().decode(
+                "latin-1")})
+            assert r.status == 401  # a key gRPC metadata cannot carry: refused, not a 500
             assert (await r.json())["error"]["status"] == "UNAUTHENTICATED"
             r = await s.post(f"{base}/v1/jobs", json={"type": "T"}, headers={"Authorization": f"Bearer {viewer}"})
             assert r.status == 403 and "editor" in (await r.json())["error"]["message"]

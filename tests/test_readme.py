@@ -7,7 +7,8 @@ storage root as it is on a developer's machine):
 
 - ```sh blocks: command by command in one bash process (so `JOB=$(...)`
   carries on to the next command, as in a terminal), `localhost:50051` and
-  `127.0.0.1:50051` rewritten to the test server, MEDIAJOBS_SERVER set to it,
+  `127.0.0.1:50051` rewritten to the test server (`localhost:8080` and
+  `127.0.0.1:8080` to its HTTP gateway), MEDIAJOBS_SERVER set to it,
   `.venv/bin` first on PATH (mediajobs, grpcurl 1.8.6 from the dev extra).
   Each command must exit 0, and some outputs are checked (CHECKS below).
   A command ending in `&`, or whose comment says "until Ctrl-C", runs in its
@@ -45,6 +46,7 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 VENV_BIN = Path(sys.executable).parent
 SKIP_MARK = "<!-- readme-test: skip"
 ADDRESSES = ("localhost:50051", "127.0.0.1:50051")
+HTTP_ADDRESSES = ("localhost:8080", "127.0.0.1:8080")  # the HTTP gateway (--http-listen)
 CTRL_C = re.compile(r"#.*\buntil Ctrl-C\b")
 BACKGROUND = re.compile(r"\s&\s*(#.*)?$")
 FILE_NAME = re.compile(r"^(?:#|<!--)\s*([\w.-]+\.(?:py|xml|json))\s*(?:-->)?\s*$")
@@ -102,9 +104,11 @@ def split_commands(script: str) -> list[str]:
     return commands
 
 
-def rewrite(text: str, port: int) -> str:
+def rewrite(text: str, port: int, http_port: int = 0) -> str:
     for address in ADDRESSES:
         text = text.replace(address, f"127.0.0.1:{port}")
+    for address in HTTP_ADDRESSES:
+        text = text.replace(address, f"127.0.0.1:{http_port}")
     return text
 
 
@@ -336,7 +340,7 @@ async def test_every_readme_example_runs_as_written(tmp_path: Path) -> None:
     home.mkdir()
     cwd.mkdir()
     data_dir = home / ".local" / "share" / "mediajobs"
-    app: App = await start_app(str(data_dir / "mediajobs.db"), data_dir=data_dir)
+    app: App = await start_app(str(data_dir / "mediajobs.db"), data_dir=data_dir, http_listen="127.0.0.1:0")
     assert app.cfg.storage_dir() == data_dir / "storage"  # the default, as `scripts/serve` has it
     shell = Shell(cwd, command_env(home, app.port))
     background: list[Running] = []
@@ -346,7 +350,7 @@ async def test_every_readme_example_runs_as_written(tmp_path: Path) -> None:
         for block in readme_blocks(README.read_text()):
             if block.skip or block.lang not in ("sh", "python", "xml"):
                 continue
-            text = rewrite(block.text, app.port)
+            text = rewrite(block.text, app.port, app.gateway.port)
             first = text.splitlines()[0]
             if block.lang == "xml":
                 ElementTree.fromstring(text.encode())

@@ -30,6 +30,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="the server uses TLS: trust this CA file (env MEDIAJOBS_TLS_CA)")
     ap.add_argument("--tls-system-roots", action="store_true",
                     help="the server uses TLS: trust the system's CAs")
+    ap.add_argument("--kaltura-partners", default=os.environ.get("MEDIAJOBS_KALTURA_PARTNERS", ""),
+                    help="Kaltura partners file: JSON {partnerId: {secret, api_key, user_api_key}} for KS "
+                         "sessions (env MEDIAJOBS_KALTURA_PARTNERS)")
     ap.add_argument("--insecure", action="store_true",
                     help="allow a --listen address other machines can reach (the gateway has no TLS of its own: "
                          "put it behind a TLS proxy)")
@@ -56,7 +59,7 @@ async def run(a: argparse.Namespace) -> None:
     if a.tls_ca or a.tls_system_roots:
         root = Path(a.tls_ca).expanduser().read_bytes() if a.tls_ca else None
         credentials = grpc.ssl_channel_credentials(root_certificates=root)
-    gw = await Gateway(Upstream(a.server, credentials)).start(a.listen)
+    gw = await Gateway(Upstream(a.server, credentials), {"kaltura_partners": a.kaltura_partners}).start(a.listen)
     print(f"mediajobs-gateway listening on http://{a.listen.rsplit(':', 1)[0]}:{gw.port} -> {a.server}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -28,10 +28,13 @@ UPSTREAM_KEY = web.AppKey("upstream", Upstream)
 # code, message, reason, HTTP status) -> response.
 ErrorForm = Callable[[web.Request, grpc.StatusCode, str, str, int], web.StreamResponse]
 ERROR_FORMS_KEY = web.AppKey("error_forms", dict)
+# Settings of the dialects (e.g. "kaltura_partners": the Kaltura partners
+# file), from the server's or mediajobs-gateway's flags.
+SETTINGS_KEY = web.AppKey("settings", dict)
 
 # The modules that add routes besides the REST table, each with
 # add_routes(app, upstream): mediajobs' own extras and the vendor dialects.
-ROUTE_MODULES: tuple[str, ...] = ("vidispine", "livejobs")
+ROUTE_MODULES: tuple[str, ...] = ("vidispine", "livejobs", "kaltura", "transcode", "bytescale")
 
 
 def _mediajobs_form(request: web.Request, code: grpc.StatusCode, message: str, reason: str, http: int
@@ -69,9 +72,10 @@ async def json_errors(request: web.Request, handler: Callable[[web.Request], Awa
                     "GATEWAY_ERROR", 500)
 
 
-def build_app(upstream: Upstream) -> web.Application:
+def build_app(upstream: Upstream, settings: dict[str, str] | None = None) -> web.Application:
     app = web.Application(middlewares=[json_errors], client_max_size=MAX_BODY_BYTES)
     app[UPSTREAM_KEY] = upstream
+    app[SETTINGS_KEY] = dict(settings or {})
     app[ERROR_FORMS_KEY] = {}
     for route in rest.ROUTES:
         app.router.add_route(route.method, route.aiohttp_path, handler(route, upstream))
@@ -83,9 +87,9 @@ def build_app(upstream: Upstream) -> web.Application:
 class Gateway:
     """A running gateway: the application on an HTTP listener."""
 
-    def __init__(self, upstream: Upstream) -> None:
+    def __init__(self, upstream: Upstream, settings: dict[str, str] | None = None) -> None:
         self.upstream = upstream
-        self.app = build_app(upstream)
+        self.app = build_app(upstream, settings)
         self.runner: web.AppRunner | None = None
         self.port = 0
 

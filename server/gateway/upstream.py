@@ -55,6 +55,11 @@ def call_metadata(request: web.Request) -> list[tuple[str, str]]:
     """What of the HTTP request goes onto the gRPC call: the API key
     (`Authorization: Bearer <key>`), as the gRPC API takes it."""
     auth = request.headers.get("Authorization", "")
-    if auth[:7].lower() == "bearer " and len(auth) <= 4096:
-        return [("authorization", "Bearer " + auth[7:].strip())]
-    return []
+    if auth[:7].lower() != "bearer ":
+        return []
+    key = auth[7:].strip()
+    if len(key) > 4096 or not key.isascii() or not key.isprintable():
+        # gRPC metadata takes printable ASCII only: a key with anything else
+        # is no key anyone has, so it goes on as one the server refuses.
+        key = "mjk_invalid"
+    return [("authorization", "Bearer " + key)]
