@@ -320,7 +320,13 @@ async def test_an_acquire_whose_deadline_passes_while_its_lease_commits_gives_th
             with pytest.raises(grpc.aio.AioRpcError) as e:
                 await workers.AcquireJobs(wsvc.AcquireJobsRequest(job_types=["DL"], no_wait=True), timeout=0.3)
             assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        # The lease committed after the caller had gone: it is undone.
+        # The lease committed after the caller had gone: it is undone. (The
+        # server may notice the deadline after the client does, so follow the
+        # job's changes until it is PENDING again, rather than racing it.)
+        async for resp in jobs.WatchJobs(svc.WatchJobsRequest(job_ids=[job.id], start_revision=job.revision + 1),
+                                         timeout=60):
+            if any(ev.job.state == Job.PENDING for ev in resp.events):
+                break
         await app.worker_service.give_backs_done()
         back = await jobs.GetJob(svc.GetJobRequest(id=job.id))
         assert back.state == Job.PENDING and back.attempt_count == 0

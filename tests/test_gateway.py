@@ -193,3 +193,48 @@ async def test_the_gateway_as_a_process_of_its_own(gw: tuple[App, str, aiohttp.C
     finally:
         proc.terminate()
         assert await asyncio.wait_for(proc.wait(), 30) == 0
+
+
+async def test_a_bulk_uploads_file_and_log_over_http(gw: tuple[App, str, aiohttp.ClientSession]) -> None:
+    import hashlib
+
+    _app, base, s = gw
+    content = b"name,reference_id\n" + b"".join(b"Clip %d,ref-%d\n" % (i, i) for i in range(60_000)) + b",missing\n"
+    up = await (await s.post(f"{base}/v1/bulkUploads", json={"bulkUpload": {"fileName": "big.csv"}})).json()
+    assert up["state"] == "UPLOADING", up
+    # Streamed in two writes (more than one 1 MiB chunk in all), the second finishing the file.
+    half = len(content) // 2
+    r = await s.put(f"{base}/v1/bulkUploads/{up['id']}/file", data=content[:half])
+    assert r.status == 200 and int((await r.json())["committedSize"]) == half
+    status = await (await s.get(f"{base}/v1/bulkUploads/{up['id']}:writeStatus")).json()
+    assert int(status["committedSize"]) == half
+    r = await s.put(f"{base}/v1/bulkUploads/{up['id']}/file", data=content[half:],
+                    params={"writeOffset": str(half), "finishWrite": "true",
+                            "sha256": hashlib.sha256(content).hexdigest()})
+    done = await r.json()
+    assert r.status == 200 and int(done["committedSize"]) == len(content), done
+    # A write at the wrong offset is refused by the server, as JSON.
+    r = await s.put(f"{base}/v1/bulkUploads/{up['id']}/file", data=b"x", params={"writeOffset": "3"})
+    assert r.status in (400, 409) and "error" in await r.json()
+    # The file comes back byte for byte.
+    r = await s.get(f"{base}/v1/bulkUploads/{up['id']}/file")
+    assert r.status == 200 and r.content_type == "text/csv" and await r.read() == content
+    r = await s.get(f"{base}/v1/bulkUploads/{up['id']}/file", params={"readOffset": "5", "readLimit": "10"})
+    assert await r.read() == content[5:15]
+    # Once applied (followed on WatchBulkUpload), the log of its errors: the record without a name.
+    import grpc
+
+    from mediajobs.v1 import bulk_upload_service_pb2 as bsvc
+    from mediajobs.v1 import bulk_upload_service_pb2_grpc
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{_app.port}") as ch:
+        async for u in bulk_upload_service_pb2_grpc.BulkUploadServiceStub(ch).WatchBulkUpload(
+                bsvc.WatchBulkUploadRequest(id=up["id"]), timeout=120):
+            if u.counts.applied == u.counts.total_records and u.counts.total_records:
+                break
+    r = await s.get(f"{base}/v1/bulkUploads/{up['id']}/log", params={"format": "JSONL", "statuses": "ERROR"})
+    lines = (await r.text()).splitlines()
+    assert r.content_type == "application/x-ndjson" and len(lines) == 1 and "missing" in lines[0]
+    r = await s.get(f"{base}/v1/bulkUploads/01HA255YE6H6DEETJ5M6595ZDA/log")
+    assert r.status == 404 and (await r.json())["error"]["status"] == "NOT_FOUND"
+

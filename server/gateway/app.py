@@ -34,7 +34,7 @@ SETTINGS_KEY = web.AppKey("settings", dict)
 
 # The modules that add routes besides the REST table, each with
 # add_routes(app, upstream): mediajobs' own extras and the vendor dialects.
-ROUTE_MODULES: tuple[str, ...] = ("openapi", "vidispine", "livejobs", "kaltura", "transcode", "bytescale")
+ROUTE_MODULES: tuple[str, ...] = ("openapi", "vidispine", "livejobs", "transcode", "bytescale", "sse", "kaltura", "bulk_files")
 
 
 def _mediajobs_form(request: web.Request, code: grpc.StatusCode, message: str, reason: str, http: int
