@@ -3,8 +3,11 @@ a mediajobs gRPC server (any number of gateways per server).
 
     mediajobs-gateway --server 127.0.0.1:50051 --listen 127.0.0.1:8080
 
-Every call carries the HTTP request's `Authorization: Bearer <API key>` to
-the server, which checks it: the gateway holds no credentials of its own.
+Every call carries the HTTP request's API key to the server, which checks
+it (`Authorization: Bearer <key>`, or the vendor dialect's form of it): the
+gateway holds no credentials of its own, except the Kaltura partners file
+(--kaltura-partners), since Kaltura's clients sign their sessions with a
+secret the server does not keep.
 """
 from __future__ import annotations
 
