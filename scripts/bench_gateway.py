@@ -8,9 +8,9 @@ Targets: (a) HTTP GET /v1/jobs/{id} >= 0.5 of GetJob's calls/s over gRPC;
 each subscriber.
 
 The server runs as a separate process (`python -m mediajobs.server`) on a
-fresh temporary SQLite file, with a gateway inside it (`--http-listen`; it
-calls the API over a private unix socket) and another as a process of its
-own next to it (`python -m mediajobs.server.gateway --server ...`, over
+fresh temporary SQLite file, with its own gateway (`--http-listen`: a
+child process of the server, `--http-gateway process`, calling the API over
+a private unix socket) and another as a process of its own next to it (`python -m mediajobs.server.gateway --server ...`, over
 TCP). By default the server and the standalone gateway are pinned to one
 CPU and this load generator to the other, so the server side, one core in
 both cases, is the limit (--no-pin lets them float).
@@ -21,7 +21,7 @@ serialized up front, the reply left as bytes), then GET /v1/jobs/{id} over
 one aiohttp session (keep-alive connections, the body read as bytes, not
 parsed) to the embedded gateway and to the standalone one, interleaved for
 --rounds rounds. It reports calls/s, p50/p99 latency, the server side's CPU
-per call (server + standalone gateway) and the ratio HTTP/gRPC of each
+per call (server + its gateway child + standalone gateway) and the ratio HTTP/gRPC of each
 gateway.
 
 (b) SUBSCRIBERS streams GET /v1/jobs:watch (from now, no filter; the
@@ -542,7 +542,10 @@ async def bench(args: argparse.Namespace) -> int:
     fan: FanOut | None = None
     try:
         gateway = GatewayProc(server.addr, tmp / "gateway.log", server_cpus).start()
-        pids = [server.pid, gateway.pid]
+        # --http-listen runs the embedded gateway as the server's child
+        # process (--http-gateway process): its CPU is the server side's too.
+        children = [int(c) for c in Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()]
+        pids = [server.pid, *children, gateway.pid]
         gateways = {"embedded": (f"http://127.0.0.1:{http_port}", server.pid),
                     "standalone": (f"http://127.0.0.1:{gateway.port}", gateway.pid)}
         spy = None
@@ -581,7 +584,8 @@ async def bench(args: argparse.Namespace) -> int:
               r.client_cpu / r.wall, r.other_cpu / r.wall, r.rate / g.rate if g.rate else float("nan"), r.errors]
              for r in get_results]))
         print(bc.other_load_note(max(r.other_cpu / r.wall for r in get_results)) + " (worst workload)")
-        print("srv = the server side: the server process plus the standalone gateway process (idle unless it is "
+        print("srv = the server side: the server process, its gateway child process, plus the standalone gateway "
+              "process (idle unless it is "
               "the one measured), both on one core; ratio = calls/s / GetJob's calls/s over gRPC.")
         if len(per_round) > 1:
             print("ratio per round: " + "; ".join(per_round))

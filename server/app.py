@@ -146,15 +146,22 @@ class App:
     async def start(self) -> None:
         await self.server.start()
         if self.gateway_target:
-            from .gateway.app import Gateway
-            from .gateway.upstream import Upstream
-
+            settings = {"kaltura_partners": self.cfg.kaltura_partners}
             try:
-                settings = {"kaltura_partners": self.cfg.kaltura_partners}
-                self.gateway = await Gateway(Upstream(self.gateway_target), settings).start(self.cfg.http_listen)
-            except OSError as e:
+                if self.cfg.http_gateway == "inline":
+                    from .gateway.app import Gateway
+                    from .gateway.upstream import Upstream
+
+                    self.gateway = await Gateway(Upstream(self.gateway_target), settings).start(self.cfg.http_listen)
+                else:
+                    from .gateway.process import GatewayProcess
+
+                    self.gateway = await GatewayProcess(self.gateway_target, self.cfg.http_listen, settings,
+                                                        self.cfg.insecure).start()
+            except Exception as e:  # noqa: BLE001 - whatever stops the gateway stops the start, in one line
                 await self.server.stop(None)
-                raise StartupError(f"--http-listen: cannot listen on {self.cfg.http_listen}: {e.strerror}") from None
+                why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+                raise StartupError(f"--http-listen: cannot serve HTTP on {self.cfg.http_listen}: {why}") from None
         loop = asyncio.get_running_loop()
         # The writer thread reports when writes stop or start working; the
         # database watcher turns that into health at once.

@@ -86,6 +86,8 @@ class Config:
     # The HTTP gateway inside the server (HOST:PORT; "" = none), and its
     # Kaltura partners file (partner id -> KS secret and API key).
     http_listen: str = ""
+    # How: "process" (a child process) or "inline" (in this event loop).
+    http_gateway: str = "process"
     kaltura_partners: str = ""
     # SRT ingest for live jobs: HOST:LOW-HIGH (empty: SRT not available).
     live_srt_ingest: str = ""
@@ -136,6 +138,10 @@ _FLAGS: list[tuple[str, str, Callable[[str], object] | None, object, str]] = [
     ("--listen", "MEDIAJOBS_LISTEN", None, Config.listen, "HOST:PORT to listen on"),
     ("--http-listen", "MEDIAJOBS_HTTP_LISTEN", None, "",
      "HOST:PORT of the HTTP gateway served by this process (REST/JSON over the same API; default: none)"),
+    ("--http-gateway", "MEDIAJOBS_HTTP_GATEWAY", None, "process",
+     "how --http-listen runs the gateway: process (a child process with an interpreter of its own, restarted if it "
+     "dies; HTTP and gRPC then do not share one GIL, and a request costs about a third less CPU) or inline (in "
+     "this process's event loop: one process)"),
     ("--kaltura-partners", "MEDIAJOBS_KALTURA_PARTNERS", None, "",
      "the HTTP gateway's Kaltura partners file: JSON {partnerId: {secret, api_key, user_api_key}} (KS sessions)"),
     ("--db", "MEDIAJOBS_DB", None, "",
@@ -312,6 +318,9 @@ def parse_args(argv: list[str] | None = None, env: dict[str, str] | None = None)
             raise ConfigError(f"--listen {a.listen[:60]} can be reached from other machines, but without "
                               f"{missing} anyone there could do anything: add {missing}, or give --insecure "
                               "to serve it as it is (a trusted network)")
+        if a.http_gateway not in ("process", "inline"):
+            raise ConfigError(f"--http-gateway / MEDIAJOBS_HTTP_GATEWAY: {a.http_gateway[:20]!r} is not a mode: "
+                              "use process or inline")
         if a.http_listen:
             _check_listen(a.http_listen, "--http-listen")
             if not is_loopback(a.http_listen) and not a.insecure:
@@ -362,5 +371,6 @@ def parse_args(argv: list[str] | None = None, env: dict[str, str] | None = None)
         tls_key=Path(a.tls_key).expanduser() if a.tls_key else None,
         tls_client_ca=Path(a.tls_client_ca).expanduser() if a.tls_client_ca else None,
         http_listen=a.http_listen,
+        http_gateway=a.http_gateway,
         kaltura_partners=a.kaltura_partners,
     )

@@ -238,3 +238,48 @@ async def test_a_bulk_uploads_file_and_log_over_http(gw: tuple[App, str, aiohttp
     r = await s.get(f"{base}/v1/bulkUploads/01HA255YE6H6DEETJ5M6595ZDA/log")
     assert r.status == 404 and (await r.json())["error"]["status"] == "NOT_FOUND"
 
+
+
+async def test_the_embedded_gateway_is_a_child_process_that_is_restarted_and_dies_with_the_server(
+        tmp_path: Path) -> None:
+    import select
+    import signal
+
+    app = await start_app(str(tmp_path / "db.sqlite"), http_listen="127.0.0.1:0")  # --http-gateway process
+    try:
+        gw = app.gateway
+        base = f"http://127.0.0.1:{gw.port}"
+        async with aiohttp.ClientSession() as s:
+            made = await (await s.post(f"{base}/v1/jobs", json={"type": "T"})).json()
+            assert gw.proc.pid != os.getpid()
+            gw.proc.kill()  # the gateway dies: the server starts it again, on the same port
+            await asyncio.wait_for(gw.wait_started(2), 60)
+            got = await (await s.get(f"{base}/v1/jobs/{made['id']}")).json()
+            assert got["id"] == made["id"]
+    finally:
+        await app.stop(None)
+    assert gw.proc.returncode is not None  # stopped with the server
+
+    # A server killed outright takes its gateway along (PR_SET_PDEATHSIG).
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "mediajobs.server", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
+        "--data-dir", str(tmp_path / "killed"), stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL)
+    try:
+        assert proc.stdout is not None
+        banner = ""
+        while "http gateway" not in banner:
+            line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
+            assert line, banner
+            banner += line
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        assert len(children) == 1
+        pidfd = os.pidfd_open(int(children[0]))
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+        ready, _, _ = await asyncio.to_thread(select.select, [pidfd], [], [], 30)
+        assert ready == [pidfd], "the gateway outlived its server"
+        os.close(pidfd)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

@@ -54,7 +54,7 @@ REST_OPERATION_IDS = {r.rpc for r in rest.ROUTES}
 
 @pytest.fixture
 async def gw(tmp_path: Path) -> AsyncIterator[tuple[App, str, aiohttp.ClientSession]]:
-    app = await start_app(str(tmp_path / "db.sqlite"), http_listen="127.0.0.1:0")
+    app = await start_app(str(tmp_path / "db.sqlite"), http_listen="127.0.0.1:0", http_gateway="inline")
     try:
         async with aiohttp.ClientSession() as s:
             yield app, f"http://127.0.0.1:{app.gateway.port}", s

@@ -109,6 +109,7 @@ class SseReader:
 
 
 def hub_of(app: App) -> sse.SseHub:
+    """The SSE hub of a server whose gateway runs inline (--http-gateway inline)."""
     return app.gateway.app[sse.SSE_KEY]  # type: ignore[no-any-return]
 
 
@@ -131,7 +132,7 @@ async def create(s: aiohttp.ClientSession, base: str, type_: str = "T", key: str
 
 @pytest.fixture
 async def gw(tmp_path: Path) -> AsyncIterator[tuple[App, str, aiohttp.ClientSession]]:
-    app = await start_app(str(tmp_path / "db.sqlite"), http_listen="127.0.0.1:0")
+    app = await start_app(str(tmp_path / "db.sqlite"), http_listen="127.0.0.1:0", http_gateway="inline")
     try:
         async with aiohttp.ClientSession() as s:
             yield app, f"http://127.0.0.1:{app.gateway.port}", s
@@ -239,7 +240,8 @@ async def test_heartbeat_on_an_idle_stream(gw: tuple[App, str, aiohttp.ClientSes
 
 async def test_errors_before_the_stream_are_json_with_their_status(tmp_path: Path) -> None:
     clock = FakeClock()
-    app = await start_app(str(tmp_path / "db.sqlite"), clock=clock, event_retention_s=60, http_listen="127.0.0.1:0")
+    app = await start_app(str(tmp_path / "db.sqlite"), clock=clock, event_retention_s=60, http_listen="127.0.0.1:0",
+                          http_gateway="inline")
     base = f"http://127.0.0.1:{app.gateway.port}"
     try:
         async with aiohttp.ClientSession() as s:
@@ -289,7 +291,7 @@ async def test_errors_before_the_stream_are_json_with_their_status(tmp_path: Pat
 
 
 async def test_keys_pass_through_and_projects_see_only_their_own(tmp_path: Path) -> None:
-    app = await start_app(str(tmp_path / "db.sqlite"), auth="keys", http_listen="127.0.0.1:0")
+    app = await start_app(str(tmp_path / "db.sqlite"), auth="keys", http_listen="127.0.0.1:0", http_gateway="inline")
     base = f"http://127.0.0.1:{app.gateway.port}"
     try:
         admin, editor = await make_key(app, "admin"), await make_key(app, "editor")

@@ -40,6 +40,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="allow a --listen address other machines can reach (the gateway has no TLS of its own: "
                          "put it behind a TLS proxy)")
     ap.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    ap.add_argument("--parent-pid", type=int, default=0, help=argparse.SUPPRESS)  # started by mediajobs-server
     a = ap.parse_args(argv)
     from ..config import ConfigError, _check_listen, is_loopback
 
@@ -74,6 +75,10 @@ async def run(a: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
+    if a.parent_pid:
+        from .process import die_with_parent
+
+        die_with_parent(a.parent_pid)
     logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         asyncio.run(run(a))
