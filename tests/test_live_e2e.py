@@ -395,7 +395,9 @@ async def test_hls_over_http_is_pulled_through_the_guarded_fetcher(env: Env, tmp
 
 
 async def test_maximum_duration_and_abort_close_the_playlists(env: Env) -> None:
-    lj = await env.create("capped", max_duration=duration_pb2.Duration(seconds=3))
+    # The cap counts from the session's start, before the publisher (a child
+    # process) connects: 8 s leaves room for segments even on a loaded machine.
+    lj = await env.create("capped", max_duration=duration_pb2.Duration(seconds=8))
     await env.live.SetLiveEncoding(lsvc.SetLiveEncodingRequest(stream_key=lj.stream_key, online=True))
     await env.until(lj.id, S.AWAITING_INPUT)
     pub = asyncio.create_task(publish(env.url(lj.stream_key), 20))

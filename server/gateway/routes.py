@@ -128,7 +128,8 @@ def build_request(route: Route, cls: type[message.Message], request: web.Request
                 raise RequestError("the body must be a JSON object", "body")
             tree = {route.body: body}
     try:
-        msg = json_format.ParseDict(tree, cls(), ignore_unknown_fields=False, max_recursion_depth=64)
+        msg = json_format.ParseDict(tree, cls(), ignore_unknown_fields=False, max_recursion_depth=64) \
+            if tree else cls()
     except Exception as e:  # noqa: BLE001 - ParseError, or json_format failing on odd input itself (an Any
         # whose @type is a number raises AttributeError): either way the body does not fit the message
         raise RequestError(f"the body does not match {desc.name}: {str(e)[:300]}", "body") from None
@@ -162,7 +163,11 @@ def build_request(route: Route, cls: type[message.Message], request: web.Request
         parents, fd = _field(desc, name)
         value = request.match_info[name.replace(".", "__")]
         _put(extra, parents, fd, [value] if fd.is_repeated else _scalar(fd, value, name))
-    if extra:
+    if extra and all(type(v) is str and desc.fields_by_name[k].type == FD.TYPE_STRING and
+                     not desc.fields_by_name[k].is_repeated for k, v in extra.items()):
+        for k, v in extra.items():  # plain string fields (ids in paths): no JSON round trip
+            setattr(msg, k, v)
+    elif extra:
         try:
             json_format.ParseDict(extra, msg, ignore_unknown_fields=False)
         except Exception as e:  # noqa: BLE001 - as for the body: the parameters do not fit the message
@@ -204,7 +209,7 @@ def handler(route: Route, upstream: Upstream) -> Callable[[web.Request], Any]:
             reply = await method(req, metadata=call_metadata(request), timeout=CALL_TIMEOUT_S)
         except grpc.aio.AioRpcError as e:
             return error_response(status_of(e))
-        return web.Response(text=to_json(reply), content_type="application/json")
+        return web.Response(body=to_json(reply).encode(), content_type="application/json")
 
     return handle
 
