@@ -83,13 +83,12 @@ from typing import Any, Awaitable, Callable
 
 import grpc
 from aiohttp import web
-from google.rpc import error_details_pb2
 
 from mediajobs.v1 import admin_service_pb2 as asvc
 from mediajobs.v1 import job_service_pb2 as jsvc
 
 from .app import ERROR_FORMS_KEY
-from .errors import status_of
+from .errors import code_of, details_of, status_of
 from .transcode import (AUDIO_JOB, CALL_TIMEOUT_S, MAX_REQUEST_BYTES, TRANSCODE, VIDEO_JOB, X264_PRESETS,
                         AAC_SAMPLE_RATES, Job, OutputSpec, Transcode, TranscodeError, account_id, area_path,
                         base_url, cancel_transcode, check_output, get_transcode, job_summary, job_type,
@@ -158,29 +157,22 @@ _BY_REASON = {
     "TEMPLATE_IS_LIVE": (400, "unsupported_transformation"),
     "JOB_FINISHED": (409, "job_finished"),
 }
-_CODE_BY_NUMBER = {c.value[0]: c for c in grpc.StatusCode}
 
 
 def _rpc_error(e: grpc.aio.AioRpcError) -> BytescaleError:
     st = status_of(e)
-    code = _CODE_BY_NUMBER.get(st.code, grpc.StatusCode.UNKNOWN)
+    code = code_of(st.code)
     http, name = _BY_GRPC.get(code, (500, "internal_error"))
     details: dict[str, Any] = {"grpcStatus": code.name}
     headers: dict[str, str] = {}
-    for d in st.details:
-        if d.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            d.Unpack(info)
-            details["reason"] = info.reason
-            http, name = _BY_REASON.get(info.reason, (http, name))
-        elif d.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            d.Unpack(bad)
-            details["fields"] = {v.field: v.description for v in bad.field_violations}
-        elif d.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-            retry = error_details_pb2.RetryInfo()
-            d.Unpack(retry)
-            headers["Retry-After"] = str(max(1, retry.retry_delay.seconds + (retry.retry_delay.nanos > 0)))
+    rich = details_of(st)
+    if rich.reason:
+        details["reason"] = rich.reason
+        http, name = _BY_REASON.get(rich.reason, (http, name))
+    if rich.violations:
+        details["fields"] = {v.field: v.description for v in rich.violations}
+    if rich.retry_after_s is not None:
+        headers["Retry-After"] = rich.retry_after
     message = st.message or code.name
     if code == grpc.StatusCode.UNAUTHENTICATED:
         message += ("; a Bytescale key here is secret_<account id><mediajobs API key> (see "

@@ -9,6 +9,8 @@ rich error details the gRPC API sent, in the protos' JSON mapping.)"""
 from __future__ import annotations
 
 import json
+import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -37,6 +39,44 @@ HTTP_STATUS = {
 }
 _CODE_BY_NUMBER = {c.value[0]: c for c in grpc.StatusCode}
 DETAILS_KEY = "grpc-status-details-bin"
+
+
+def code_of(number: int) -> grpc.StatusCode:
+    """The gRPC code of a google.rpc.Status's number (UNKNOWN if none)."""
+    return _CODE_BY_NUMBER.get(number, grpc.StatusCode.UNKNOWN)
+
+
+@dataclass
+class Details:
+    """What the dialects read of a Status's rich details."""
+
+    reason: str = ""  # ErrorInfo.reason
+    metadata: dict[str, str] = field(default_factory=dict)  # ErrorInfo.metadata
+    violations: list[Any] = field(default_factory=list)  # BadRequest.FieldViolation
+    retry_after_s: float | None = None  # RetryInfo.retry_delay; None: no RetryInfo
+
+    @property
+    def retry_after(self) -> str:
+        """The Retry-After header's value: whole seconds, at least 1."""
+        return str(max(1, math.ceil(self.retry_after_s or 0)))
+
+
+def details_of(st: status_pb2.Status) -> Details:
+    out = Details()
+    for d in st.details:
+        if d.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            d.Unpack(info)
+            out.reason, out.metadata = info.reason, dict(info.metadata)
+        elif d.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            d.Unpack(bad)
+            out.violations = list(bad.field_violations)
+        elif d.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            retry = error_details_pb2.RetryInfo()
+            d.Unpack(retry)
+            out.retry_after_s = retry.retry_delay.ToMicroseconds() / 1e6
+    return out
 
 
 def status_of(e: grpc.aio.AioRpcError) -> status_pb2.Status:
@@ -72,11 +112,9 @@ def error_response(st: status_pb2.Status, headers: dict[str, str] | None = None,
     if http:
         body["error"]["code"] = http
     out = dict(headers or {})
-    for d in st.details:
-        if d.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-            info = error_details_pb2.RetryInfo()
-            d.Unpack(info)
-            out["Retry-After"] = str(max(1, int(info.retry_delay.seconds + (info.retry_delay.nanos > 0))))
+    details = details_of(st)
+    if details.retry_after_s is not None:
+        out["Retry-After"] = details.retry_after
     if st.code == grpc.StatusCode.UNAUTHENTICATED.value[0]:
         out.setdefault("WWW-Authenticate", 'Bearer realm="mediajobs"')
     return web.Response(status=body["error"]["code"], text=json.dumps(body), content_type="application/json",

@@ -87,14 +87,13 @@ from typing import Any, Awaitable, Callable
 import grpc
 from aiohttp import web
 from google.protobuf import timestamp_pb2
-from google.rpc import error_details_pb2, status_pb2
 
 from mediajobs.v1 import admin_service_pb2 as asvc
 from mediajobs.v1 import live_job_service_pb2 as lsvc
 from mediajobs.v1 import live_resources_pb2 as lres
 
 from .app import ERROR_FORMS_KEY
-from .errors import http_status, status_of
+from .errors import code_of, details_of, http_status, status_of
 from .routes import CALL_TIMEOUT_S, MAX_IDEMPOTENCY_KEY
 from .upstream import Upstream
 
@@ -196,33 +195,15 @@ def from_grpc(e: grpc.aio.AioRpcError) -> ApiError:
     """A failed call as the envelope's errors: the ErrorInfo reason as the
     code, a bad field as one error each (with the seed's field name)."""
     st = status_of(e)
-    reason = ""
-    errors: list[dict[str, str]] = []
-    headers: dict[str, str] = {}
-    for d in st.details:
-        if d.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            d.Unpack(info)
-            reason = info.reason
-        elif d.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            br = error_details_pb2.BadRequest()
-            d.Unpack(br)
-            errors += [{"code": "", "message": f"{seed_field(v.field)}: {v.description}"}
-                       for v in br.field_violations]
-        elif d.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-            retry = error_details_pb2.RetryInfo()
-            d.Unpack(retry)
-            headers["Retry-After"] = str(max(1, retry.retry_delay.seconds + (retry.retry_delay.nanos > 0)))
-    code = reason or _code_name(st)
+    rich = details_of(st)
+    errors = [{"code": "", "message": f"{seed_field(v.field)}: {v.description}"} for v in rich.violations]
+    headers = {"Retry-After": rich.retry_after} if rich.retry_after_s is not None else {}
+    code = rich.reason or code_of(st.code).name
     if not errors:
         errors = [{"code": code, "message": st.message}]
     for item in errors:
         item["code"] = code
     return ApiError(http_status(st.code), errors, headers)
-
-
-def _code_name(st: status_pb2.Status) -> str:
-    return next((c.name for c in grpc.StatusCode if c.value[0] == st.code), "UNKNOWN")
 
 
 def seed_field(proto_field: str) -> str:

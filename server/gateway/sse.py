@@ -115,12 +115,12 @@ import aiohttp
 import grpc
 from aiohttp import web
 from google.protobuf import json_format
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.rpc import code_pb2, status_pb2
 
 from mediajobs.v1 import job_service_pb2 as svc
 from mediajobs.v1 import resources_pb2 as res
 
-from .errors import bad_request, error_response, plain_error, status_json, status_of
+from .errors import bad_request, details_of, error_response, plain_error, status_json, status_of
 from .routes import RequestError, Route, build_request
 from .upstream import Upstream, call_metadata
 
@@ -268,12 +268,7 @@ def _resumable(e: grpc.aio.AioRpcError) -> bool:
 
 
 def _retry_delay(e: grpc.aio.AioRpcError) -> float:
-    for d in status_of(e).details:
-        if d.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-            info = error_details_pb2.RetryInfo()
-            d.Unpack(info)
-            return min(30.0, info.retry_delay.ToMicroseconds() / 1e6)
-    return 0.0
+    return min(30.0, details_of(status_of(e)).retry_after_s or 0.0)
 
 
 class ResumableWatch:

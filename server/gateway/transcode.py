@@ -66,13 +66,12 @@ from typing import Any, Awaitable, Callable
 import grpc
 from aiohttp import web
 from google.protobuf import descriptor, json_format, struct_pb2
-from google.rpc import error_details_pb2
 
 from mediajobs.v1 import job_service_pb2 as jsvc
 from mediajobs.v1 import media_resources_pb2 as mres
 from mediajobs.v1 import resources_pb2 as res
 
-from .errors import bad_request, error_response, plain_error, status_of
+from .errors import bad_request, details_of, error_response, plain_error, status_of
 from .upstream import Upstream, call_metadata
 
 Job = res.Job
@@ -143,13 +142,8 @@ def _iso_ms(ts: Any) -> str:
 def _error_of(job: Job) -> dict[str, Any] | None:
     if job.state != Job.FAILED:
         return None
-    code, details = "", {}
-    for d in job.error.details:
-        if d.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            d.Unpack(info)
-            code = info.reason.lower()
-            details = dict(info.metadata)
+    rich = details_of(job.error)
+    code, details = rich.reason.lower(), rich.metadata
     out: dict[str, Any] = {
         "timestamp": _iso_ms(job.end_time if job.HasField("end_time") else job.update_time),
         "message": job.error.message or "the job failed",

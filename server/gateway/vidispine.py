@@ -100,13 +100,12 @@ from typing import Any, Awaitable, Callable
 import grpc
 from aiohttp import web
 from google.protobuf import field_mask_pb2, json_format, struct_pb2, timestamp_pb2
-from google.rpc import error_details_pb2
 
 from mediajobs.v1 import job_service_pb2 as svc
 from mediajobs.v1 import resources_pb2 as res
 
 from .app import ERROR_FORMS_KEY
-from .errors import HTTP_STATUS, status_of
+from .errors import HTTP_STATUS, code_of, details_of, status_of
 from .upstream import Upstream
 
 Job = res.Job
@@ -186,7 +185,6 @@ ERROR_KINDS = {
 }
 # An illegal state change is a conflict with the job's state, not bad input.
 HTTP_OVERRIDES = {grpc.StatusCode.FAILED_PRECONDITION: 409}
-_CODE_BY_NUMBER = {c.value[0]: c for c in grpc.StatusCode}
 
 
 # -- errors ---------------------------------------------------------------------------------------------------------
@@ -221,23 +219,12 @@ def exception_document(http: int, kind: str, explanation: str, reason: str, fiel
 def rpc_error(e: grpc.aio.AioRpcError, job_id: str = "") -> web.Response:
     """A failed call as Vidispine's status and an ExceptionDocument."""
     st = status_of(e)
-    code = _CODE_BY_NUMBER.get(st.code, grpc.StatusCode.UNKNOWN)
+    code = code_of(st.code)
     http = HTTP_OVERRIDES.get(code, HTTP_STATUS.get(code, 500))
-    reason, fields, headers = "", {}, {}
-    for d in st.details:
-        if d.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            d.Unpack(info)
-            reason = info.reason
-        elif d.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            d.Unpack(bad)
-            if bad.field_violations:
-                fields["context"] = bad.field_violations[0].field
-        elif d.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-            retry = error_details_pb2.RetryInfo()
-            d.Unpack(retry)
-            headers["Retry-After"] = str(max(1, retry.retry_delay.seconds + (retry.retry_delay.nanos > 0)))
+    rich = details_of(st)
+    reason = rich.reason
+    fields: dict[str, str] = {"context": rich.violations[0].field} if rich.violations else {}
+    headers = {"Retry-After": rich.retry_after} if rich.retry_after_s is not None else {}
     message = st.message or code.name
     if reason == "JOB_NOT_FOUND" and job_id:
         fields.update(type="job", id=JOB_ID_PREFIX + job_id)

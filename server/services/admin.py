@@ -110,9 +110,6 @@ class AdminService(asvc_grpc.AdminServiceServicer):
         self.home = home
         self.auth = auth
         self.admission = admission or unlimited()
-        # The home project exists in every database the server opens (the
-        # schema makes it; this covers a store opened without its name).
-        store.write_sync(lambda tx: store_projects.ensure_project(tx.db, home, tx.now))
 
     # -- who is calling ---------------------------------------------------------------
 

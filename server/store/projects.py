@@ -26,7 +26,7 @@ from mediajobs.v1 import admin_service_pb2 as asvc
 from ..convert import set_ts
 from ..errors import ServiceError, clip, internal, invalid_argument
 from . import api_keys
-from .models import SERVER_CREATOR, models_for
+from .models import models_for
 
 Project = asvc.Project
 
@@ -118,12 +118,6 @@ def create_project(db: peewee.Database, project: Project, creator: str, now_us: 
     made = get_project(db, project.name, home)
     assert made is not None
     return made
-
-
-def ensure_project(db: peewee.Database, name: str, now_us: int) -> None:
-    """The project's row, made by the server if missing (the home project)."""
-    m = models_for(db)
-    m.ProjectRow.insert(name=name, creator=SERVER_CREATOR, create_time=now_us).on_conflict_ignore().execute()
 
 
 # -- deleting -----------------------------------------------------------------------------

@@ -184,14 +184,9 @@ def bulk_upload(u: BulkUpload, base: str) -> dict[str, Any]:
 
 def reason_of(st: Any) -> str:
     """The ErrorInfo reason of a google.rpc.Status ("" when it has none)."""
-    from google.rpc import error_details_pb2
+    from ..errors import details_of
 
-    for d in st.details:
-        if d.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            d.Unpack(info)
-            return str(info.reason)
-    return ""
+    return details_of(st).reason
 
 
 def bulk_result(r: Result, number: int, partner_id: int) -> dict[str, Any]:
