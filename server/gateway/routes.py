@@ -21,6 +21,7 @@ from aiohttp import web
 from google.protobuf import descriptor, json_format, message, message_factory
 
 from .errors import bad_request, error_response, status_of
+from .protojson import message_to_dict
 from .upstream import SERVICES, Upstream, call_metadata
 
 MAX_QUERY_VALUES = 1000
@@ -184,7 +185,8 @@ def build_request(route: Route, cls: type[message.Message], request: web.Request
 
 
 def to_json(msg: message.Message) -> str:
-    return json.dumps(json_format.MessageToDict(msg), separators=(",", ":"))
+    """The message in the protos' JSON mapping, compact."""
+    return json.dumps(message_to_dict(msg), separators=(",", ":"))
 
 
 def handler(route: Route, upstream: Upstream) -> Callable[[web.Request], Any]:

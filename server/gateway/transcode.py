@@ -72,6 +72,7 @@ from mediajobs.v1 import media_resources_pb2 as mres
 from mediajobs.v1 import resources_pb2 as res
 
 from .errors import bad_request, details_of, error_response, plain_error, status_of
+from .protojson import message_to_dict
 from .upstream import Upstream, call_metadata
 
 Job = res.Job
@@ -121,7 +122,7 @@ def bytescale_status(job: Job) -> str:
 
 
 def _outputs_of(job: Job) -> list[dict[str, Any]]:
-    raw = json_format.MessageToDict(job.params).get("outputs")
+    raw = message_to_dict(job.params).get("outputs")
     return [o for o in raw if isinstance(o, dict)] if isinstance(raw, list) else []
 
 
@@ -160,7 +161,7 @@ def _summary(job: Job, rooted: bool) -> dict[str, Any]:
     def shown(path: str) -> str:
         return "/" + path if rooted and path else path
 
-    params = json_format.MessageToDict(job.params)
+    params = message_to_dict(job.params)
     output_dir = params.get("output_dir") or params.get("outputDir") or f"transcodes/{job.id}"
     outputs = []
     for o in _outputs_of(job):
@@ -179,7 +180,7 @@ def _summary(job: Job, rooted: bool) -> dict[str, Any]:
     if job.progress_message:
         summary["progressMessage"] = job.progress_message
     if job.state == Job.SUCCEEDED:
-        result = json_format.MessageToDict(job.result).get("outputs")
+        result = message_to_dict(job.result).get("outputs")
         summary["result"] = {"outputs": [
             {"name": r.get("name", ""), "path": shown(str(r.get("path", ""))), "sizeBytes": int(r.get("size_bytes", 0))}
             for r in (result if isinstance(result, list) else []) if isinstance(r, dict)]}
