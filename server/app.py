@@ -146,7 +146,7 @@ class App:
     async def start(self) -> None:
         await self.server.start()
         if self.gateway_target:
-            settings = {"kaltura_partners": self.cfg.kaltura_partners}
+            settings = self.cfg.gateway_settings()  # the Kaltura partners file, CORS origins, SSE limits
             try:
                 if self.cfg.http_gateway == "inline":
                     from .gateway.app import Gateway

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -89,6 +90,13 @@ class Config:
     # How: "process" (a child process) or "inline" (in this event loop).
     http_gateway: str = "process"
     kaltura_partners: str = ""
+    # Browser origins (scheme://host[:port], or "*") the gateway answers CORS
+    # for; none: same-origin only (no CORS headers at all).
+    cors_origins: tuple[str, ...] = ()
+    # The gateway's event streams (GET /v1/jobs:watch, server/gateway/sse.py).
+    sse_max_streams: int = 2000
+    sse_heartbeat_s: float = 15.0
+    sse_resume_window_s: float = 30.0
     # SRT ingest for live jobs: HOST:LOW-HIGH (empty: SRT not available).
     live_srt_ingest: str = ""
     # Live jobs' callbacks may go to private and loopback addresses.
@@ -99,6 +107,13 @@ class Config:
 
     def storage_dir(self) -> Path:
         return self.storage_root or self.data_dir / "storage"
+
+    def gateway_settings(self) -> dict[str, object]:
+        """The settings of the embedded HTTP gateway (gateway.app.SETTINGS_KEY;
+        GATEWAY_FLAGS names each one's mediajobs-gateway flag)."""
+        return {"kaltura_partners": self.kaltura_partners, "cors_origins": self.cors_origins,
+                "sse_max_streams": self.sse_max_streams, "sse_heartbeat_s": self.sse_heartbeat_s,
+                "sse_resume_window_s": self.sse_resume_window_s}
 
 
 class ConfigError(Exception):
@@ -117,11 +132,44 @@ def _number(kind: Callable[[str], float], lo: float, hi: float, what: str) -> Ca
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text[:40]!r} is not {what}") from None
         if not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"{value:g} is out of range: use {lo:g} to {hi:g}")
+            raise argparse.ArgumentTypeError(f"{value:.10g} is out of range: use {lo:.10g} to {hi:.10g}")
         return value
 
     return parse
 
+
+_ORIGIN = re.compile(r"([a-z][a-z0-9+.-]*)://(\[[0-9a-f:.]+\]|[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?"
+                     r"(?:\.[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?)*)(?::([0-9]{1,5}))?")
+_DEFAULT_PORTS = {"http": "80", "https": "443"}
+
+
+def parse_cors_origin(text: str) -> str:
+    """One --cors-origin: `*`, or scheme://host[:port] as a browser sends it
+    in Origin (lower case, no default port, no path)."""
+    value = text.strip()
+    if value == "*":
+        return value
+    m = _ORIGIN.fullmatch(value.lower())
+    port = m.group(3) if m else None
+    if m is None or (port is not None and not 1 <= int(port) <= 65535):
+        raise argparse.ArgumentTypeError(
+            f"{text[:80]!r} is not an origin: use scheme://host[:port] with no path or trailing slash "
+            "(e.g. https://dashboard.example.com, http://localhost:5173), or * for any")
+    scheme, host = m.group(1), m.group(2)
+    if port is None or _DEFAULT_PORTS.get(scheme) == port:
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{int(port)}"
+
+
+def parse_cors_origins(text: str) -> tuple[str, ...]:
+    """A comma-separated list of origins (MEDIAJOBS_CORS_ORIGINS)."""
+    return tuple(dict.fromkeys(parse_cors_origin(o) for o in text.split(",") if o.strip()))
+
+
+CORS_HELP = ("a browser origin (scheme://host[:port], or * for any) whose pages may call the HTTP gateway "
+             "(REST and the /v1/jobs:watch event stream) across origins: the gateway answers its CORS preflights "
+             "and adds Access-Control-Allow-Origin for it; repeat for more; none (the default): same-origin "
+             "only, no CORS headers")
 
 # flag -> (environment variable, parser, default, help)
 _SECONDS = float
@@ -144,6 +192,7 @@ _FLAGS: list[tuple[str, str, Callable[[str], object] | None, object, str]] = [
      "this process's event loop: one process)"),
     ("--kaltura-partners", "MEDIAJOBS_KALTURA_PARTNERS", None, "",
      "the HTTP gateway's Kaltura partners file: JSON {partnerId: {secret, api_key, user_api_key}} (KS sessions)"),
+    ("--cors-origin", "MEDIAJOBS_CORS_ORIGINS", parse_cors_origins, (), CORS_HELP),  # repeatable
     ("--db", "MEDIAJOBS_DB", None, "",
      "SQLite file path or database URL such as postgresql://user@host/db (default DATA_DIR/mediajobs.db)"),
     ("--data-dir", "MEDIAJOBS_DATA_DIR", None, None,
@@ -219,6 +268,29 @@ _FLAGS: list[tuple[str, str, Callable[[str], object] | None, object, str]] = [
     ("--log-level", "MEDIAJOBS_LOG_LEVEL", None, "INFO", "logging level: DEBUG, INFO, WARNING or ERROR"),
 ]
 
+# The HTTP gateway's event streams (GET /v1/jobs:watch; gateway/sse.py
+# SseSettings, whose field each names): flag, environment variable, field,
+# parser (with its range), default, help. mediajobs-server and
+# mediajobs-gateway take the same ones.
+SSE_FLAGS: list[tuple[str, str, str, Callable[[str], float], float, str]] = [
+    ("--sse-max-streams", "MEDIAJOBS_SSE_MAX_STREAMS", "max_streams", _number(int, 1, 1_000_000, "a whole number"),
+     Config.sse_max_streams, "event streams one HTTP gateway serves at once; more are 503 with Retry-After "
+     "(1-1000000)"),
+    ("--sse-heartbeat", "MEDIAJOBS_SSE_HEARTBEAT_S", "heartbeat_s", _number(float, 0.05, 3600, "a number of seconds"),
+     Config.sse_heartbeat_s, "seconds of quiet after which an event stream gets a `: keepalive` comment "
+     "(0.05-3600)"),
+    ("--sse-resume-window", "MEDIAJOBS_SSE_RESUME_WINDOW_S", "resume_window_s",
+     _number(float, 0, 86400, "a number of seconds"), Config.sse_resume_window_s,
+     "seconds an event stream stays open, resuming, while the gRPC server is unavailable; then it ends with "
+     "`event: error` (0 to 1 day)"),
+]
+_FLAGS += [(flag, var, parse, default, text) for flag, var, _field, parse, default, text in SSE_FLAGS]
+
+# The settings of the HTTP gateway (Config.gateway_settings) as mediajobs-gateway
+# flags, for the gateway as a child process (gateway/process.py).
+GATEWAY_FLAGS: dict[str, str] = {"kaltura_partners": "--kaltura-partners", "cors_origins": "--cors-origin",
+                                 **{f"sse_{f}": flag for flag, _var, f, *_rest in SSE_FLAGS}}
+
 
 def _env_default(env: dict[str, str], flag: str, var: str, parse: Callable[[str], object] | None,
                  default: object) -> object:
@@ -284,6 +356,7 @@ def parse_args(argv: list[str] | None = None, env: dict[str, str] | None = None)
                     "Every flag can also be set with the MEDIAJOBS_* variable named in its help.",
     )
     ap.add_argument("--version", action="version", version=f"mediajobs {version()}")
+    cors_env: tuple[str, ...] = ()
     try:
         for flag, var, parse, default, text in _FLAGS:
             value = _env_default(environ, flag, var, parse, default)
@@ -296,8 +369,13 @@ def parse_args(argv: list[str] | None = None, env: dict[str, str] | None = None)
             if parse is _flag:  # `--flag` alone means yes; `--flag no` also works
                 kw["nargs"] = "?"
                 kw["const"] = True
+            if flag == "--cors-origin":  # repeatable: given on the command line, it replaces the variable's list
+                kw = {"action": "append", "type": parse_cors_origin, "default": None, "metavar": "ORIGIN",
+                      "help": f"{text} (env {var}, comma-separated)"}
+                cors_env = value if isinstance(value, tuple) else ()
             ap.add_argument(flag, **kw)  # type: ignore[arg-type]
         a = ap.parse_args(argv)
+        cors_origins = tuple(dict.fromkeys(a.cors_origin)) if a.cors_origin is not None else cors_env
         if a.durability not in DURABILITY_MODES:
             raise ConfigError(f"--durability / MEDIAJOBS_DURABILITY: {a.durability[:20]!r} is not a mode: use strict or fast")
         if a.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
@@ -373,4 +451,8 @@ def parse_args(argv: list[str] | None = None, env: dict[str, str] | None = None)
         http_listen=a.http_listen,
         http_gateway=a.http_gateway,
         kaltura_partners=a.kaltura_partners,
+        cors_origins=cors_origins,
+        sse_max_streams=int(a.sse_max_streams),
+        sse_heartbeat_s=float(a.sse_heartbeat),
+        sse_resume_window_s=float(a.sse_resume_window),
     )

@@ -40,12 +40,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--insecure", action="store_true",
                     help="allow a --listen address other machines can reach (the gateway has no TLS of its own: "
                          "put it behind a TLS proxy)")
+    from ..config import CORS_HELP, SSE_FLAGS, ConfigError, _check_listen, _env_default, is_loopback, \
+        parse_cors_origin, parse_cors_origins
+
+    ap.add_argument("--cors-origin", action="append", type=parse_cors_origin, metavar="ORIGIN",
+                    help=f"{CORS_HELP} (env MEDIAJOBS_CORS_ORIGINS, comma-separated)")
+    for flag, var, _field, parse, default, text in SSE_FLAGS:
+        ap.add_argument(flag, type=parse, default=None, metavar="SECONDS" if "seconds" in text else "N",
+                        help=f"{text} (env {var}; default {default:g})")
     ap.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     ap.add_argument("--parent-pid", type=int, default=0, help=argparse.SUPPRESS)  # started by mediajobs-server
     a = ap.parse_args(argv)
-    from ..config import ConfigError, _check_listen, is_loopback
 
     try:
+        # Not given: the environment variable's value, checked as the flag's would be.
+        if a.cors_origin is None:
+            a.cors_origin = _env_default(dict(os.environ), "--cors-origin", "MEDIAJOBS_CORS_ORIGINS",
+                                         parse_cors_origins, ())
+        a.cors_origin = tuple(dict.fromkeys(a.cors_origin))
+        for flag, var, _field, parse, default, _text in SSE_FLAGS:
+            dest = flag[2:].replace("-", "_")
+            if getattr(a, dest) is None:
+                setattr(a, dest, _env_default(dict(os.environ), flag, var, parse, default))
         _check_listen(a.listen)
         if not is_loopback(a.listen) and not a.insecure:
             raise ConfigError(f"--listen {a.listen[:60]} can be reached from other machines, but the gateway has "
@@ -64,7 +80,10 @@ async def run(a: argparse.Namespace) -> None:
     if a.tls_ca or a.tls_system_roots:
         root = Path(a.tls_ca).expanduser().read_bytes() if a.tls_ca else None
         credentials = grpc.ssl_channel_credentials(root_certificates=root)
-    gw = await Gateway(Upstream(a.server, credentials), {"kaltura_partners": a.kaltura_partners}).start(a.listen)
+    settings = {"kaltura_partners": a.kaltura_partners, "cors_origins": a.cors_origin,
+                "sse_max_streams": a.sse_max_streams, "sse_heartbeat_s": a.sse_heartbeat,
+                "sse_resume_window_s": a.sse_resume_window}
+    gw = await Gateway(Upstream(a.server, credentials), settings).start(a.listen)
     print(f"mediajobs-gateway listening on http://{a.listen.rsplit(':', 1)[0]}:{gw.port} -> {a.server}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -464,12 +464,13 @@ def _error_response(code: str, text: str) -> dict[str, Any]:
     out: dict[str, Any] = {"description": text,
                            "content": {"application/json": {"schema": {"$ref": SCHEMA_PREFIX + "Error"}}}}
     if code == "400":
-        # aiohttp refuses a request it cannot read (a request line or a header
-        # over 8190 bytes, malformed HTTP) itself, before any route or the JSON
-        # error middleware sees it.
-        out["content"]["text/plain"] = {"schema": {"type": "string"}}
-        out["description"] += ("; a request the HTTP server cannot read (a request line or header over 8190 "
-                               "bytes, malformed HTTP) gets a plain-text 400 before any route sees it")
+        # A request the HTTP server cannot parse is answered before any route
+        # sees it, in this same form (app.GatewayRequestHandler).
+        from .app import MAX_FIELD_SIZE, MAX_LINE_SIZE
+
+        out["description"] += (f"; also a request the HTTP server cannot parse (a request line over {MAX_LINE_SIZE} "
+                               f"bytes, a header line over {MAX_FIELD_SIZE}, malformed HTTP), with reason "
+                               "BAD_HTTP_REQUEST, before any route sees it; the connection is then closed")
     if code == "401":
         out["headers"] = {"WWW-Authenticate": {"required": True, "schema": {"type": "string"},
                                                "description": 'Bearer realm="mediajobs"'}}

@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import sys
+from typing import Any, Mapping
 
 log = logging.getLogger("mediajobs.gateway")
 
@@ -42,12 +43,25 @@ def die_with_parent(parent_pid: int) -> None:
         raise SystemExit(0)
 
 
+def settings_args(settings: Mapping[str, Any]) -> list[str]:
+    """The gateway's settings (gateway.app.SETTINGS_KEY) as mediajobs-gateway
+    flags (config.GATEWAY_FLAGS): a list is its flag repeated, "" or None
+    none."""
+    from ..config import GATEWAY_FLAGS
+
+    args: list[str] = []
+    for key, flag in GATEWAY_FLAGS.items():
+        value = settings.get(key)
+        for v in value if isinstance(value, (list, tuple)) else (value,):
+            if v is not None and v != "":
+                args += [flag, str(v)]
+    return args
+
+
 class GatewayProcess:
-    def __init__(self, target: str, listen: str, settings: dict[str, str], insecure: bool) -> None:
+    def __init__(self, target: str, listen: str, settings: Mapping[str, Any], insecure: bool) -> None:
         self.args = [sys.executable, "-m", "mediajobs.server.gateway", "--server", target, "--listen", listen,
-                     "--parent-pid", str(os.getpid())]
-        if settings.get("kaltura_partners"):
-            self.args += ["--kaltura-partners", settings["kaltura_partners"]]
+                     "--parent-pid", str(os.getpid()), *settings_args(settings)]
         if insecure:
             self.args.append("--insecure")
         self.listen = listen

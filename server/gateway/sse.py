@@ -95,12 +95,16 @@ frames and RECENT_BYTES, all feeds ALL_RECENT_BYTES; FRAME_CACHE_SIZE
 encoded events (of at most FRAME_CACHE_MAX_EVENT bytes each). A client that
 disconnects is noticed within a second (a single timer task checks every
 stream's connection; it also sends the heartbeats), and its upstream call
-is cancelled. The settings come from the environment
-(MEDIAJOBS_SSE_MAX_STREAMS, MEDIAJOBS_SSE_HEARTBEAT_S,
-MEDIAJOBS_SSE_RESUME_WINDOW_S) and live in `app[SSE_KEY].settings`.
+is cancelled. `max_streams`, `heartbeat_s` and `resume_window_s` come from
+the flags --sse-max-streams, --sse-heartbeat and --sse-resume-window of
+mediajobs-gateway and mediajobs-server (the gateway's settings dict; their
+defaults from MEDIAJOBS_SSE_MAX_STREAMS, MEDIAJOBS_SSE_HEARTBEAT_S and
+MEDIAJOBS_SSE_RESUME_WINDOW_S, ranges in config.SSE_FLAGS), and live in
+`app[SSE_KEY].settings`.
 """
 from __future__ import annotations
 
+import argparse
 import asyncio
 import collections
 import json
@@ -114,13 +118,13 @@ from typing import Any, AsyncGenerator, Mapping
 import aiohttp
 import grpc
 from aiohttp import web
-from google.protobuf import json_format
 from google.rpc import code_pb2, status_pb2
 
 from mediajobs.v1 import job_service_pb2 as svc
 from mediajobs.v1 import resources_pb2 as res
 
 from .errors import bad_request, details_of, error_response, plain_error, status_json, status_of
+from .protojson import message_to_dict
 from .routes import RequestError, Route, build_request
 from .upstream import Upstream, call_metadata
 
@@ -174,21 +178,36 @@ class SseSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> "SseSettings":
+        """The defaults, or the MEDIAJOBS_SSE_* variables (a bad value is
+        logged and the default kept: the CLIs refuse one at start-up)."""
+        from ..config import SSE_FLAGS
+
         s = cls()
-        for var, attr, kind, lo, hi in (("MEDIAJOBS_SSE_MAX_STREAMS", "max_streams", int, 1, 1_000_000),
-                                        ("MEDIAJOBS_SSE_HEARTBEAT_S", "heartbeat_s", float, 0.05, 3600.0),
-                                        ("MEDIAJOBS_SSE_RESUME_WINDOW_S", "resume_window_s", float, 0.0, 86400.0)):
+        for _flag, var, attr, parse, _default, _help in SSE_FLAGS:
             raw = env.get(var)
-            if raw is None:
+            if raw is None or raw == "":
                 continue
             try:
-                value = kind(raw)
-                if not lo <= value <= hi:
-                    raise ValueError
-            except ValueError:
-                log.warning("%s=%r is not a number from %g to %g; using %g", var, raw[:40], lo, hi, getattr(s, attr))
+                setattr(s, attr, parse(raw))
+            except argparse.ArgumentTypeError as e:
+                log.warning("%s: %s; using %g", var, e, getattr(s, attr))
+        return s
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any], env: Mapping[str, str] = os.environ) -> "SseSettings":
+        """from_env, then the gateway's settings (`sse_<field>`: the flags);
+        ValueError names a setting out of its flag's range."""
+        from ..config import SSE_FLAGS
+
+        s = cls.from_env(env)
+        for flag, _var, attr, parse, _default, _help in SSE_FLAGS:
+            value = settings.get(f"sse_{attr}")
+            if value is None:
                 continue
-            setattr(s, attr, value)
+            try:
+                setattr(s, attr, parse(str(value)))
+            except argparse.ArgumentTypeError as e:
+                raise ValueError(f"{flag}: {e}") from None
         return s
 
 
@@ -196,7 +215,7 @@ class SseSettings:
 
 
 def _json(msg: Any) -> str:
-    return json.dumps(json_format.MessageToDict(msg), separators=(",", ":"))
+    return json.dumps(message_to_dict(msg), separators=(",", ":"))
 
 
 def encode_event(ev: res.JobEvent) -> bytes:
@@ -936,7 +955,10 @@ OPENAPI_OPERATION: dict[str, Any] = {
 
 
 def add_routes(app: web.Application, upstream: Upstream) -> None:
-    hub = SseHub(upstream, SseSettings.from_env())
+    from .app import SETTINGS_KEY
+
+    settings: dict[str, Any] = app[SETTINGS_KEY]  # the flags (--sse-*)
+    hub = SseHub(upstream, SseSettings.from_settings(settings))
     app[SSE_KEY] = hub
     app.on_shutdown.append(hub.close)
     app.router.add_get(PATH, watch_jobs, allow_head=False)

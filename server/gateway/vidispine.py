@@ -236,7 +236,7 @@ def rpc_error(e: grpc.aio.AioRpcError, job_id: str = "") -> web.Response:
 def gateway_error_form(request: web.Request, code: grpc.StatusCode, message: str, reason: str, http: int
                        ) -> web.StreamResponse:
     """The errors the gateway raises itself under /API, in this dialect's form."""
-    kind = {404: "notFound", 405: "notAllowed", 413: "invalidInput"}.get(http, "internalServer")
+    kind = {400: "invalidInput", 404: "notFound", 405: "notAllowed", 413: "invalidInput"}.get(http, "internalServer")
     headers = {"Allow": message.rpartition("allowed: ")[2]} if http == 405 else None
     if http == 404:
         message = (f"no route {request.method} {request.path[:200]}: this server has Vidispine's JobApi "
