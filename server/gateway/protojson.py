@@ -66,7 +66,7 @@ def _build(desc: Any) -> Converter:
         fn = _list_value
     elif full in ("google.protobuf.Timestamp", "google.protobuf.Duration", "google.protobuf.FieldMask"):
         fn = _to_json_string
-    elif full == "google.protobuf.Any" or full.startswith("google.protobuf.") and full != "google.protobuf.Empty":
+    elif full.startswith("google.protobuf.") and full != "google.protobuf.Empty":  # Any, descriptor.proto's
         fn = json_format.MessageToDict  # the type registry and any rule json_format keeps for itself
     else:
         fn = _regular(desc)
@@ -75,13 +75,18 @@ def _build(desc: Any) -> Converter:
 
 
 def _regular(desc: descriptor.Descriptor) -> Converter:
-    # Filled after the printer is registered, so a message type that contains
-    # itself (directly or not) finds its own printer instead of recursing.
+    # A message field's converter looks its type's printer up when called, so
+    # a type that contains itself (directly or not) needs no special case.
     table: dict[int, tuple[str, Converter]] = {}
+    for fd in desc.fields:
+        if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
+            table[fd.number] = (fd.json_name, _map(fd.message_type))
+        elif fd.is_repeated:
+            table[fd.number] = (fd.json_name, _repeated(_field(fd)))
+        else:
+            table[fd.number] = (fd.json_name, _field(fd))
 
     def convert(m: message.Message) -> dict[str, Any]:
-        if not table:
-            _fill(desc, table)
         js = {}
         for fd, v in m.ListFields():
             name, fn = table[fd.number]
@@ -89,19 +94,6 @@ def _regular(desc: descriptor.Descriptor) -> Converter:
         return js
 
     return convert
-
-
-def _fill(desc: descriptor.Descriptor, table: dict[int, tuple[str, Converter]]) -> None:
-    entries = {}
-    for fd in desc.fields:
-        if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
-            entries[fd.number] = (fd.json_name, _map(fd.message_type))
-        elif fd.is_repeated:
-            one = _field(fd)
-            entries[fd.number] = (fd.json_name, _repeated(one))
-        else:
-            entries[fd.number] = (fd.json_name, _field(fd))
-    table.update(entries)
 
 
 def _repeated(one: Converter) -> Converter:
