@@ -16,10 +16,9 @@ gateways share the machine's cores as they would on a small VM running the
 whole stack, the same for both workloads. The gateway is a process of its
 own precisely so that it can run on another core than the server's; with
 --pin, the server and both gateways are held to one CPU and this load
-generator to the other, the strictest layout: there every GET over HTTP
-also pays for the two processes taking turns on one core (a context switch
-at each hop: the server side then spends ~1.5 ms of CPU per GET against
-~0.9 ms unpinned, on a 2-core VM).
+generator to the other, the strictest layout: the server side then has one
+core for the work of two processes (a GET over HTTP costs it 0.9-1.25 ms of
+CPU in either layout, a GetJob 0.4-0.6 ms), taking turns at every hop.
 
 (a) Seed JOBS jobs, then, for a fixed time each, CONCURRENCY asyncio tasks
 each with one call in flight: GetJob over one grpc.aio channel (request
