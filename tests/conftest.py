@@ -2,11 +2,13 @@
 temp-file SQLite (or the local PostgreSQL), and stubs on a real channel."""
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from pathlib import Path
 from typing import Any, AsyncIterator
 
+import aiohttp
 import grpc
 import peewee
 import pytest
@@ -82,6 +84,19 @@ async def start_app(db: str, clock: FakeClock | None = None, **cfg_kw: object) -
     app = await build_server(cfg, clock=clock) if clock else await build_server(cfg)
     await app.start()
     return app
+
+
+@contextlib.asynccontextmanager
+async def gateway_app(db: str, **cfg_kw: object) -> AsyncIterator[tuple[App, str, aiohttp.ClientSession]]:
+    """A server with its HTTP gateway (--http-listen on a free port; cfg_kw
+    as Config's, e.g. http_gateway="inline"): the app, the gateway's base URL
+    and an HTTP session, all closed after."""
+    app = await start_app(db, None, http_listen="127.0.0.1:0", **cfg_kw)
+    try:
+        async with aiohttp.ClientSession() as s:
+            yield app, f"http://127.0.0.1:{app.gateway.port}", s
+    finally:
+        await app.stop(None)
 
 
 @pytest.fixture

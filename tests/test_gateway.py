@@ -19,18 +19,14 @@ from mediajobs.server.app import App
 from mediajobs.server.gateway import rest
 from mediajobs.server.gateway.upstream import SERVICES
 
-from conftest import start_app
+from conftest import gateway_app, start_app
 from test_auth import make_key
 
 
 @pytest.fixture
 async def gw(tmp_path: Path) -> AsyncIterator[tuple[App, str, aiohttp.ClientSession]]:
-    app = await start_app(str(tmp_path / "db.sqlite"), http_listen="127.0.0.1:0")
-    try:
-        async with aiohttp.ClientSession() as s:
-            yield app, f"http://127.0.0.1:{app.gateway.port}", s
-    finally:
-        await app.stop(None)
+    async with gateway_app(str(tmp_path / "db.sqlite")) as g:
+        yield g
 
 
 def test_every_route_names_an_rpc_and_a_request_field() -> None:

@@ -17,7 +17,7 @@ from mediajobs.server.app import App
 from mediajobs.server.gateway.__main__ import parse_args as gateway_parse_args
 from mediajobs.server.gateway.app import cors_origins
 
-from conftest import start_app
+from conftest import gateway_app, start_app
 from test_auth import make_key
 from test_gateway_sse import SseReader
 
@@ -36,13 +36,9 @@ def vary(r: aiohttp.ClientResponse) -> set[str]:
 @pytest.fixture
 async def gw(tmp_path: Path) -> AsyncIterator[tuple[App, str, aiohttp.ClientSession]]:
     # The second origin is written as an operator might (upper case, the default port): it is normalized.
-    app = await start_app(str(tmp_path / "db.sqlite"), http_listen="127.0.0.1:0", http_gateway="inline",
-                          cors_origins=(DASHBOARD, "HTTP://Localhost:80"))
-    try:
-        async with aiohttp.ClientSession() as s:
-            yield app, f"http://127.0.0.1:{app.gateway.port}", s
-    finally:
-        await app.stop(None)
+    async with gateway_app(str(tmp_path / "db.sqlite"), http_gateway="inline",
+                           cors_origins=(DASHBOARD, "HTTP://Localhost:80")) as g:
+        yield g
 
 
 async def test_a_preflight_from_an_allowed_origin_is_answered_for_every_routed_path(

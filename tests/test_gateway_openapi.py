@@ -43,7 +43,7 @@ from mediajobs.server.app import App
 from mediajobs.server.gateway import openapi, rest
 from mediajobs.server.gateway.routes import method_descriptor
 
-from conftest import start_app
+from conftest import gateway_app, start_app
 from test_auth import make_key
 
 FD = descriptor.FieldDescriptor
@@ -54,12 +54,8 @@ REST_OPERATION_IDS = {r.rpc for r in rest.ROUTES}
 
 @pytest.fixture
 async def gw(tmp_path: Path) -> AsyncIterator[tuple[App, str, aiohttp.ClientSession]]:
-    app = await start_app(str(tmp_path / "db.sqlite"), http_listen="127.0.0.1:0", http_gateway="inline")
-    try:
-        async with aiohttp.ClientSession() as s:
-            yield app, f"http://127.0.0.1:{app.gateway.port}", s
-    finally:
-        await app.stop(None)
+    async with gateway_app(str(tmp_path / "db.sqlite"), http_gateway="inline") as g:
+        yield g
 
 
 async def fetch_document(s: aiohttp.ClientSession, base: str) -> dict[str, Any]:
@@ -515,15 +511,10 @@ def documented_labels(doc: dict[str, Any], select: Callable[[dict[str, Any]], bo
 
 
 async def test_schemathesis_finds_no_failures_in_the_rest_api(tmp_path: Path) -> None:
-    app = await start_app(str(tmp_path / "db.sqlite"), http_listen="127.0.0.1:0")
-    try:
-        base = f"http://127.0.0.1:{app.gateway.port}"
-        async with aiohttp.ClientSession() as s:
-            seeded = await seed(s, base)
-            doc = await fetch_document(s, base)
+    async with gateway_app(str(tmp_path / "db.sqlite")) as (_app, base, s):
+        seeded = await seed(s, base)
+        doc = await fetch_document(s, base)
         run = await asyncio.to_thread(fuzz, base, is_rest_or_meta, positive=12, negative=8, fixed_paths=seeded)
-    finally:
-        await app.stop(None)
     assert not run.failures, run.report()
     # Every operation was called, and real resources came back (their schemas checked) from each kind of read.
     # (schemathesis leaves out the document's own GET /openapi.json.)
@@ -538,19 +529,14 @@ async def test_schemathesis_finds_no_failures_in_the_rest_api(tmp_path: Path) ->
 
 
 async def test_schemathesis_finds_no_failures_in_routes_other_modules_describe(tmp_path: Path) -> None:
-    app = await start_app(str(tmp_path / "db.sqlite"), http_listen="127.0.0.1:0")
-    try:
-        base = f"http://127.0.0.1:{app.gateway.port}"
-        async with aiohttp.ClientSession() as s:
-            seeded = await seed(s, base)
-            doc = await fetch_document(s, base)
+    async with gateway_app(str(tmp_path / "db.sqlite")) as (_app, base, s):
+        seeded = await seed(s, base)
+        doc = await fetch_document(s, base)
         expected = documented_labels(doc, lambda op: not is_rest_or_meta_raw(op))
         if not expected:
             pytest.skip("no other module describes a route (but event streams, which never end)")
         run = await asyncio.to_thread(fuzz, base, lambda op: not is_rest_or_meta(op), positive=12, negative=8,
                                       fixed_paths=seeded)
-    finally:
-        await app.stop(None)
     assert not run.failures, run.report()
     assert {label for label, c in run.statuses.items() if c} >= expected
 

@@ -28,7 +28,7 @@ from mediajobs.v1 import job_service_pb2 as svc
 from mediajobs.v1 import job_service_pb2_grpc
 from mediajobs.v1 import resources_pb2 as res
 
-from conftest import FakeClock, start_app
+from conftest import FakeClock, gateway_app, start_app
 from test_auth import make_key
 
 READ_TIMEOUT = 30.0
@@ -132,12 +132,8 @@ async def create(s: aiohttp.ClientSession, base: str, type_: str = "T", key: str
 
 @pytest.fixture
 async def gw(tmp_path: Path) -> AsyncIterator[tuple[App, str, aiohttp.ClientSession]]:
-    app = await start_app(str(tmp_path / "db.sqlite"), http_listen="127.0.0.1:0", http_gateway="inline")
-    try:
-        async with aiohttp.ClientSession() as s:
-            yield app, f"http://127.0.0.1:{app.gateway.port}", s
-    finally:
-        await app.stop(None)
+    async with gateway_app(str(tmp_path / "db.sqlite"), http_gateway="inline") as g:
+        yield g
 
 
 async def test_each_change_is_an_event_with_its_revision_as_id(gw: tuple[App, str, aiohttp.ClientSession]) -> None:

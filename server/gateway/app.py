@@ -119,26 +119,26 @@ def error_form(app: web.Application, path: str) -> ErrorForm:
 @web.middleware
 async def json_errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                       ) -> web.StreamResponse:
-    form = error_form(request.app, request.path)
     try:
         return await handler(request)
     except web.HTTPRequestEntityTooLarge:
-        return form(request, grpc.StatusCode.INVALID_ARGUMENT,
-                    f"the body is larger than {MAX_BODY_BYTES} bytes, the limit", "BODY_TOO_LARGE", 413)
+        code, http, reason = grpc.StatusCode.INVALID_ARGUMENT, 413, "BODY_TOO_LARGE"
+        message = f"the body is larger than {MAX_BODY_BYTES} bytes, the limit"
     except web.HTTPMethodNotAllowed as e:
+        code, http, reason = grpc.StatusCode.UNIMPLEMENTED, 405, "METHOD_NOT_ALLOWED"
         allowed = ", ".join(sorted(e.allowed_methods))
-        return form(request, grpc.StatusCode.UNIMPLEMENTED,
-                    f"{request.method} is not allowed on {request.path[:200]}; allowed: {allowed}",
-                    "METHOD_NOT_ALLOWED", 405)
+        message = f"{request.method} is not allowed on {request.path[:200]}; allowed: {allowed}"
     except web.HTTPNotFound:
-        return form(request, grpc.StatusCode.NOT_FOUND, f"no route {request.method} {request.path[:200]}; the "
-                    "API is described at /openapi.json", "ROUTE_NOT_FOUND", 404)
+        code, http, reason = grpc.StatusCode.NOT_FOUND, 404, "ROUTE_NOT_FOUND"
+        message = f"no route {request.method} {request.path[:200]}; the API is described at /openapi.json"
     except web.HTTPException:
         raise
     except Exception:  # noqa: BLE001 - a bug: logged here, never shown to the client
         log.exception("%s %s failed", request.method, request.path[:200])
-        return form(request, grpc.StatusCode.INTERNAL, "the gateway failed to handle this request; it is logged",
-                    "GATEWAY_ERROR", 500)
+        code, http, reason = grpc.StatusCode.INTERNAL, 500, "GATEWAY_ERROR"
+        message = "the gateway failed to handle this request; it is logged"
+    # The form is looked up only for an error: a request that succeeds pays nothing for it.
+    return error_form(request.app, request.path)(request, code, message, reason, http)
 
 
 # -- CORS -------------------------------------------------------------------------------------------------------------
